@@ -1,0 +1,174 @@
+"""Every collective splatfacto-dist issues, in one place.
+
+Each function is a no-op (or the identity) unless a process group with more than one rank is
+initialized, so the same training code runs single-process, under ns-export/ns-eval/ns-render
+and in the viewer without a process group. None of these may be called from the viewer's render
+thread: a collective that only rank 0 enters never completes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Dict, Iterable, Iterator, List, Sequence, Tuple
+
+import torch
+import torch.distributed as dist
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+
+def is_distributed() -> bool:
+    """True when there is a process group with more than one rank to talk to."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def _comm_device(like: torch.device) -> torch.device:
+    """NCCL only moves CUDA tensors; gloo only moves CPU tensors."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def broadcast_tensors(tensors: Sequence[torch.Tensor], src: int = 0) -> None:
+    """Overwrite `tensors` in place with rank `src`'s values, in one flat collective."""
+    tensors = [t for t in tensors if t.numel() > 0]
+    if not is_distributed() or not tensors:
+        return
+    device = _comm_device(tensors[0].device)
+    by_dtype: Dict[torch.dtype, List[torch.Tensor]] = {}
+    for t in tensors:
+        by_dtype.setdefault(t.dtype, []).append(t)
+    for group in by_dtype.values():
+        flat = _flatten_dense_tensors([t.detach() for t in group]).to(device)
+        dist.broadcast(flat, src)
+        for t, synced in zip(group, _unflatten_dense_tensors(flat, group)):
+            t.data.copy_(synced.to(t.device))
+
+
+def broadcast_module_state(module: torch.nn.Module, src: int = 0) -> None:
+    """Make every parameter and buffer of `module` equal to rank `src`'s copy."""
+    broadcast_tensors(list(module.parameters()) + list(module.buffers()), src)
+
+
+def average_gradients(params: Iterable[torch.nn.Parameter]) -> None:
+    """Average `.grad` of `params` over all ranks with a single flat all-reduce.
+
+    Parameters without a gradient on this rank contribute zeros, so every rank packs the same
+    layout. A non-finite value on any rank becomes non-finite on every rank, which makes a
+    GradScaler skip that step on every rank together.
+    """
+    if not is_distributed():
+        return
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        return
+    grads = []
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        grads.append(p.grad)
+    flat = _flatten_dense_tensors(grads)
+    device = _comm_device(flat.device)
+    flat = flat.to(device)
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat.div_(world_size())
+    for g, synced in zip(grads, _unflatten_dense_tensors(flat, grads)):
+        g.copy_(synced)
+
+
+def reduce_densification_stats(state: Dict[str, Any]) -> None:
+    """Turn per-rank densification statistics into the statistics of all ranks' cameras.
+
+    `grad2d` and `count` are sums over views, so they add; `radii` is a running maximum.
+    """
+    if not is_distributed():
+        return
+    grad2d, count = state["grad2d"], state["count"]
+    summed = torch.cat([grad2d, count])
+    dist.all_reduce(summed, op=dist.ReduceOp.SUM)
+    grad2d.copy_(summed[: grad2d.numel()])
+    count.copy_(summed[grad2d.numel() :])
+    if state.get("radii") is not None:
+        dist.all_reduce(state["radii"], op=dist.ReduceOp.MAX)
+
+
+def broadcast_int(value: int, src: int = 0, device: torch.device = torch.device("cpu")) -> int:
+    """Rank `src`'s `value` on every rank (control words such as pause/stop)."""
+    if not is_distributed():
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=_comm_device(device))
+    dist.broadcast(t, src)
+    return int(t.item())
+
+
+def all_gather_objects(obj: Any) -> List[Any]:
+    """Every rank's `obj`, in rank order (small Python objects only: eval metrics)."""
+    if not is_distributed():
+        return [obj]
+    out: List[Any] = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier() -> None:
+    if is_distributed():
+        if dist.get_backend() == "nccl":
+            dist.barrier(device_ids=[torch.cuda.current_device()])
+        else:
+            dist.barrier()
+
+
+def _bit_checksum(t: torch.Tensor) -> torch.Tensor:
+    """An exact, position-sensitive checksum of a tensor's bits (int64, wraps on overflow)."""
+    flat = t.detach().contiguous().reshape(-1)
+    if flat.dtype in (torch.float32, torch.int32):
+        bits = flat.view(torch.int32).to(torch.int64)
+    elif flat.dtype in (torch.float64, torch.int64):
+        bits = flat.view(torch.int64)
+    else:
+        bits = flat.to(torch.float64).view(torch.int64)
+    weights = torch.arange(bits.numel(), device=bits.device, dtype=torch.int64) % 65521 + 1
+    return torch.stack([(bits * weights).sum(), torch.tensor(bits.numel(), device=bits.device)])
+
+
+class ReplicaMismatch(RuntimeError):
+    """Ranks hold different model or optimizer state: training would silently diverge."""
+
+
+def verify_replicas(named_tensors: List[Tuple[str, torch.Tensor]]) -> None:
+    """Raise `ReplicaMismatch` naming the first tensor whose bits differ between ranks."""
+    if not is_distributed() or not named_tensors:
+        return
+    local = torch.stack([_bit_checksum(t) for _, t in named_tensors])
+    local = local.to(_comm_device(local.device))
+    gathered = [torch.empty_like(local) for _ in range(world_size())]
+    dist.all_gather(gathered, local)
+    for r, other in enumerate(gathered):
+        differs = (other != gathered[0]).any(dim=1)
+        if bool(differs.any()):
+            i = int(torch.nonzero(differs)[0, 0])
+            raise ReplicaMismatch(f"rank {r} differs from rank 0 in '{named_tensors[i][0]}'")
+
+
+@contextlib.contextmanager
+def shared_rng(seed: int, step: int, device: torch.device) -> Iterator[None]:
+    """Seed torch's global RNG identically on every rank for one model-changing random draw.
+
+    gsplat's split() draws from the global generator, which nerfstudio seeds with seed + rank;
+    forking it with a (seed, step) seed makes that draw identical on every rank and on resume.
+    """
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed * 1_000_003 + step)
+        yield

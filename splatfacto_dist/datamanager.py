@@ -1,0 +1,229 @@
+"""Rank-sharded full-image datamanager: each rank trains on, and loads, only its own cameras.
+
+Stock `FullImageDatamanager` shuffles with the same seed on every rank (all GPUs render the same
+image each step) and caches every image on every rank. Here the training cameras are split once
+into static shards; a rank loads and undistorts only the images of the shards it owns, so cache
+memory and start-up work per rank fall as 1/N. Every epoch each shard is reshuffled with
+(seed, epoch, shard), and every step each shard contributes the next cameras of its order, so
+over an epoch every training camera is rendered once across all ranks (see `CameraSchedule`).
+"""
+
+from __future__ import annotations
+
+import random
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Dict, List, Literal, Optional, Tuple, Type
+
+import torch
+from rich.progress import track
+
+from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.data.datamanagers.full_images_datamanager import (
+    FullImageDatamanager,
+    FullImageDatamanagerConfig,
+    _undistort_image,
+)
+from nerfstudio.data.datasets.base_dataset import InputDataset
+from nerfstudio.utils.rich_utils import CONSOLE
+
+from splatfacto_dist import comm
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work; raised before any image is loaded or GPU work starts."""
+
+
+class CameraSchedule:
+    """Which training cameras each rank renders at each step; a pure function of the step.
+
+    Cameras are dealt once (seeded shuffle) into `num_shards` static shards whose sizes differ by
+    at most one; rank r owns shards r, r + W, r + 2W, ... and takes `cameras_per_rank / shards
+    owned` cameras from each per step. Every epoch lasts ceil(largest shard / per-shard take)
+    steps on every rank. When the cameras do not divide evenly, a shard that runs out before the
+    epoch ends wraps around to the start of its own order for this epoch, so a few cameras are
+    rendered twice in that epoch, every camera at least once, and all ranks take the same
+    number of steps. Because the schedule depends only on the step, it resumes exactly.
+    """
+
+    def __init__(
+        self, num_cameras: int, num_shards: int, rank: int, world_size: int, cameras_per_rank: int, seed: int
+    ) -> None:
+        if cameras_per_rank < 1:
+            raise ConfigError(f"cameras_per_rank must be >= 1 (got {cameras_per_rank})")
+        if num_shards < world_size or num_shards % world_size:
+            raise ConfigError(f"data_shards={num_shards} must be a multiple of the world size {world_size}")
+        if num_shards > num_cameras:
+            raise ConfigError(f"{num_cameras} training cameras cannot fill {num_shards} shards (one per rank at least)")
+        owned = list(range(rank, num_shards, world_size))
+        if cameras_per_rank % len(owned):
+            raise ConfigError(f"cameras_per_rank={cameras_per_rank} must be a multiple of the {len(owned)} shards per rank")
+        dealt = list(range(num_cameras))
+        random.Random(seed).shuffle(dealt)
+        self.shards = [dealt[s::num_shards] for s in range(num_shards)]
+        self.owned_shards = owned
+        self.per_shard = cameras_per_rank // len(owned)
+        self.seed = seed
+        self.steps_per_epoch = -(-max(len(s) for s in self.shards) // self.per_shard)
+        self._epoch_orders: Tuple[int, Dict[int, List[int]]] = (-1, {})
+
+    def owned_cameras(self) -> List[int]:
+        return sorted(c for s in self.owned_shards for c in self.shards[s])
+
+    def _order(self, epoch: int, shard: int) -> List[int]:
+        if self._epoch_orders[0] != epoch:
+            self._epoch_orders = (epoch, {})
+        orders = self._epoch_orders[1]
+        if shard not in orders:
+            order = list(self.shards[shard])
+            random.Random(f"{self.seed}/{epoch}/{shard}").shuffle(order)
+            need = self.steps_per_epoch * self.per_shard
+            orders[shard] = (order * -(-need // len(order)))[:need]
+        return orders[shard]
+
+    def cameras_for_step(self, step: int) -> List[int]:
+        epoch, i = divmod(step, self.steps_per_epoch)
+        take = slice(i * self.per_shard, (i + 1) * self.per_shard)
+        return [c for s in self.owned_shards for c in self._order(epoch, s)[take]]
+
+
+@dataclass
+class ShardedFullImageDatamanagerConfig(FullImageDatamanagerConfig):
+    """Full-image datamanager whose training cameras are split across ranks."""
+
+    _target: Type = field(default_factory=lambda: ShardedFullImageDatamanager)
+    cameras_per_rank: int = 1
+    """Training images each rank renders per step; the effective batch is world size x this."""
+    data_shards: Optional[int] = None
+    """Static camera shards (default: the world size); a rank owns data_shards / world size of them
+    and loads only their images. Fixing it keeps the camera order independent of the GPU count."""
+
+
+def _load_and_undistort(dataset: InputDataset, idx: int, image_type: Literal["uint8", "float32"]) -> Dict:
+    """One image, undistorted like stock splatfacto (updating the dataset's intrinsics)."""
+    data = dataset.get_data(idx, image_type=image_type)
+    camera = dataset.cameras[idx].reshape(())
+    width, height = int(camera.width.item()), int(camera.height.item())
+    if data["image"].shape[1] != width or data["image"].shape[0] != height:
+        raise ValueError(
+            f"image {idx} is {data['image'].shape[1]}x{data['image'].shape[0]}, its camera says {width}x{height}"
+        )
+    if camera.distortion_params is None or torch.all(camera.distortion_params == 0):
+        return data
+    K = camera.get_intrinsics_matrices().numpy()
+    K, image, mask = _undistort_image(camera, camera.distortion_params.numpy(), data, data["image"].numpy(), K)
+    data["image"] = torch.from_numpy(image)
+    if mask is not None:
+        data["mask"] = mask
+    dataset.cameras.fx[idx] = float(K[0, 0])
+    dataset.cameras.fy[idx] = float(K[1, 1])
+    dataset.cameras.cx[idx] = float(K[0, 2])
+    dataset.cameras.cy[idx] = float(K[1, 2])
+    dataset.cameras.width[idx] = image.shape[1]
+    dataset.cameras.height[idx] = image.shape[0]
+    return data
+
+
+class ShardedFullImageDatamanager(FullImageDatamanager):
+    """See the module docstring. Evaluation images are split round-robin across ranks too."""
+
+    config: ShardedFullImageDatamanagerConfig
+
+    def __init__(self, config: ShardedFullImageDatamanagerConfig, *args, **kwargs) -> None:
+        super().__init__(config, *args, **kwargs)
+        self.schedule = CameraSchedule(
+            num_cameras=len(self.train_dataset),
+            num_shards=config.data_shards or comm.world_size(),
+            rank=comm.rank(),
+            world_size=comm.world_size(),
+            cameras_per_rank=config.cameras_per_rank,
+            seed=config.train_cameras_sampling_seed,
+        )
+        self.eval_indices = list(range(comm.rank(), len(self.eval_dataset), comm.world_size()))
+        CONSOLE.log(
+            f"rank {comm.rank()}: trains on {len(self.schedule.owned_cameras())} of {len(self.train_dataset)} cameras, "
+            f"{self.schedule.steps_per_epoch} steps per epoch"
+        )
+
+    @cached_property
+    def cached_train(self) -> Dict[int, Dict[str, torch.Tensor]]:  # type: ignore[override]
+        """This rank's training images (and only those), loaded on first use."""
+        cache = self._load_subset("train", self.schedule.owned_cameras())
+        self.train_cameras = self.train_dataset.cameras.to(self.device if self.config.cache_images == "gpu" else "cpu")
+        return cache
+
+    @cached_property
+    def cached_eval(self) -> Dict[int, Dict[str, torch.Tensor]]:  # type: ignore[override]
+        """This rank's share of the evaluation images."""
+        return self._load_subset("eval", self.eval_indices)
+
+    def _load_subset(self, split: Literal["train", "eval"], indices: List[int]) -> Dict[int, Dict[str, torch.Tensor]]:
+        dataset = self.train_dataset if split == "train" else self.eval_dataset
+        with ThreadPoolExecutor(max_workers=self.config.max_thread_workers) as pool:
+            loaded = list(
+                track(
+                    pool.map(lambda i: _load_and_undistort(dataset, i, self.config.cache_images_type), indices),
+                    description=f"Caching / undistorting {len(indices)} {split} images (rank {comm.rank()})",
+                    transient=True,
+                    total=len(indices),
+                )
+            )
+        on_gpu = self.config.cache_images == "gpu"
+        for data in loaded:
+            for key in ("image", "mask", "depth"):
+                if key in data:
+                    data[key] = data[key].to(self.device) if on_gpu else _pinned(data[key])
+        return dict(zip(indices, loaded))
+
+    def next_train(self, step: int) -> Tuple[Cameras, Dict]:
+        """This rank's cameras for `step`, as one batched `Cameras` and stacked images."""
+        indices = self.schedule.cameras_for_step(step)
+        images = [self.cached_train[i] for i in indices]
+        sizes = {tuple(d["image"].shape) for d in images}
+        if len(sizes) > 1:
+            raise ConfigError(
+                f"cameras_per_rank={len(indices)} renders images together but they differ in size {sorted(sizes)}; "
+                "use --pipeline.datamanager.cameras-per-rank 1 for this dataset"
+            )
+        batch = {"image": _stack([d["image"] for d in images]).to(self.device)}
+        if "mask" in images[0]:
+            batch["mask"] = _stack([d["mask"] for d in images]).to(self.device)
+        camera = self.train_cameras[torch.tensor(indices)].to(self.device)
+        camera.metadata = {"cam_idx": indices[0] if len(indices) == 1 else indices}
+        return camera, batch
+
+    def get_train_rays_per_batch(self) -> int:
+        first = self.cached_train[self.schedule.owned_cameras()[0]]["image"]
+        return first.shape[0] * first.shape[1] * self.config.cameras_per_rank
+
+    @property
+    def fixed_indices_eval_dataloader(self) -> List[Tuple[Cameras, Dict]]:
+        """(camera, data) for this rank's share of the evaluation images."""
+        cache = self.cached_eval  # loading undistorts, which updates the intrinsics read below
+        cameras = self.eval_dataset.cameras.to(self.device)
+        out = []
+        for i in self.eval_indices:
+            data = dict(cache[i])
+            data["image"] = data["image"].to(self.device)
+            data["image_idx"] = i
+            out.append((cameras[i : i + 1], data))
+        return out
+
+    def next_eval_image(self, step: int) -> Tuple[Cameras, Dict]:
+        """A random evaluation image from this rank's share."""
+        if not self.eval_indices:
+            raise RuntimeError(f"rank {comm.rank()} holds no evaluation images")
+        i = random.choice(self.eval_indices)
+        data = dict(self.cached_eval[i])
+        data["image"] = data["image"].to(self.device)
+        return self.eval_dataset.cameras[i : i + 1].to(self.device), data
+
+
+def _stack(tensors: List[torch.Tensor]) -> torch.Tensor:
+    return tensors[0] if len(tensors) == 1 else torch.stack(tensors)
+
+
+def _pinned(t: torch.Tensor) -> torch.Tensor:
+    """Page-locked host copy where CUDA exists (fast, async uploads), the tensor itself elsewhere."""
+    return t.pin_memory() if torch.cuda.is_available() else t

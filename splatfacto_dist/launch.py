@@ -1,0 +1,188 @@
+"""Multi-process training where nerfstudio's launcher cannot go: CPU over gloo, torchrun, SLURM.
+
+`splatfacto-dist-train` takes exactly ns-train's command line (any method, all `--machine.*`
+settings). It spawns `--machine.num-devices` processes per machine (gloo on CPU, NCCL on CUDA),
+or, when started by torchrun or srun, joins the job those launchers describe in the environment.
+Misconfigurations are reported in one line before any process or GPU work starts.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Optional
+from urllib.parse import urlparse
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import tyro
+import yaml
+
+from nerfstudio.configs.method_configs import AnnotatedBaseConfigUnion
+from nerfstudio.engine.trainer import TrainerConfig
+from nerfstudio.scripts.train import _find_free_port, train_loop
+from nerfstudio.utils import comms
+from nerfstudio.utils.rich_utils import CONSOLE
+
+from splatfacto_dist import comm
+
+DEFAULT_TIMEOUT = timedelta(minutes=10)
+
+
+class LaunchError(SystemExit):
+    """A configuration that cannot run; carries the one line to show the user."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(2)
+        self.message = message
+
+
+@dataclass
+class Job:
+    """Where this process sits in the job."""
+
+    world_size: int
+    num_devices_per_machine: int
+    machine_rank: int
+    init_method: str
+    local_rank: Optional[int] = None  # set when an external launcher already started this process
+    global_rank: Optional[int] = None
+
+
+def _env_job() -> Optional[Job]:
+    """The job described by torchrun (RANK/WORLD_SIZE/LOCAL_RANK) or SLURM (SLURM_*) variables."""
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env and "LOCAL_RANK" in env:
+        rank, world, local = int(env["RANK"]), int(env["WORLD_SIZE"]), int(env["LOCAL_RANK"])
+        per_machine = int(env.get("LOCAL_WORLD_SIZE", world))
+        return Job(world, per_machine, rank // per_machine, "env://", local, rank)
+    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+        rank, world, local = int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env["SLURM_LOCALID"])
+        per_machine = world // int(env.get("SLURM_NNODES", "1"))
+        if "MASTER_ADDR" not in env:
+            raise LaunchError("under SLURM set MASTER_ADDR (and MASTER_PORT) to the first node, see configs/slurm_*.sh")
+        url = f"tcp://{env['MASTER_ADDR']}:{env.get('MASTER_PORT', '29500')}"
+        return Job(world, per_machine, rank // per_machine, url, local, rank)
+    return None
+
+
+def _data_path(config: TrainerConfig) -> Optional[Path]:
+    datamanager = config.pipeline.datamanager
+    data = config.data or getattr(datamanager, "data", None) or getattr(datamanager.dataparser, "data", None)
+    return Path(data) if data is not None else None
+
+
+def check_config(config: TrainerConfig, job: Job) -> None:
+    """Fail early, in one line, on what cannot work."""
+    machine = config.machine
+    if machine.device_type == "cuda":
+        if not torch.cuda.is_available():
+            raise LaunchError("CUDA is not available here; train on CPU with --machine.device-type cpu")
+        if job.num_devices_per_machine > torch.cuda.device_count():
+            raise LaunchError(
+                f"--machine.num-devices {job.num_devices_per_machine} but only {torch.cuda.device_count()} GPU(s) "
+                "are visible on this machine"
+            )
+    data = _data_path(config)
+    if config.load_config is None and (data is None or not data.exists()):
+        raise LaunchError(f"data path {data} does not exist (pass --data DIR or the dataparser's --data)")
+    if job.world_size > 1 and job.init_method.startswith("tcp://") and job.machine_rank == 0 and job.local_rank is None:
+        url = urlparse(job.init_method)
+        if url.hostname in ("127.0.0.1", "localhost", "0.0.0.0", socket.gethostname()) and not _port_free(url.port):
+            raise LaunchError(f"port {url.port} of --machine.dist-url {job.init_method} is in use; choose another port")
+
+
+def _port_free(port: Optional[int]) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("", port or 0))
+        except OSError:
+            return False
+    return True
+
+
+def _run_rank(local_rank: int, config: TrainerConfig, job: Job) -> None:
+    """One rank: device, process group, nerfstudio's train_loop, then the final barrier."""
+    global_rank = job.global_rank if job.global_rank is not None else job.machine_rank * job.num_devices_per_machine + local_rank
+    if job.world_size == 1:
+        train_loop(local_rank, 1, config, 0)
+        return
+    cuda = config.machine.device_type == "cuda"
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    timeout = timedelta(seconds=getattr(config, "collective_timeout_s", DEFAULT_TIMEOUT.total_seconds()))
+    dist.init_process_group(
+        backend="nccl" if cuda else "gloo",
+        init_method=job.init_method,
+        world_size=job.world_size,
+        rank=global_rank,
+        timeout=timeout,
+    )
+    for machine in range(job.world_size // job.num_devices_per_machine):
+        ranks = list(range(machine * job.num_devices_per_machine, (machine + 1) * job.num_devices_per_machine))
+        group = dist.new_group(ranks)
+        if machine == job.machine_rank:
+            comms.LOCAL_PROCESS_GROUP = group
+    try:
+        train_loop(local_rank, job.world_size, config, global_rank)
+        comm.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def launch(config: TrainerConfig) -> None:
+    """Run `config` on this machine's share of the job (see the module docstring)."""
+    machine = config.machine
+    job = _env_job()
+    if job is None:
+        url = machine.dist_url
+        world = machine.num_machines * machine.num_devices
+        if url == "auto":
+            if machine.num_machines > 1:
+                raise LaunchError("--machine.dist-url auto only works on one machine; give tcp://HOST:PORT")
+            url = f"tcp://127.0.0.1:{_find_free_port()}"
+        job = Job(world, machine.num_devices, machine.machine_rank, url)
+    check_config(config, job)
+    if job.local_rank is not None:
+        _run_rank(job.local_rank, config, job)
+    elif job.num_devices_per_machine == 1:
+        _run_rank(0, config, job)
+    else:
+        mp.spawn(_run_rank, nprocs=job.num_devices_per_machine, args=(config, job), join=True)
+
+
+def main(config: TrainerConfig) -> None:
+    """ns-train's main(), with this module's launcher."""
+    if config.data:
+        config.pipeline.datamanager.data = config.data
+    if config.load_config:
+        config = yaml.load(config.load_config.read_text(), Loader=yaml.Loader)
+    config.set_timestamp()
+    if comm_rank_from_env() == 0:
+        config.print_to_terminal()
+        config.save_config()
+    try:
+        launch(config)
+    except LaunchError as err:
+        CONSOLE.print(f"[bold red]error:[/bold red] {err.message}")
+        raise
+
+
+def comm_rank_from_env() -> int:
+    """The global rank an external launcher gave this process (0 when none did)."""
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
+
+
+def entrypoint() -> None:
+    """`splatfacto-dist-train`: ns-train's command line, runnable without CUDA and under torchrun/srun."""
+    tyro.extras.set_accent_color("bright_yellow")
+    main(tyro.cli(AnnotatedBaseConfigUnion, description=__doc__))
+
+
+if __name__ == "__main__":
+    sys.exit(entrypoint())

@@ -1,0 +1,307 @@
+"""SplatfactoDistModel: splatfacto that runs on any device, renders camera batches, and keeps
+every random draw that changes the model identical on all ranks.
+
+It stays a `SplatfactoModel` so ns-export, ns-eval and the viewer keep their special cases.
+What changes and why:
+- initial Gaussians come from a seeded generator, are created contiguous and device-agnostic
+  (stock calls `.cuda()` and leaves `features_dc`/`features_rest` as strided views);
+- rendering goes through `raster.rasterize` (gsplat on CUDA, the PyTorch reference on CPU) and
+  accepts C same-sized cameras at once; losses are means over those C images;
+- the random background of each rendered image is drawn from a per-step seed for the global
+  batch, so rank r's images get the colours a single process would give the same images;
+- densification uses `SynchronizedDefaultStrategy`; LPIPS is built lazily (see metrics.py).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple, Type, Union
+
+import torch
+import torch.nn.functional as F
+from pytorch_msssim import SSIM
+from torchmetrics.image import PeakSignalNoiseRatio
+
+from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.model_components.lib_bilagrid import BilateralGrid, color_correct, total_variation_loss
+from nerfstudio.models.splatfacto import RGB2SH, SplatfactoModel, SplatfactoModelConfig, num_sh_bases
+from nerfstudio.utils.colors import get_color
+
+from splatfacto_dist import comm
+from splatfacto_dist.metrics import LazyLPIPS
+from splatfacto_dist.raster import rasterize
+from splatfacto_dist.strategy import SynchronizedDefaultStrategy
+
+
+@dataclass
+class SplatfactoDistModelConfig(SplatfactoModelConfig):
+    """Splatfacto for several GPUs or processes; every splatfacto option keeps its meaning."""
+
+    _target: Type = field(default_factory=lambda: SplatfactoDistModel)
+    seed: int = 42
+    """Seed of every random draw that changes the model (initial Gaussians, training backgrounds,
+    split samples). It is the same on all ranks, unlike nerfstudio's per-rank machine seed."""
+    images_per_step: int = 1
+    """Images rendered per step across all ranks. Set by the trainer when it converts the schedule
+    from images to steps; it sizes the pause after an opacity reset (one pass over the cameras)."""
+
+
+def _random_quats(n: int, generator: torch.Generator) -> torch.Tensor:
+    """Uniform random unit quaternions (Shoemake), from `generator`."""
+    u, v, w = torch.rand(3, n, generator=generator)
+    return torch.stack(
+        [
+            torch.sqrt(1 - u) * torch.sin(2 * math.pi * v),
+            torch.sqrt(1 - u) * torch.cos(2 * math.pi * v),
+            torch.sqrt(u) * torch.sin(2 * math.pi * w),
+            torch.sqrt(u) * torch.cos(2 * math.pi * w),
+        ],
+        dim=-1,
+    )
+
+
+class SplatfactoDistModel(SplatfactoModel):
+    """Splatfacto whose replicas stay identical across ranks (see module docstring)."""
+
+    config: SplatfactoDistModelConfig
+
+    def populate_modules(self) -> None:
+        self.gauss_params = torch.nn.ParameterDict(
+            {name: torch.nn.Parameter(value.contiguous()) for name, value in self._initial_gaussians().items()}
+        )
+        self.camera_optimizer = self.config.camera_optimizer.setup(num_cameras=self.num_train_data, device="cpu")
+        self.psnr = PeakSignalNoiseRatio(data_range=1.0)
+        self.ssim = SSIM(data_range=1.0, size_average=True, channel=3)
+        self.lpips = LazyLPIPS()
+        self.step = 0
+        self.crop_box = None
+        if self.config.background_color == "random":
+            self.background_color = torch.tensor([0.1490, 0.1647, 0.2157])  # viser's background
+        else:
+            self.background_color = get_color(self.config.background_color)
+        if self.config.use_bilateral_grid:
+            self.bil_grids = BilateralGrid(
+                num=self.num_train_data,
+                grid_X=self.config.grid_shape[0],
+                grid_Y=self.config.grid_shape[1],
+                grid_W=self.config.grid_shape[2],
+            )
+        self._background_generator: Optional[torch.Generator] = None
+        self.strategy = SynchronizedDefaultStrategy(
+            prune_opa=self.config.cull_alpha_thresh,
+            grow_grad2d=self.config.densify_grad_thresh,
+            grow_scale3d=self.config.densify_size_thresh,
+            grow_scale2d=self.config.split_screen_size,
+            prune_scale3d=self.config.cull_scale_thresh,
+            prune_scale2d=self.config.cull_screen_size,
+            refine_scale2d_stop_iter=self.config.stop_screen_size_at,
+            refine_start_iter=self.config.warmup_length,
+            refine_stop_iter=self.config.stop_split_at,
+            reset_every=self.config.reset_alpha_every * self.config.refine_every,
+            refine_every=self.config.refine_every,
+            pause_refine_after_reset=-(-self.num_train_data // self.config.images_per_step) + self.config.refine_every,
+            absgrad=self.config.use_absgrad,
+            revised_opacity=False,
+            verbose=comm.is_main(),
+            seed=self.config.seed,
+        )
+        self.strategy_state = self.strategy.initialize_state(scene_scale=1.0)
+
+    def _initial_gaussians(self) -> Dict[str, torch.Tensor]:
+        generator = torch.Generator().manual_seed(self.config.seed)
+        use_points = self.seed_points is not None and not self.config.random_init
+        if use_points:
+            means = self.seed_points[0].float()  # type: ignore[index]
+        else:
+            means = (torch.rand((self.config.num_random, 3), generator=generator) - 0.5) * self.config.random_scale
+        distances, _ = self.k_nearest_sklearn(means, 3)
+        scales = torch.log(torch.from_numpy(distances).mean(dim=-1, keepdim=True).repeat(1, 3))
+        n = means.shape[0]
+        dim_sh = num_sh_bases(self.config.sh_degree)
+        features_rest = torch.zeros((n, dim_sh - 1, 3))
+        if use_points and self.seed_points[1].shape[0] > 0:  # type: ignore[index]
+            rgb = self.seed_points[1].float() / 255  # type: ignore[index]
+            features_dc = RGB2SH(rgb) if self.config.sh_degree > 0 else torch.logit(rgb, eps=1e-10)
+        else:
+            features_dc = torch.rand((n, 3), generator=generator)
+        return {
+            "means": means,
+            "scales": scales,
+            "quats": _random_quats(n, generator),
+            "features_dc": features_dc,
+            "features_rest": features_rest,
+            "opacities": torch.logit(0.1 * torch.ones(n, 1)),
+        }
+
+    def _camera_to_worlds(self, camera: Cameras) -> torch.Tensor:
+        """Camera poses with the learned pose corrections of training cameras applied."""
+        if not self.training or self.camera_optimizer.config.mode == "off":
+            return camera.camera_to_worlds
+        idx = (camera.metadata or {}).get("cam_idx")
+        if not isinstance(idx, list):
+            return self.camera_optimizer.apply_to_camera(camera)
+        poses = []
+        for i, cam_idx in enumerate(idx):
+            single = camera[i : i + 1]
+            single.metadata = {"cam_idx": cam_idx}
+            poses.append(self.camera_optimizer.apply_to_camera(single))
+        return torch.cat(poses)
+
+    def _training_backgrounds(self, n: int) -> torch.Tensor:
+        """[n, 3] backgrounds for this rank's images: its rows of one draw for the global batch."""
+        if self.config.background_color != "random":
+            return self._get_background_color().expand(n, 3)
+        if self._background_generator is None or self._background_generator.device != self.device:
+            self._background_generator = torch.Generator(device=self.device)
+        self._background_generator.manual_seed(self.config.seed * 1_000_003 + self.step)
+        rows = torch.rand((comm.world_size() * n, 3), generator=self._background_generator, device=self.device)
+        return rows[comm.rank() * n : (comm.rank() + 1) * n]
+
+    @staticmethod
+    def _viewmats(camera_to_worlds: torch.Tensor) -> torch.Tensor:
+        """World-to-camera matrices in gsplat's (OpenCV) axes from nerfstudio's (OpenGL) poses."""
+        R = camera_to_worlds[:, :3, :3] * torch.tensor([1.0, -1.0, -1.0], device=camera_to_worlds.device)
+        T = camera_to_worlds[:, :3, 3:4]
+        R_inv = R.transpose(1, 2)
+        viewmats = torch.zeros(R.shape[0], 4, 4, device=R.device, dtype=R.dtype)
+        viewmats[:, 3, 3] = 1.0
+        viewmats[:, :3, :3] = R_inv
+        viewmats[:, :3, 3:4] = -torch.bmm(R_inv, T)
+        return viewmats
+
+    def get_outputs(self, camera: Cameras) -> Dict[str, Union[torch.Tensor, List]]:
+        """Render C same-sized cameras; outputs are [C, H, W, .] (stock shapes when C == 1)."""
+        if not isinstance(camera, Cameras):
+            return {}
+        n_views = camera.shape[0]
+        camera_to_worlds = self._camera_to_worlds(camera).to(self.device)
+        params = self.gauss_params
+        if self.crop_box is not None and not self.training:
+            crop_ids = self.crop_box.within(self.means).squeeze()
+            if crop_ids.sum() == 0:
+                return self.get_empty_outputs(int(camera.width[0]), int(camera.height[0]), self.background_color)
+            params = {name: value[crop_ids] for name, value in self.gauss_params.items()}
+
+        scale = self._get_downscale_factor()
+        camera.rescale_output_resolution(1 / scale)
+        Ks = camera.get_intrinsics_matrices().to(self.device)
+        W, H = int(camera.width[0].item()), int(camera.height[0].item())
+        assert bool((camera.width == W).all() and (camera.height == H).all()), "a rendered batch must share one size"
+        camera.rescale_output_resolution(scale)
+        self.last_size = (H, W)
+
+        colors = torch.cat((params["features_dc"][:, None, :], params["features_rest"]), dim=1)
+        if self.config.sh_degree > 0:
+            sh_degree: Optional[int] = min(self.step // self.config.sh_degree_interval, self.config.sh_degree)
+        else:
+            colors, sh_degree = torch.sigmoid(colors).squeeze(1), None
+        render_mode = "RGB+ED" if self.config.output_depth_during_training or not self.training else "RGB"
+        render, alpha, self.info = rasterize(
+            means=params["means"],
+            quats=params["quats"],
+            scales=torch.exp(params["scales"]),
+            opacities=torch.sigmoid(params["opacities"]).squeeze(-1),
+            colors=colors,
+            viewmats=self._viewmats(camera_to_worlds),
+            Ks=Ks,
+            width=W,
+            height=H,
+            sh_degree=sh_degree,
+            render_mode=render_mode,
+            rasterize_mode=self.config.rasterize_mode,
+            absgrad=self.strategy.absgrad,
+        )
+        if self.training:
+            self.strategy.step_pre_backward(self.gauss_params, self.optimizers, self.strategy_state, self.step, self.info)
+
+        if self.training:
+            background = self._training_backgrounds(n_views)
+        else:
+            background = self._get_background_color().expand(n_views, 3)
+        rgb = torch.clamp(render[..., :3] + (1 - alpha) * background[:, None, None, :], 0.0, 1.0)
+        if self.config.use_bilateral_grid and self.training and "cam_idx" in (camera.metadata or {}):
+            cam_idx = camera.metadata["cam_idx"]  # type: ignore[index]
+            cam_idx = cam_idx if isinstance(cam_idx, list) else [cam_idx]
+            rgb = torch.cat([self._apply_bilateral_grid(rgb[i : i + 1], c, H, W) for i, c in enumerate(cam_idx)])
+
+        depth = None
+        if render_mode == "RGB+ED":
+            depth = render[..., 3:4]
+            depth = torch.where(alpha > 0, depth, depth.detach().max())
+        if n_views > 1:
+            return {"rgb": rgb, "depth": depth, "accumulation": alpha, "background": background}  # type: ignore
+        background = background[0] if self.training else background[0].expand(H, W, 3)
+        return {
+            "rgb": rgb[0],
+            "depth": depth[0] if depth is not None else None,
+            "accumulation": alpha[0],
+            "background": background,
+        }  # type: ignore
+
+    def _downscale_if_required(self, image: torch.Tensor) -> torch.Tensor:
+        """Area-downscale [..., H, W, C] images (one or a batch) to the current training resolution."""
+        d = self._get_downscale_factor()
+        if d == 1:
+            return image
+        batch = image.float().reshape(-1, *image.shape[-3:]).permute(0, 3, 1, 2)
+        small = F.avg_pool2d(batch, d).permute(0, 2, 3, 1)
+        return small.reshape(*image.shape[:-3], *small.shape[1:])
+
+    def composite_with_background(self, image: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
+        """Composite RGBA ground truth over the background the prediction was rendered with."""
+        if image.shape[-1] != 4:
+            return image
+        if image.dim() == 4 and background.dim() == 2:
+            background = background[:, None, None, :]
+        alpha = image[..., 3:]
+        return alpha * image[..., :3] + (1 - alpha) * background
+
+    def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, torch.Tensor]:
+        """Splatfacto's loss, averaged over the rendered batch."""
+        gt = self.composite_with_background(self.get_gt_img(batch["image"]), outputs["background"])
+        pred = outputs["rgb"]
+        if "mask" in batch:
+            mask = self._downscale_if_required(batch["mask"]).to(self.device)
+            assert mask.shape[:-1] == gt.shape[:-1] == pred.shape[:-1]
+            gt, pred = gt * mask, pred * mask
+        gt_nchw = gt.reshape(-1, *gt.shape[-3:]).permute(0, 3, 1, 2)
+        pred_nchw = pred.reshape(-1, *pred.shape[-3:]).permute(0, 3, 1, 2)
+        l1 = torch.abs(gt - pred).mean()
+        ssim_loss = 1 - self.ssim(gt_nchw, pred_nchw)
+        if self.config.use_scale_regularization and self.step % 10 == 0:
+            scale_exp = torch.exp(self.scales)
+            ratio = scale_exp.amax(dim=-1) / scale_exp.amin(dim=-1)
+            scale_reg = 0.1 * (torch.clamp_min(ratio, self.config.max_gauss_ratio) - self.config.max_gauss_ratio).mean()
+        else:
+            scale_reg = torch.zeros((), device=self.device)
+        loss_dict = {
+            "main_loss": (1 - self.config.ssim_lambda) * l1 + self.config.ssim_lambda * ssim_loss,
+            "scale_reg": scale_reg,
+        }
+        if self.training:
+            self.camera_optimizer.get_loss_dict(loss_dict)
+            if self.config.use_bilateral_grid:
+                loss_dict["tv_loss"] = 10 * total_variation_loss(self.bil_grids.grids)
+        return loss_dict
+
+    def get_image_metrics_and_images(
+        self, outputs: Dict[str, torch.Tensor], batch: Dict[str, torch.Tensor]
+    ) -> Tuple[Dict[str, float], Dict[str, torch.Tensor]]:
+        """PSNR, SSIM and (when its weights can be loaded) LPIPS of one evaluation image."""
+        gt_rgb = self.composite_with_background(self.get_gt_img(batch["image"]), outputs["background"])
+        predicted_rgb = outputs["rgb"]
+        images = {"img": torch.cat([gt_rgb, predicted_rgb], dim=1)}
+        candidates = {"": predicted_rgb}
+        if self.config.color_corrected_metrics:
+            candidates["cc_"] = color_correct(predicted_rgb, gt_rgb)
+        gt_nchw = torch.moveaxis(gt_rgb, -1, 0)[None, ...]
+        metrics: Dict[str, float] = {}
+        for prefix, rgb in candidates.items():
+            rgb_nchw = torch.moveaxis(rgb, -1, 0)[None, ...]
+            metrics[f"{prefix}psnr"] = float(self.psnr(gt_nchw, rgb_nchw).item())
+            metrics[f"{prefix}ssim"] = float(self.ssim(gt_nchw, rgb_nchw))
+            lpips = self.lpips(gt_nchw, rgb_nchw)
+            if lpips is not None:
+                metrics[f"{prefix}lpips"] = float(lpips)
+        return metrics, images

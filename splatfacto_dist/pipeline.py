@@ -1,0 +1,85 @@
+"""DistPipeline: nerfstudio's VanillaPipeline without the DDP wrapper, with distributed eval.
+
+DDP registers hooks on the Parameters it sees at construction; gsplat's densification replaces
+every Gaussian Parameter, after which DDP silently stops averaging their gradients. Gradients are
+averaged by the trainer instead (comm.average_gradients), so the base class is built as if
+single-process and the data side reads the global rank from torch.distributed itself.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Literal, Optional, Type
+
+import torch
+import torchvision.utils as vutils
+from torch.cuda.amp.grad_scaler import GradScaler
+
+from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
+
+from splatfacto_dist import comm
+from splatfacto_dist.profiling import PHASES
+
+
+@dataclass
+class DistPipelineConfig(VanillaPipelineConfig):
+    _target: Type = field(default_factory=lambda: DistPipeline)
+
+
+class DistPipeline(VanillaPipeline):
+    """One replica of the model per rank, started from rank 0's exact state."""
+
+    def __init__(
+        self,
+        config: DistPipelineConfig,
+        device: str,
+        test_mode: Literal["test", "val", "inference"] = "val",
+        world_size: int = 1,
+        local_rank: int = 0,
+        grad_scaler: Optional[GradScaler] = None,
+    ) -> None:
+        super().__init__(config, device, test_mode=test_mode, world_size=1, local_rank=local_rank, grad_scaler=grad_scaler)
+        self.world_size = world_size
+        comm.broadcast_module_state(self.model)
+
+    def get_train_loss_dict(self, step: int):
+        with PHASES.phase("data"):
+            cameras, batch = self.datamanager.next_train(step)
+        with PHASES.phase("render+loss"):
+            outputs = self.model(cameras)
+            metrics_dict = self.model.get_metrics_dict(outputs, batch)
+            loss_dict = self.model.get_loss_dict(outputs, batch, metrics_dict)
+        return outputs, loss_dict, metrics_dict
+
+    @torch.no_grad()
+    def get_average_eval_image_metrics(
+        self, step: Optional[int] = None, output_path: Optional[Path] = None, get_std: bool = False
+    ) -> Dict[str, float]:
+        """Exact means (and stds) over the whole eval set; each rank renders its own share."""
+        self.eval()
+        local: List[Dict[str, float]] = []
+        if output_path is not None:
+            output_path.mkdir(exist_ok=True, parents=True)
+        for camera, batch in self.datamanager.fixed_indices_eval_dataloader:
+            start = time.perf_counter()
+            outputs = self.model.get_outputs_for_camera(camera=camera)
+            metrics, images = self.model.get_image_metrics_and_images(outputs, batch)
+            elapsed = max(time.perf_counter() - start, 1e-9)
+            pixels = int(camera.height.item() * camera.width.item())
+            metrics["num_rays_per_sec"] = pixels / elapsed
+            metrics["fps"] = 1.0 / elapsed
+            local.append(metrics)
+            if output_path is not None:
+                for key, image in images.items():
+                    vutils.save_image(image.permute(2, 0, 1).cpu(), output_path / f"eval_{key}_{batch['image_idx']:04d}.png")
+        gathered = [m for part in comm.all_gather_objects(local) for m in part]
+        self.train()
+        result: Dict[str, float] = {}
+        for key in gathered[0]:
+            values = torch.tensor([m[key] for m in gathered], dtype=torch.float64)
+            result[key] = float(values.mean())
+            if get_std:
+                result[f"{key}_std"] = float(values.std()) if len(values) > 1 else 0.0
+        return result

@@ -1,0 +1,258 @@
+"""Gaussian rasterization on either device.
+
+CUDA tensors go to gsplat 1.4.0's kernels. CPU tensors go to `reference_rasterization`, a
+pure-PyTorch rasterizer with the same inputs, outputs and `info` contract as the gsplat call
+splatfacto makes, so that the whole training loop, densification included, runs on a machine
+without a GPU. The reference is meant for tests and tiny scenes: it materializes every
+(pixel, Gaussian) pair of the tiles a Gaussian touches, which is far too slow for real captures.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Literal, Optional, Tuple
+
+import torch
+from gsplat.cuda._torch_impl import _fully_fused_projection, _quat_scale_to_covar_preci, _spherical_harmonics
+from gsplat.rendering import rasterization as gsplat_rasterization
+
+RenderMode = Literal["RGB", "RGB+ED"]
+
+TILE_SIZE = 16
+_MIN_ALPHA = 1.0 / 255.0
+_MAX_ALPHA = 0.999
+_MIN_TRANSMITTANCE = 1e-4
+
+
+def rasterize(
+    means: torch.Tensor,
+    quats: torch.Tensor,
+    scales: torch.Tensor,
+    opacities: torch.Tensor,
+    colors: torch.Tensor,
+    viewmats: torch.Tensor,
+    Ks: torch.Tensor,
+    width: int,
+    height: int,
+    sh_degree: Optional[int],
+    render_mode: RenderMode = "RGB",
+    rasterize_mode: Literal["classic", "antialiased"] = "classic",
+    absgrad: bool = False,
+) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, Any]]:
+    """Render C views of N Gaussians: ([C,H,W,D], alphas [C,H,W,1], info) like gsplat."""
+    kwargs = dict(
+        means=means,
+        quats=quats,
+        scales=scales,
+        opacities=opacities,
+        colors=colors,
+        viewmats=viewmats,
+        Ks=Ks,
+        width=width,
+        height=height,
+        sh_degree=sh_degree,
+        render_mode=render_mode,
+        rasterize_mode=rasterize_mode,
+        absgrad=absgrad,
+    )
+    if means.is_cuda:
+        return gsplat_rasterization(
+            packed=False, near_plane=0.01, far_plane=1e10, sparse_grad=False, tile_size=TILE_SIZE, **kwargs
+        )
+    return reference_rasterization(**kwargs)
+
+
+def reference_rasterization(
+    means: torch.Tensor,
+    quats: torch.Tensor,
+    scales: torch.Tensor,
+    opacities: torch.Tensor,
+    colors: torch.Tensor,
+    viewmats: torch.Tensor,
+    Ks: torch.Tensor,
+    width: int,
+    height: int,
+    sh_degree: Optional[int],
+    render_mode: RenderMode = "RGB",
+    rasterize_mode: Literal["classic", "antialiased"] = "classic",
+    absgrad: bool = False,
+    near_plane: float = 0.01,
+    far_plane: float = 1e10,
+    eps2d: float = 0.3,
+) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, Any]]:
+    """Pure-PyTorch twin of `gsplat.rasterization(packed=False)` for tests and tiny scenes.
+
+    Projection and SH evaluation reuse gsplat's own PyTorch reference functions; compositing
+    follows gsplat's kernel: tiles of 16 px, pixels sorted front to back, Gaussians with alpha
+    below 1/255 skipped, a pixel stops once its transmittance would fall to 1e-4. `info` carries
+    `means2d` (retainable, with `.absgrad` after backward when `absgrad`), `radii`, `width`,
+    `height`, `n_cameras` and the other keys gsplat's strategies read.
+    """
+    C = viewmats.shape[0]
+    covars, _ = _quat_scale_to_covar_preci(quats, scales, compute_preci=False)
+    radii, means2d, depths, conics, compensations = _fully_fused_projection(
+        means,
+        covars,
+        viewmats,
+        Ks,
+        width,
+        height,
+        eps2d=eps2d,
+        near_plane=near_plane,
+        far_plane=far_plane,
+        calc_compensations=rasterize_mode == "antialiased",
+    )
+    view_opacities = opacities.repeat(C, 1)
+    if compensations is not None:
+        view_opacities = view_opacities * compensations
+
+    if sh_degree is None:
+        view_colors = colors.expand(C, -1, -1) if colors.dim() == 2 else colors
+    else:
+        camera_centers = torch.inverse(viewmats)[:, :3, 3]
+        dirs = means[None, :, :] - camera_centers[:, None, :]
+        shs = colors.expand(C, -1, -1, -1) if colors.dim() == 3 else colors
+        view_colors = torch.clamp_min(_spherical_harmonics(sh_degree, dirs, shs) + 0.5, 0.0)
+    if render_mode == "RGB+ED":
+        view_colors = torch.cat([view_colors, depths[..., None]], dim=-1)
+
+    renders, alphas = _composite(means2d, conics, view_opacities, view_colors, radii, depths, width, height, absgrad)
+    if render_mode == "RGB+ED":
+        renders = torch.cat([renders[..., :-1], renders[..., -1:] / alphas.clamp(min=1e-10)], dim=-1)
+
+    info: Dict[str, Any] = {
+        "camera_ids": None,
+        "gaussian_ids": None,
+        "radii": radii,
+        "means2d": means2d,
+        "depths": depths,
+        "conics": conics,
+        "opacities": view_opacities,
+        "tile_width": math.ceil(width / TILE_SIZE),
+        "tile_height": math.ceil(height / TILE_SIZE),
+        "width": width,
+        "height": height,
+        "tile_size": TILE_SIZE,
+        "n_cameras": C,
+    }
+    return renders, alphas, info
+
+
+class _GatherWithAbsGrad(torch.autograd.Function):
+    """`source.reshape(-1, 2)[index]` whose backward also records gsplat's `absgrad`.
+
+    gsplat sums |d loss / d mean2d| per pixel into `means2d.absgrad` (AbsGS); the sum of
+    absolute per-pair gradients is the same quantity here, because each pair is one pixel.
+    """
+
+    @staticmethod
+    def forward(ctx, source: torch.Tensor, index: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(index)
+        ctx.source = source
+        ctx.source_shape = source.shape
+        return source.reshape(-1, 2)[index]
+
+    @staticmethod
+    def backward(ctx, grad_pairs: torch.Tensor):  # type: ignore[override]
+        (index,) = ctx.saved_tensors
+        rows = math.prod(ctx.source_shape[:-1])
+        grad = torch.zeros(rows, 2, dtype=grad_pairs.dtype, device=grad_pairs.device)
+        grad.index_add_(0, index, grad_pairs)
+        absgrad = torch.zeros_like(grad).index_add_(0, index, grad_pairs.abs())
+        ctx.source.absgrad = absgrad.reshape(ctx.source_shape)
+        return grad.reshape(ctx.source_shape), None
+
+
+@torch.no_grad()
+def _tile_pixel_pairs(
+    means2d: torch.Tensor, radii: torch.Tensor, depths: torch.Tensor, width: int, height: int
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """All (view*N + gaussian, view*H*W + pixel) pairs of the tiles each Gaussian touches."""
+    C, N = radii.shape
+    cam, gid = torch.nonzero(radii > 0, as_tuple=True)
+    if cam.numel() == 0:
+        empty = torch.zeros(0, dtype=torch.long, device=radii.device)
+        return empty, empty, empty
+    tiles_x, tiles_y = math.ceil(width / TILE_SIZE), math.ceil(height / TILE_SIZE)
+    r = radii[cam, gid].float() / TILE_SIZE
+    center = means2d[cam, gid] / TILE_SIZE
+    x0 = torch.clamp(torch.floor(center[:, 0] - r), 0, tiles_x).long()
+    x1 = torch.clamp(torch.ceil(center[:, 0] + r), 0, tiles_x).long()
+    y0 = torch.clamp(torch.floor(center[:, 1] - r), 0, tiles_y).long()
+    y1 = torch.clamp(torch.ceil(center[:, 1] + r), 0, tiles_y).long()
+    nx, ny = x1 - x0, y1 - y0
+    per = nx * ny
+    owner = torch.repeat_interleave(torch.arange(cam.numel(), device=cam.device), per)
+    offset = torch.arange(owner.numel(), device=cam.device) - torch.repeat_interleave(torch.cumsum(per, 0) - per, per)
+    tx = x0[owner] + offset % nx[owner]
+    ty = y0[owner] + offset // nx[owner]
+    k = torch.arange(TILE_SIZE * TILE_SIZE, device=cam.device)
+    px = (tx[:, None] * TILE_SIZE + k[None, :] % TILE_SIZE).reshape(-1)
+    py = (ty[:, None] * TILE_SIZE + k[None, :] // TILE_SIZE).reshape(-1)
+    owner = owner.repeat_interleave(TILE_SIZE * TILE_SIZE)
+    keep = (px < width) & (py < height)
+    owner, px, py = owner[keep], px[keep], py[keep]
+    gauss_row = cam[owner] * N + gid[owner]
+    pixel_row = cam[owner] * (height * width) + py * width + px
+    return gauss_row, pixel_row, depths.reshape(-1)[gauss_row]
+
+
+def _composite(
+    means2d: torch.Tensor,
+    conics: torch.Tensor,
+    opacities: torch.Tensor,
+    colors: torch.Tensor,
+    radii: torch.Tensor,
+    depths: torch.Tensor,
+    width: int,
+    height: int,
+    absgrad: bool,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    C, N = radii.shape
+    D = colors.shape[-1]
+    gauss_row, pixel_row, pair_depth = _tile_pixel_pairs(means2d.detach(), radii, depths.detach(), width, height)
+
+    def alphas_of(g: torch.Tensor, p: torch.Tensor, mean_xy: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        pix = p % (height * width)
+        centers = torch.stack([(pix % width).to(mean_xy.dtype), (pix // width).to(mean_xy.dtype)], dim=-1) + 0.5
+        d = centers - mean_xy
+        conic = conics.reshape(-1, 3)[g]
+        sigma = 0.5 * (conic[:, 0] * d[:, 0] ** 2 + conic[:, 2] * d[:, 1] ** 2) + conic[:, 1] * d[:, 0] * d[:, 1]
+        return sigma, torch.clamp_max(opacities.reshape(-1)[g] * torch.exp(-sigma), _MAX_ALPHA)
+
+    with torch.no_grad():
+        sigma, alpha = alphas_of(gauss_row, pixel_row, means2d.detach().reshape(-1, 2)[gauss_row])
+        keep = (sigma >= 0) & (alpha >= _MIN_ALPHA)
+        gauss_row, pixel_row, pair_depth, alpha = gauss_row[keep], pixel_row[keep], pair_depth[keep], alpha[keep]
+        order = torch.argsort(pair_depth, stable=True)
+        order = order[torch.argsort(pixel_row[order], stable=True)]
+        gauss_row, pixel_row, alpha = gauss_row[order], pixel_row[order], alpha[order]
+        transmittance = _segment_transmittance(alpha, pixel_row)
+        keep = transmittance * (1 - alpha) > _MIN_TRANSMITTANCE
+        gauss_row, pixel_row = gauss_row[keep], pixel_row[keep]
+
+    if absgrad:
+        mean_xy = _GatherWithAbsGrad.apply(means2d, gauss_row)
+    else:
+        mean_xy = means2d.reshape(-1, 2)[gauss_row]
+    _, alpha = alphas_of(gauss_row, pixel_row, mean_xy)
+    weights = alpha * _segment_transmittance(alpha, pixel_row)
+    n_pixels = C * height * width
+    pair_colors = colors.reshape(-1, D)[gauss_row]
+    renders = torch.zeros(n_pixels, D, dtype=colors.dtype, device=colors.device)
+    renders = renders.index_add(0, pixel_row, weights[:, None] * pair_colors)
+    alphas = torch.zeros(n_pixels, dtype=weights.dtype, device=weights.device).index_add(0, pixel_row, weights)
+    return renders.reshape(C, height, width, D), alphas.reshape(C, height, width, 1)
+
+
+def _segment_transmittance(alpha: torch.Tensor, segment: torch.Tensor) -> torch.Tensor:
+    """Exclusive product of (1 - alpha) within runs of equal `segment` (sorted), differentiable."""
+    if alpha.numel() == 0:
+        return alpha
+    log_keep = torch.log1p(-alpha.double())
+    inclusive = torch.cumsum(log_keep, 0)
+    exclusive = inclusive - log_keep
+    starts = torch.ones_like(segment, dtype=torch.bool)
+    starts[1:] = segment[1:] != segment[:-1]
+    start_index = torch.cummax(torch.where(starts, torch.arange(len(segment), device=segment.device), 0), 0).values
+    return torch.exp(exclusive - exclusive[start_index]).to(alpha.dtype)

@@ -1,0 +1,80 @@
+"""Make N GPUs x B cameras per step do the learning of one GPU, in 1/(N*B) of the steps.
+
+splatfacto's schedules count steps of one image each. With an effective batch of E images per
+step, every count that means "after this much training" is divided by E (the run then sees the
+same number of images), and Adam is adapted to the larger batch following Grendel-GS
+(arXiv:2406.18533): learning rates x sqrt(E), eps / sqrt(E) and betas -> beta^E, so that one
+step on E images moves the Gaussians about as far as E steps on one image would, and the
+moments forget at the same rate per image seen. Pose and bilateral-grid optimizers are left
+as they are: each of their parameters only ever sees its own camera's image.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Literal
+
+from nerfstudio.engine.optimizers import AdamOptimizerConfig
+from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
+from nerfstudio.engine.trainer import TrainerConfig
+
+GAUSSIAN_GROUPS = ("means", "scales", "quats", "features_dc", "features_rest", "opacities")
+ScalingRule = Literal["sqrt", "linear", "off"]
+
+_TRAINER_COUNTS = ("max_num_iterations", "steps_per_save", "steps_per_eval_batch", "steps_per_eval_image",
+                   "steps_per_eval_all_images")
+_MODEL_COUNTS = ("warmup_length", "refine_every", "resolution_schedule", "sh_degree_interval", "stop_screen_size_at",
+                 "stop_split_at")
+
+
+def _per_batch(images: int, effective_batch: int) -> int:
+    """Steps that see `images` images; intervals never collapse to 0 (0 keeps meaning 'off')."""
+    return 0 if images == 0 else max(1, round(images / effective_batch))
+
+
+@dataclasses.dataclass
+class AdamBetasOptimizerConfig(AdamOptimizerConfig):
+    """nerfstudio's Adam config plus `betas`, which it does not expose."""
+
+    betas: tuple = (0.9, 0.999)
+
+
+def convert_images_to_steps(config: TrainerConfig, effective_batch: int) -> None:
+    """Rewrite, in place, every image-count of `config` as a step count for `effective_batch`."""
+    if effective_batch == 1:
+        return
+    for name in _TRAINER_COUNTS:
+        setattr(config, name, _per_batch(getattr(config, name), effective_batch))
+    model = config.pipeline.model
+    for name in _MODEL_COUNTS:
+        setattr(model, name, _per_batch(getattr(model, name), effective_batch))
+    model.images_per_step = effective_batch  # type: ignore[attr-defined]
+    for group in config.optimizers.values():
+        scheduler = group.get("scheduler")
+        if isinstance(scheduler, ExponentialDecaySchedulerConfig):
+            scheduler.max_steps = _per_batch(scheduler.max_steps, effective_batch)
+            scheduler.warmup_steps = _per_batch(scheduler.warmup_steps, effective_batch)
+
+
+def scale_optimizers(config: TrainerConfig, effective_batch: int, rule: ScalingRule) -> None:
+    """Adapt the Gaussians' Adam settings to `effective_batch` images per step, in place."""
+    if effective_batch == 1 or rule == "off":
+        return
+    factor = math.sqrt(effective_batch) if rule == "sqrt" else float(effective_batch)
+    for name in GAUSSIAN_GROUPS:
+        group = config.optimizers.get(name)
+        if group is None:
+            continue
+        adam = group["optimizer"]
+        beta1, beta2 = getattr(adam, "betas", (0.9, 0.999))
+        group["optimizer"] = AdamBetasOptimizerConfig(
+            lr=adam.lr * factor,
+            eps=adam.eps / factor,
+            max_norm=adam.max_norm,
+            weight_decay=adam.weight_decay,
+            betas=(beta1**effective_batch, beta2**effective_batch),
+        )
+        scheduler = group.get("scheduler")
+        if isinstance(scheduler, ExponentialDecaySchedulerConfig):
+            scheduler.lr_final = scheduler.lr_final * factor if scheduler.lr_final is not None else None

@@ -1,0 +1,161 @@
+"""The embedded default scene: rendered from known Gaussians and written as a real COLMAP model.
+
+Real captures cannot ship with the project (their licences forbid it), and tests and the demo
+need a scene on any machine. This one is a banded sphere on a checkerboard floor inside a sky
+dome, seen by a ring of cameras; nerfstudio's stock `colmap` dataparser reads it unchanged,
+including a sparse `points3D.txt` (noisy samples of the true surface) for splatfacto's init.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import Dict, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+
+from splatfacto_dist.raster import reference_rasterization
+
+SH_C0 = 0.28209479177387814
+
+
+def _hue(h: torch.Tensor) -> torch.Tensor:
+    """Saturated colours around the hue circle, h in [0, 1)."""
+    k = (h[:, None] * 6 + torch.tensor([0.0, 4.0, 2.0])) % 6
+    return 1 - 0.85 * torch.clamp(torch.minimum(k, 4 - k), 0, 1)
+
+
+def ground_truth_gaussians(seed: int = 0) -> Dict[str, torch.Tensor]:
+    """Means, log-scales, quats, logit-opacities and RGB of the scene's Gaussians."""
+    g = torch.Generator().manual_seed(seed)
+    n_sphere, n_floor, n_sky = 1500, 900, 700
+    u = torch.rand(n_sphere, generator=g)
+    v = torch.rand(n_sphere, generator=g)
+    theta, phi = 2 * math.pi * u, torch.acos(2 * v - 1)
+    sphere = torch.stack([torch.sin(phi) * torch.cos(theta), torch.sin(phi) * torch.sin(theta), torch.cos(phi)], -1)
+    sphere_rgb = _hue((torch.floor(theta / (2 * math.pi) * 8) / 8 + 0.3 * (phi > math.pi / 2)) % 1.0)
+
+    xy = (torch.rand(n_floor, 2, generator=g) - 0.5) * 6
+    floor = torch.cat([xy, torch.full((n_floor, 1), -1.05)], -1)
+    checker = ((torch.floor(xy[:, 0] / 0.75) + torch.floor(xy[:, 1] / 0.75)) % 2)[:, None]
+    floor_rgb = 0.15 + 0.7 * checker * torch.tensor([1.0, 0.9, 0.7]) + 0.1 * (1 - checker)
+
+    u = torch.rand(n_sky, generator=g)
+    v = torch.rand(n_sky, generator=g) * 0.9 + 0.1
+    theta, phi = 2 * math.pi * u, torch.acos(v * 1.1 - 0.1)
+    sky = 9.0 * torch.stack([torch.sin(phi) * torch.cos(theta), torch.sin(phi) * torch.sin(theta), torch.cos(phi)], -1)
+    sky_rgb = torch.tensor([0.55, 0.7, 0.95]) * (0.6 + 0.4 * torch.cos(phi)[:, None]) + 0.05
+
+    means = torch.cat([sphere, floor, sky])
+    scales = torch.cat(
+        [torch.full((n_sphere, 3), 0.06), torch.tensor([0.12, 0.12, 0.01]).repeat(n_floor, 1), torch.full((n_sky, 3), 0.9)]
+    )
+    quats = torch.zeros(len(means), 4)
+    quats[:, 0] = 1
+    return {
+        "means": means,
+        "scales": torch.log(scales),
+        "quats": quats,
+        "opacities": torch.full((len(means),), 0.95),
+        "rgb": torch.cat([sphere_rgb, floor_rgb, sky_rgb]).clamp(0, 1),
+    }
+
+
+def ring_cameras(n_views: int, radius: float = 4.0) -> torch.Tensor:
+    """World-to-camera matrices (OpenCV axes, as COLMAP stores them) looking at the origin."""
+    viewmats = []
+    for i in range(n_views):
+        a = 2 * math.pi * i / n_views
+        eye = torch.tensor([radius * math.cos(a), radius * math.sin(a), 0.6 + 0.9 * (i % 3) / 2])
+        forward = -eye / eye.norm()
+        right = torch.linalg.cross(forward, torch.tensor([0.0, 0.0, 1.0]))
+        right = right / right.norm()
+        down = torch.linalg.cross(forward, right)
+        R = torch.stack([right, down, forward])
+        viewmat = torch.eye(4)
+        viewmat[:3, :3] = R
+        viewmat[:3, 3] = -R @ eye
+        viewmats.append(viewmat)
+    return torch.stack(viewmats)
+
+
+def _rotmat_to_qvec(R: np.ndarray) -> np.ndarray:
+    w = math.sqrt(max(0.0, 1 + R[0, 0] + R[1, 1] + R[2, 2])) / 2
+    x = math.copysign(math.sqrt(max(0.0, 1 + R[0, 0] - R[1, 1] - R[2, 2])) / 2, R[2, 1] - R[1, 2])
+    y = math.copysign(math.sqrt(max(0.0, 1 - R[0, 0] + R[1, 1] - R[2, 2])) / 2, R[0, 2] - R[2, 0])
+    z = math.copysign(math.sqrt(max(0.0, 1 - R[0, 0] - R[1, 1] + R[2, 2])) / 2, R[1, 0] - R[0, 1])
+    return np.array([w, x, y, z])
+
+
+def generate_scene(out_dir: Path, n_views: int = 32, width: int = 80, height: int = 60, seed: int = 0) -> Path:
+    """Render the scene into `out_dir` (images/ + colmap/sparse/0/*.txt); returns `out_dir`."""
+    out_dir = Path(out_dir)
+    images_dir = out_dir / "images"
+    sparse_dir = out_dir / "colmap" / "sparse" / "0"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    sparse_dir.mkdir(parents=True, exist_ok=True)
+
+    gt = ground_truth_gaussians(seed)
+    viewmats = ring_cameras(n_views)
+    focal = 0.9 * width
+    K = torch.tensor([[focal, 0, width / 2], [0, focal, height / 2], [0, 0, 1.0]])
+    with torch.no_grad():
+        for i in range(n_views):
+            rgb, _, _ = reference_rasterization(
+                means=gt["means"],
+                quats=gt["quats"],
+                scales=torch.exp(gt["scales"]),
+                opacities=gt["opacities"],
+                colors=gt["rgb"],
+                viewmats=viewmats[i : i + 1],
+                Ks=K[None],
+                width=width,
+                height=height,
+                sh_degree=None,
+            )
+            pixels = (rgb[0].clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+            Image.fromarray(pixels).save(images_dir / f"frame_{i:04d}.png")
+
+    (sparse_dir / "cameras.txt").write_text(f"1 PINHOLE {width} {height} {focal} {focal} {width / 2} {height / 2}\n")
+    lines = []
+    for i, viewmat in enumerate(viewmats.numpy()):
+        q, t = _rotmat_to_qvec(viewmat[:3, :3]), viewmat[:3, 3]
+        lines.append(f"{i + 1} {' '.join(f'{x:.9f}' for x in (*q, *t))} 1 frame_{i:04d}.png\n\n")
+    (sparse_dir / "images.txt").write_text("".join(lines))
+
+    g = torch.Generator().manual_seed(seed + 1)
+    surface = torch.arange(2400)  # sphere and floor, not the sky dome
+    pick = surface[torch.randperm(len(surface), generator=g)[:800]]
+    xyz = gt["means"][pick] + 0.03 * torch.randn(len(pick), 3, generator=g)
+    rgb = (gt["rgb"][pick] * 255).round().to(torch.uint8)
+    points = [
+        f"{j + 1} {x:.6f} {y:.6f} {z:.6f} {r} {gg} {b} 0.5 1 0\n"
+        for j, ((x, y, z), (r, gg, b)) in enumerate(zip(xyz.tolist(), rgb.tolist()))
+    ]
+    (sparse_dir / "points3D.txt").write_text("".join(points))
+    return out_dir
+
+
+def ensure_scene(out_dir: Path, **kwargs) -> Tuple[Path, bool]:
+    """The scene at `out_dir`, generated on first use; returns (path, generated_now)."""
+    out_dir = Path(out_dir)
+    if (out_dir / "colmap" / "sparse" / "0" / "points3D.txt").exists():
+        return out_dir, False
+    return generate_scene(out_dir, **kwargs), True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Write splatfacto-dist's embedded scene as a COLMAP dataset.")
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--views", type=int, default=32)
+    parser.add_argument("--width", type=int, default=80)
+    parser.add_argument("--height", type=int, default=60)
+    args = parser.parse_args()
+    print(generate_scene(args.out_dir, n_views=args.views, width=args.width, height=args.height))
+
+
+if __name__ == "__main__":
+    main()

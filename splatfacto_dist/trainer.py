@@ -1,0 +1,263 @@
+"""DistTrainer: nerfstudio's Trainer with one training step that is correct on N ranks.
+
+One step, top to bottom (`train` -> `train_iteration`):
+  agree with rank 0 on pause/stop (every `control_every` steps) -> this rank's cameras ->
+  render + loss -> backward -> one flat all-reduce of every gradient -> optimizer step ->
+  densification callbacks (statistics reduced across ranks, shared RNG) -> log / eval / save.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Literal, Tuple, Type
+
+import torch
+
+from nerfstudio.engine.callbacks import TrainingCallbackLocation
+from nerfstudio.engine.trainer import TRAIN_INTERATION_OUTPUT, Trainer, TrainerConfig
+from nerfstudio.utils import writer
+from nerfstudio.utils.decorators import check_eval_enabled
+from nerfstudio.utils.misc import step_check
+from nerfstudio.utils.rich_utils import CONSOLE
+from nerfstudio.utils.writer import EventName, TimeWriter
+
+from splatfacto_dist import comm
+from splatfacto_dist.checkpoint import save_atomic
+from splatfacto_dist.profiling import PHASES
+from splatfacto_dist.scaling import ScalingRule, convert_images_to_steps, scale_optimizers
+
+_RUN, _PAUSE, _STOP = 0, 1, 2
+
+
+@dataclass
+class DistTrainerConfig(TrainerConfig):
+    """Trainer settings for splatfacto-dist (plus all of nerfstudio's)."""
+
+    _target: Type = field(default_factory=lambda: DistTrainer)
+    schedule_unit: Literal["images", "steps"] = "images"
+    """'images': --max-num-iterations and every schedule (densification, SH degree, LR decay, eval and
+    save intervals) count images seen, and are divided by the images per step (GPUs x cameras per
+    rank), so N GPUs learn what one GPU learns, in 1/N of the steps. 'steps': counts are steps."""
+    batch_optimizer_scaling: ScalingRule = "sqrt"
+    """How the Gaussians' Adam adapts to E images per step: 'sqrt' (Grendel-GS: lr x sqrt(E),
+    eps / sqrt(E), betas^E), 'linear' (lr x E, eps / E, betas^E) or 'off'."""
+    verify_replicas_every: int = 0
+    """Every this many steps, compare checksums of all parameters and optimizer states across ranks
+    and stop with an error naming the first tensor that differs (0: never)."""
+    control_every: int = 10
+    """Every this many steps all ranks adopt rank 0's pause/stop state (the viewer lives on rank 0)."""
+    profile_phases: bool = False
+    """Time each phase of the step (data, render+loss, backward, all-reduce, optimizer, densify);
+    adds a device sync per phase, so leave it off except to measure."""
+
+
+class DistTrainer(Trainer):
+    """See the module docstring."""
+
+    config: DistTrainerConfig
+
+    def __init__(self, config: DistTrainerConfig, local_rank: int = 0, world_size: int = 1) -> None:
+        if config.machine.device_type == "cuda":
+            torch.cuda.set_device(local_rank)
+        super().__init__(config, local_rank=local_rank, world_size=world_size)
+        self.images_per_step = world_size * config.pipeline.datamanager.cameras_per_rank  # type: ignore[attr-defined]
+        if config.schedule_unit == "images":
+            convert_images_to_steps(config, self.images_per_step)
+        scale_optimizers(config, self.images_per_step, config.batch_optimizer_scaling)
+        PHASES.enabled = config.profile_phases
+
+    def train(self) -> None:
+        """Train the model; see the module docstring for one step's path."""
+        datamanager = self.pipeline.datamanager
+        assert datamanager.train_dataset is not None, "Missing DatsetInputs"
+        if comm.is_main() and hasattr(datamanager, "train_dataparser_outputs"):
+            datamanager.train_dataparser_outputs.save_dataparser_transform(self.base_dir / "dataparser_transforms.json")
+        self._init_viewer_state()
+        self.stop_training = False
+        rays_per_step = self.world_size * datamanager.get_train_rays_per_batch()
+        with TimeWriter(writer, EventName.TOTAL_TRAIN_TIME):
+            for step in range(self._start_step, self._start_step + self.config.max_num_iterations):
+                self.step = step
+                if not self._agree_to_continue(step):
+                    break
+                with self.train_lock:
+                    with TimeWriter(writer, EventName.ITER_TRAIN_TIME, step=step) as train_t:
+                        self.pipeline.train()
+                        for callback in self.callbacks:
+                            callback.run_callback_at_location(step, TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
+                        loss, loss_dict, metrics_dict = self.train_iteration(step)
+                        with PHASES.phase("densify"):
+                            for callback in self.callbacks:
+                                callback.run_callback_at_location(step, TrainingCallbackLocation.AFTER_TRAIN_ITERATION)
+                PHASES.steps += 1
+                if step > 1:
+                    writer.put_time(
+                        name=EventName.TRAIN_RAYS_PER_SEC,
+                        duration=rays_per_step / max(0.001, train_t.duration),
+                        step=step,
+                        avg_over_steps=True,
+                    )
+                self._update_viewer_state(step)
+                if step_check(step, self.config.logging.steps_per_log, run_at_zero=True):
+                    writer.put_scalar(name="Train Loss", scalar=loss, step=step)
+                    writer.put_dict(name="Train Loss Dict", scalar_dict=loss_dict, step=step)
+                    writer.put_dict(name="Train Metrics Dict", scalar_dict=metrics_dict, step=step)
+                    writer.put_scalar(name="Images Seen", scalar=(step + 1) * self.images_per_step, step=step)
+                    if torch.cuda.is_available():
+                        memory_mb = torch.cuda.max_memory_allocated() / (1024**2)
+                        writer.put_scalar(name="GPU Memory (MB)", scalar=memory_mb, step=step)
+                if datamanager.eval_dataset:
+                    with self.train_lock:
+                        self.eval_iteration(step)
+                if step_check(step, self.config.verify_replicas_every):
+                    self.verify_replicas(step)
+                if step_check(step, self.config.steps_per_save):
+                    self.save_checkpoint(step)
+                writer.write_out_storage()
+        self._after_train()
+
+    def _agree_to_continue(self, step: int) -> bool:
+        """Adopt rank 0's pause/stop state; while paused, all ranks poll together.
+
+        The viewer (rank 0 only) pauses and stops training. Ranks meet every `control_every` steps
+        in a tiny broadcast; during a pause they keep meeting every 50 ms, so no rank ever waits
+        in a collective for longer than that (stock ranks would block in the next all-reduce
+        until NCCL's timeout).
+        """
+        if not comm.is_distributed():
+            while self.training_state == "paused" and not self.stop_training:
+                time.sleep(0.01)
+            return not self.stop_training
+        if step % max(self.config.control_every, 1):
+            return True
+        while True:
+            local = _STOP if self.stop_training else _PAUSE if self.training_state == "paused" else _RUN
+            agreed = comm.broadcast_int(local, device=torch.device(self.device))
+            if agreed != _PAUSE:
+                return agreed == _RUN
+            time.sleep(0.05)
+
+    def _trainable_parameters(self) -> List[torch.nn.Parameter]:
+        """The live parameters of every optimizer (densification replaces them; the optimizers' lists
+        are what gsplat keeps current), in the same order on every rank."""
+        return [p for opt in self.optimizers.optimizers.values() for group in opt.param_groups for p in group["params"]]
+
+    def train_iteration(self, step: int) -> TRAIN_INTERATION_OUTPUT:
+        """Forward, backward, gradient all-reduce and optimizer step for this rank's cameras."""
+        accumulation = self.gradient_accumulation_steps
+        groups = list(self.optimizers.parameters.keys())
+        self.optimizers.zero_grad_some([g for g in groups if step % accumulation[g] == 0])
+        device_type = "cpu" if self.device.split(":")[0] == "mps" else self.device.split(":")[0]
+        with torch.autocast(device_type=device_type, enabled=self.mixed_precision):
+            _, loss_dict, metrics_dict = self.pipeline.get_train_loss_dict(step=step)
+            loss = functools.reduce(torch.add, loss_dict.values())
+        with PHASES.phase("backward"):
+            self.grad_scaler.scale(loss).backward()  # type: ignore[union-attr]
+        with PHASES.phase("all-reduce"):
+            comm.average_gradients(self._trainable_parameters())
+        with PHASES.phase("optimizer"):
+            needs_step = [g for g in groups if step % accumulation[g] == accumulation[g] - 1]
+            self.optimizers.optimizer_scaler_step_some(self.grad_scaler, needs_step)
+            scale = self.grad_scaler.get_scale()
+            self.grad_scaler.update()
+            if scale <= self.grad_scaler.get_scale():
+                self.optimizers.scheduler_step_all(step)
+        return loss, loss_dict, metrics_dict  # type: ignore[return-value]
+
+    @check_eval_enabled
+    def eval_iteration(self, step: int) -> None:
+        """Single-image evals on rank 0 only; the all-images eval is shared by every rank."""
+        if comm.is_main() and step_check(step, self.config.steps_per_eval_batch):
+            _, eval_loss_dict, eval_metrics_dict = self.pipeline.get_eval_loss_dict(step=step)
+            writer.put_scalar(name="Eval Loss", scalar=functools.reduce(torch.add, eval_loss_dict.values()), step=step)
+            writer.put_dict(name="Eval Loss Dict", scalar_dict=eval_loss_dict, step=step)
+            writer.put_dict(name="Eval Metrics Dict", scalar_dict=eval_metrics_dict, step=step)
+        if comm.is_main() and step_check(step, self.config.steps_per_eval_image):
+            metrics_dict, images_dict = self.pipeline.get_eval_image_metrics_and_images(step=step)
+            writer.put_dict(name="Eval Images Metrics", scalar_dict=metrics_dict, step=step)
+            for image_name, image in images_dict.items():
+                writer.put_image(name="Eval Images/" + image_name, image=image, step=step)
+        if step_check(step, self.config.steps_per_eval_all_images):
+            metrics_dict = self.pipeline.get_average_eval_image_metrics(step=step)
+            writer.put_dict(name="Eval Images Metrics Dict (all images)", scalar_dict=metrics_dict, step=step)
+
+    def verify_replicas(self, step: int) -> None:
+        """Stop with `ReplicaMismatch` if any parameter or optimizer state differs between ranks."""
+        named: List[Tuple[str, torch.Tensor]] = list(self.pipeline.model.named_parameters())
+        for group, optimizer in self.optimizers.optimizers.items():
+            for p in (p for g in optimizer.param_groups for p in g["params"]):
+                for key, value in sorted(optimizer.state[p].items()):
+                    if isinstance(value, torch.Tensor):
+                        named.append((f"optimizer[{group}].{key}", value))
+        try:
+            comm.verify_replicas(named)
+        except comm.ReplicaMismatch as err:
+            raise comm.ReplicaMismatch(f"step {step}: {err}") from None
+
+    def save_checkpoint(self, step: int) -> None:
+        """Rank 0 writes the checkpoint atomically, loadable with torch's default weights_only."""
+        if not comm.is_main():
+            return
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        path: Path = self.checkpoint_dir / f"step-{step:09d}.ckpt"
+        state = {
+            "step": step,
+            "images_per_step": self.images_per_step,
+            "pipeline": self.pipeline.state_dict(),
+            "optimizers": {k: v.state_dict() for k, v in self.optimizers.optimizers.items()},
+            "schedulers": {k: v.state_dict() for k, v in self.optimizers.schedulers.items()},
+            "scalers": self.grad_scaler.state_dict(),
+        }
+        save_atomic(state, path)
+        if self.config.save_only_latest_checkpoint:
+            for old in self.checkpoint_dir.glob("*.ckpt"):
+                if old != path:
+                    old.unlink()
+
+    def _load_checkpoint(self) -> None:
+        """Resume; the optimizers are rebuilt around the loaded Parameters (stock splatfacto's
+        load_state_dict swaps in new Parameters and leaves the optimizers stepping the old ones)."""
+        path = self._checkpoint_to_resume()
+        if path is None:
+            CONSOLE.print("No Nerfstudio checkpoint to load, so training from scratch.")
+            return
+        loaded = torch.load(path, map_location="cpu", weights_only=False)
+        self._start_step = loaded["step"] + 1
+        self.pipeline.load_pipeline(loaded["pipeline"], loaded["step"])
+        self.optimizers = self.setup_optimizers()
+        self.optimizers.load_optimizers(loaded["optimizers"])
+        if "schedulers" in loaded and self.config.load_scheduler:
+            self.optimizers.load_schedulers(loaded["schedulers"])
+        self.grad_scaler.load_state_dict(loaded["scalers"])
+        CONSOLE.print(f"Done loading Nerfstudio checkpoint from {path}")
+
+    def _checkpoint_to_resume(self):
+        if self.config.load_dir is not None:
+            step = self.config.load_step
+            if step is None:
+                steps = sorted(int(p.stem.split("-")[1]) for p in Path(self.config.load_dir).glob("step-*.ckpt"))
+                if not steps:
+                    raise FileNotFoundError(f"no step-*.ckpt checkpoint in {self.config.load_dir}")
+                step = steps[-1]
+            path = Path(self.config.load_dir) / f"step-{step:09d}.ckpt"
+        elif self.config.load_checkpoint is not None:
+            path = Path(self.config.load_checkpoint)
+        else:
+            return None
+        if not path.exists():
+            raise FileNotFoundError(f"checkpoint {path} does not exist")
+        return path
+
+    def _train_complete_viewer(self) -> None:
+        """Keep rank 0's viewer open after training without holding the other ranks.
+
+        Every rank leaving the training function enters one final barrier (nerfstudio's launcher and
+        ours both do); rank 0 enters it before it parks in the viewer loop, so the others exit.
+        """
+        if self.viewer_state is None:
+            return
+        comm.barrier()
+        super()._train_complete_viewer()
