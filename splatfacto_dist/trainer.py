@@ -106,6 +106,8 @@ class DistTrainer(Trainer):
                     writer.put_dict(name="Train Loss Dict", scalar_dict=loss_dict, step=step)
                     writer.put_dict(name="Train Metrics Dict", scalar_dict=metrics_dict, step=step)
                     writer.put_scalar(name="Images Seen", scalar=(step + 1) * self.images_per_step, step=step)
+                    if PHASES.enabled:
+                        writer.put_dict(name="Step Phases (ms)", scalar_dict=PHASES.per_step_ms(), step=step)
                     if torch.cuda.is_available():
                         memory_mb = torch.cuda.max_memory_allocated() / (1024**2)
                         writer.put_scalar(name="GPU Memory (MB)", scalar=memory_mb, step=step)
