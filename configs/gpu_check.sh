@@ -4,22 +4,28 @@
 #   - stock splatfacto vs splatfacto-dist at 1, 2, 4 GPUs on beer_can (8,000-image budget),
 #   - 7,000 steps at 4 GPUs on beer_can (COLMAP init) and fox (random init), replica checksums
 #     compared every 500 steps, per-phase timings on.
-# Usage (GPU machine, repo root): source .devicekit/setup.sh && bash configs/gpu_check.sh OUTDIR
+#   - per-phase step timings at 1 GPU (2,000 steps) for comparison.
+# Usage (GPU machine, repo root): source .devicekit/setup.sh && bash configs/gpu_check.sh OUTDIR [all|sync]
 set -u
 out=${1:-outputs/gpu_check}
+what=${2:-all}
 work=/tmp/gpu_check
 data=.devicekit/data
 mkdir -p "$out" "$work"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$work/gpus.txt"
-python -m pytest -q -m gpu tests/test_gpu.py 2>&1 | tee "$work/gpu_tests.log" | tail -3
-python -m splatfacto_dist.bench --data "$data/beer_can" --budget 8000 --gpus 1 2 4 --parallel \
-  --out "$work/bench_beer_can" 2>&1 | tee "$work/bench.log" | grep '^\[bench\]\|^|'
+if [ "$what" = all ]; then
+  python -m pytest -q -m gpu tests/test_gpu.py 2>&1 | tee "$work/gpu_tests.log" | tail -3
+  python -m splatfacto_dist.bench --data "$data/beer_can" --budget 8000 --gpus 1 2 4 --parallel \
+    --out "$work/bench_beer_can" 2>&1 | tee "$work/bench.log" | grep '^\[bench\]\|^|'
+fi
+python -m splatfacto_dist.bench --data "$data/beer_can" --budget 2000 --gpus 1 --no-stock --profile \
+  --out "$work/profile_1gpu" 2>&1 | grep '^|'
 for ds in beer_can fox; do
   if [ "$ds" = fox ]; then parser=(nerfstudio-data --data "$data/fox"); init=(--pipeline.model.random-init True);
   else parser=(colmap --data "$data/beer_can"); init=(); fi
   start=$(date +%s.%N)
   python -m splatfacto_dist.launch splatfacto-dist --machine.num-devices 4 --max-num-iterations 28000 \
-    --verify-replicas-every 500 --profile-phases --vis tensorboard --steps-per-eval-image 0 \
+    --verify-replicas-every 500 --profile-phases True --vis tensorboard --steps-per-eval-image 0 \
     --steps-per-eval-all-images 27996 --steps-per-save 1000000 --output-dir "$work/runs" --experiment-name "$ds" \
     --timestamp sync4 "${init[@]}" "${parser[@]}" > "$work/sync4_$ds.log" 2>&1
   rc=$?

@@ -50,7 +50,7 @@ def _command(job: Job, args: argparse.Namespace, out: Path) -> List[str]:
                "--machine.num-devices", str(job.n_gpus), "--pipeline.datamanager.cameras-per-rank", str(job.batch),
                "--max-num-iterations", str(budget), "--steps-per-eval-all-images", str(last)]
         if args.profile:
-            cmd.append("--profile-phases")
+            cmd += ["--profile-phases", "True"]
     return cmd + job.extra + [*args.dataparser, "--data", str(args.data)]
 
 
