@@ -81,7 +81,6 @@ def check_config(config: TrainerConfig, job: Job) -> None:
     """Fail early, in one line, on what cannot work."""
     machine = config.machine
     if machine.device_type == "cuda":
-        os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"  # count GPUs without initializing CUDA here
         if not torch.cuda.is_available():
             raise LaunchError("CUDA is not available here; train on CPU with --machine.device-type cpu")
         if job.num_devices_per_machine > torch.cuda.device_count():
@@ -154,9 +153,10 @@ def launch(config: TrainerConfig) -> None:
     elif job.num_devices_per_machine == 1:
         _run_rank(0, config, job)
     else:
-        # fork: the ranks inherit the imported modules instead of re-importing torch and nerfstudio
-        # each (~15 s with 4 ranks); safe because CUDA is only ever touched in the ranks.
-        mp.start_processes(_run_rank, nprocs=job.num_devices_per_machine, args=(config, job), start_method="fork")
+        # CPU ranks fork and inherit the imported modules; CUDA ranks must spawn (nerfstudio's
+        # imports initialize CUDA in this process, which a forked child cannot reuse).
+        method = "spawn" if config.machine.device_type == "cuda" else "fork"
+        mp.start_processes(_run_rank, nprocs=job.num_devices_per_machine, args=(config, job), start_method=method)
 
 
 def main(config: TrainerConfig) -> None:
