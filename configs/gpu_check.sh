@@ -18,7 +18,7 @@ if [ "$what" = all ]; then
   python -m splatfacto_dist.bench --data "$data/beer_can" --budget 8000 --gpus 1 2 4 --parallel \
     --out "$work/bench_beer_can" 2>&1 | tee "$work/bench.log" | grep '^\[bench\]\|^|'
 fi
-python -m splatfacto_dist.bench --data "$data/beer_can" --budget 2000 --gpus 1 --no-stock --profile \
+[ "$what" = all ] && python -m splatfacto_dist.bench --data "$data/beer_can" --budget 2000 --gpus 1 --no-stock --profile \
   --out "$work/profile_1gpu" 2>&1 | grep '^|'
 for ds in beer_can fox; do
   if [ "$ds" = fox ]; then parser=(nerfstudio-data --data "$data/fox"); init=(--pipeline.model.random-init True);

@@ -150,8 +150,8 @@ def verify_replicas(named_tensors: List[Tuple[str, torch.Tensor]]) -> None:
     """Raise `ReplicaMismatch` naming the first tensor whose bits differ between ranks."""
     if not is_distributed() or not named_tensors:
         return
-    local = torch.stack([_bit_checksum(t) for _, t in named_tensors])
-    local = local.to(_comm_device(local.device))
+    device = _comm_device(named_tensors[0][1].device)
+    local = torch.stack([_bit_checksum(t).to(device) for _, t in named_tensors])
     gathered = [torch.empty_like(local) for _ in range(world_size())]
     dist.all_gather(gathered, local)
     for r, other in enumerate(gathered):
