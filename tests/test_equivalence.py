@@ -13,6 +13,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from nerfstudio.utils.eval_utils import eval_setup
+
 from conftest import train
 
 SCHEDULE = [
@@ -22,10 +24,12 @@ SCHEDULE = [
 ]
 
 
-def gaussians(run) -> dict:
-    (path,) = (run / "nerfstudio_models").glob("step-*.ckpt")
-    state = torch.load(path, map_location="cpu")["pipeline"]
-    return {k.split(".")[-1]: v for k, v in state.items() if k.startswith("_model.gauss_params.")}
+def renders(run) -> tuple:
+    """Gaussian count and the eval-view images of a finished run, through nerfstudio's eval_setup."""
+    _, pipeline, _, _ = eval_setup(run / "config.yml", test_mode="test")
+    model = pipeline.model
+    images = [model.get_outputs_for_camera(camera)["rgb"] for camera, _ in pipeline.datamanager.fixed_indices_eval_dataloader]
+    return model.num_points, torch.stack(images)
 
 
 @pytest.mark.parametrize("world", [2, 3])
@@ -38,12 +42,11 @@ def test_ranks_equal_one_process_rendering_the_same_batch(tmp_path, scene, world
     for run in ("ranks", "batch"):
         log = (tmp_path / run / "train.log").read_text()
         assert "Step 32:" in log and "GSs split" in log, log[-2000:]
-    a, b = gaussians(spread), gaussians(batched)
-    assert a["means"].shape == b["means"].shape, "densification took different decisions"
-    for key in a:
-        diff = (a[key] - b[key]).abs()
-        # Adam with eps=1e-15 turns rounding-level gradients (Gaussians no camera really sees)
-        # into full-size steps of random sign: those few elements may differ by a few steps'
-        # learning rate; everything else must agree to float precision.
-        assert (diff > 1e-5).float().mean() < 0.01, (key, float((diff > 1e-5).float().mean()))
-        assert diff.max() < 0.05, (key, float(diff.max()))
+    count_a, images_a = renders(spread)
+    count_b, images_b = renders(batched)
+    assert count_a == count_b, "densification took different decisions"
+    # Parameters are compared through what they render: Adam with eps=1e-15 turns the rounding-level
+    # gradients of symmetric quantities (the rotation of a still-isotropic Gaussian) into full-size
+    # steps of either sign, so such parameters differ between the two layouts without changing the model.
+    mse = torch.mean((images_a - images_b) ** 2)
+    assert -10 * torch.log10(mse) > 40, float(mse)
