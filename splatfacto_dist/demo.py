@@ -7,6 +7,8 @@ on a CPU-only machine, and ends by printing where the outputs are and the ns-exp
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -16,7 +18,6 @@ from nerfstudio.utils.rich_utils import CONSOLE
 
 from splatfacto_dist.launch import main as train_main
 from splatfacto_dist.method import splatfacto_dist_config
-from splatfacto_dist.scene import ensure_scene
 
 
 def main() -> None:
@@ -24,8 +25,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("outputs/splatfacto-dist-demo"))
     parser.add_argument("--images", type=int, default=None, help="training budget in images")
     args = parser.parse_args()
-    scene, made = ensure_scene(args.out / "scene")
-    CONSOLE.log(f"{'generated' if made else 'using'} the embedded scene at {scene}")
+    scene = args.out / "scene"
+    if not (scene / "colmap").exists():
+        # Rendered in a child process: this one forks the CPU ranks later, and a process that has
+        # already run torch's OpenMP thread pool cannot be forked safely.
+        subprocess.run([sys.executable, "-m", "splatfacto_dist.scene", str(scene)], check=True)
+    CONSOLE.log(f"embedded scene: {scene}")
 
     gpus = torch.cuda.device_count()
     config = splatfacto_dist_config()

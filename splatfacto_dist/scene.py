@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Dict
 
 import numpy as np
 import torch
@@ -137,14 +137,6 @@ def generate_scene(out_dir: Path, n_views: int = 32, width: int = 80, height: in
     ]
     (sparse_dir / "points3D.txt").write_text("".join(points))
     return out_dir
-
-
-def ensure_scene(out_dir: Path, **kwargs) -> Tuple[Path, bool]:
-    """The scene at `out_dir`, generated on first use; returns (path, generated_now)."""
-    out_dir = Path(out_dir)
-    if (out_dir / "colmap" / "sparse" / "0" / "points3D.txt").exists():
-        return out_dir, False
-    return generate_scene(out_dir, **kwargs), True
 
 
 def main() -> None:
