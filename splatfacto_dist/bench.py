@@ -3,7 +3,7 @@
 Every job trains on the same dataset with the same image budget, as its own `ns-train` /
 `splatfacto-dist-train` process (so start-up, image loading and saving are measured as a user
 waits for them). Jobs whose GPU sets are disjoint may run side by side (--parallel). Results go to
-`results.json`, `results.md` and PNG plots in --out; progress is printed as jobs start and end.
+`results.json` and `results.md` in --out; progress is printed as jobs start and end.
 """
 
 from __future__ import annotations
@@ -63,15 +63,16 @@ def _read_events(run: Path) -> Dict[str, float]:
     def series(tag: str) -> List[float]:
         return [e.value for e in sorted(acc.Scalars(tag), key=lambda e: e.step)] if tag in tags else []
 
+    res: Dict[str, float] = {}
     iters = series("Train Iter (time)")
-    res: Dict[str, float] = {"steps": float(len(series("Train Loss")) * 10)}
     if iters:
         res["step_ms_median"] = 1000 * float(np.median(iters))
     for tag in tags:
-        if tag.startswith("Eval Images Metrics Dict (all images)/") and not tag.endswith("_std"):
-            key = tag.split("/")[-1]
-            if key in ("psnr", "ssim", "lpips"):
-                res[key] = series(tag)[-1]
+        key = tag.split("/")[-1]
+        if tag.startswith("Eval Images Metrics Dict (all images)/") and key in ("psnr", "ssim", "lpips"):
+            res[key] = series(tag)[-1]
+        elif tag.startswith("Step Phases (ms)/"):
+            res["phase_" + key] = series(tag)[-1]
     if series("Train Total (time)"):
         res["loop_s"] = series("Train Total (time)")[-1]
     gauss = series("Train Metrics Dict/gaussian_count")
@@ -80,9 +81,6 @@ def _read_events(run: Path) -> Dict[str, float]:
     mem = series("GPU Memory (MB)")
     if mem:
         res["peak_mem_mb"] = max(mem)
-    for tag in tags:
-        if tag.startswith("Step Phases (ms)/"):
-            res["phase_" + tag.split("/")[-1]] = series(tag)[-1]
     return res
 
 
@@ -116,7 +114,8 @@ def run_jobs(jobs: List[Job], args: argparse.Namespace, total_gpus: int) -> None
             log.close()
             running.remove(item)
             busy -= set(job.gpus)
-            job.result = {"wall_s": time.perf_counter() - start, "returncode": float(proc.returncode)}
+            steps = args.budget // (job.n_gpus * job.batch) if job.method == "splatfacto-dist" else args.budget
+            job.result = {"wall_s": time.perf_counter() - start, "returncode": float(proc.returncode), "steps": steps}
             run = out / "bench" / job.method / job.name
             if run.exists():
                 job.result.update(_read_events(run))
