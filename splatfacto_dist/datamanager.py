@@ -189,8 +189,12 @@ class ShardedFullImageDatamanager(FullImageDatamanager):
         batch = {"image": _stack([d["image"] for d in images]).to(self.device)}
         if "mask" in images[0]:
             batch["mask"] = _stack([d["mask"] for d in images]).to(self.device)
-        camera = self.train_cameras[torch.tensor(indices)].to(self.device)
-        camera.metadata = {"cam_idx": indices[0] if len(indices) == 1 else indices}
+        if len(indices) == 1:  # a view, no indexing kernels
+            camera = self.train_cameras[indices[0] : indices[0] + 1].to(self.device)
+        else:
+            camera = self.train_cameras[torch.tensor(indices)].to(self.device)
+        height, width = images[0]["image"].shape[:2]
+        camera.metadata = {"cam_idx": indices[0] if len(indices) == 1 else indices, "image_size": (width, height)}
         return camera, batch
 
     def get_train_rays_per_batch(self) -> int:

@@ -159,6 +159,17 @@ class SplatfactoDistModel(SplatfactoModel):
         return rows[comm.rank() * n : (comm.rank() + 1) * n]
 
     @staticmethod
+    def _render_size(camera: Cameras, scale: int) -> Tuple[int, int]:
+        """(W, H) of the (rescaled) cameras. Training batches carry their size from the datamanager,
+        because reading it off device tensors would stall the host on every step."""
+        size = (camera.metadata or {}).get("image_size")
+        if size is not None:
+            return size[0] // scale, size[1] // scale
+        W, H = int(camera.width[0].item()), int(camera.height[0].item())
+        assert bool((camera.width == W).all() and (camera.height == H).all()), "a rendered batch must share one size"
+        return W, H
+
+    @staticmethod
     def _viewmats(camera_to_worlds: torch.Tensor) -> torch.Tensor:
         """World-to-camera matrices in gsplat's (OpenCV) axes from nerfstudio's (OpenGL) poses."""
         R = camera_to_worlds[:, :3, :3] * torch.tensor([1.0, -1.0, -1.0], device=camera_to_worlds.device)
@@ -186,8 +197,7 @@ class SplatfactoDistModel(SplatfactoModel):
         scale = self._get_downscale_factor()
         camera.rescale_output_resolution(1 / scale)
         Ks = camera.get_intrinsics_matrices().to(self.device)
-        W, H = int(camera.width[0].item()), int(camera.height[0].item())
-        assert bool((camera.width == W).all() and (camera.height == H).all()), "a rendered batch must share one size"
+        W, H = self._render_size(camera, scale)
         camera.rescale_output_resolution(scale)
         self.last_size = (H, W)
 

@@ -34,10 +34,20 @@ def _per_batch(images: int, effective_batch: int) -> int:
 
 
 @dataclasses.dataclass
-class AdamBetasOptimizerConfig(AdamOptimizerConfig):
-    """nerfstudio's Adam config plus `betas`, which it does not expose."""
+class AdamConfig(AdamOptimizerConfig):
+    """nerfstudio's Adam config plus the `betas` and `fused` arguments it does not expose."""
 
     betas: tuple = (0.9, 0.999)
+    fused: bool = False
+
+
+def fuse_adam(config: TrainerConfig) -> None:
+    """Use torch's fused Adam (one kernel per parameter group and step) for every Adam group."""
+    for group in config.optimizers.values():
+        adam = group["optimizer"]
+        if type(adam) in (AdamOptimizerConfig, AdamConfig):
+            fields = {f.name: getattr(adam, f.name) for f in dataclasses.fields(adam) if f.name != "_target"}
+            group["optimizer"] = AdamConfig(**{**fields, "fused": True})
 
 
 def convert_images_to_steps(config: TrainerConfig, effective_batch: int) -> None:
@@ -68,12 +78,13 @@ def scale_optimizers(config: TrainerConfig, effective_batch: int, rule: ScalingR
             continue
         adam = group["optimizer"]
         beta1, beta2 = getattr(adam, "betas", (0.9, 0.999))
-        group["optimizer"] = AdamBetasOptimizerConfig(
+        group["optimizer"] = AdamConfig(
             lr=adam.lr * factor,
             eps=adam.eps / factor,
             max_norm=adam.max_norm,
             weight_decay=adam.weight_decay,
             betas=(beta1**effective_batch, beta2**effective_batch),
+            fused=getattr(adam, "fused", False),
         )
         scheduler = group.get("scheduler")
         if isinstance(scheduler, ExponentialDecaySchedulerConfig):

@@ -5,6 +5,10 @@ Just before a refine decision they are reduced across ranks, so the decision is 
 process would take having rendered every rank's cameras; the split's random samples come from a
 generator seeded identically on every rank. With identical inputs, gsplat's duplicate / split /
 prune / reset ops then leave parameters and Adam moments bitwise identical everywhere.
+
+The per-step statistics update is also rewritten without `torch.where(mask)`: gsplat's version
+makes the host wait for the GPU on every step (a nonzero), which stops Python from queueing the
+next step while the GPU works, and with N ranks turns every step into a wait for the slowest one.
 """
 
 from __future__ import annotations
@@ -23,6 +27,32 @@ class SynchronizedDefaultStrategy(DefaultStrategy):
     """gsplat's `DefaultStrategy` with cross-rank statistics and a shared random stream."""
 
     seed: int = 0
+
+    @torch.no_grad()
+    def _update_state(
+        self,
+        params: Union[Dict[str, torch.nn.Parameter], torch.nn.ParameterDict],
+        state: Dict[str, Any],
+        info: Dict[str, Any],
+        packed: bool = False,
+    ) -> None:
+        """gsplat's statistics update for unpacked [C, N] results, as masked sums (no host sync)."""
+        if packed:
+            return super()._update_state(params, state, info, packed=packed)
+        means2d = info[self.key_for_gradient]
+        grads = (means2d.absgrad if self.absgrad else means2d.grad).clone()
+        grads[..., 0] *= info["width"] / 2.0 * info["n_cameras"]
+        grads[..., 1] *= info["height"] / 2.0 * info["n_cameras"]
+        visible = info["radii"] > 0  # [C, N]
+        n = len(list(params.values())[0])
+        for key in ("grad2d", "count") + (("radii",) if self.refine_scale2d_stop_iter > 0 else ()):
+            if state[key] is None:
+                state[key] = torch.zeros(n, device=grads.device)
+        state["grad2d"] += torch.where(visible, grads.norm(dim=-1), 0.0).sum(dim=0)
+        state["count"] += visible.sum(dim=0)
+        if self.refine_scale2d_stop_iter > 0:
+            radii = torch.where(visible, info["radii"] / float(max(info["width"], info["height"])), 0.0)
+            state["radii"] = torch.maximum(state["radii"], radii.amax(dim=0))
 
     @torch.no_grad()
     def _grow_gs(
