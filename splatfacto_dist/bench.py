@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -21,6 +22,13 @@ from typing import Dict, List, Optional
 import numpy as np
 
 STUB = Path(__file__).resolve().parent.parent / "configs" / "lpips_stub"
+# Runs stock ns-train and reports its peak host memory the way splatfacto-dist's ranks report theirs.
+_STOCK = (
+    "import atexit, resource, runpy, sys;"
+    "atexit.register(lambda: print(f'rank 0: peak host {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB'));"
+    "sys.argv = ['ns-train', *sys.argv[1:]]; runpy.run_module('nerfstudio.scripts.train', run_name='__main__')"
+)
+_RANK_LINE = re.compile(r"rank (\d+): (?:start-up ([\d.]+) s, )?peak host (\d+) MB")
 
 
 @dataclass
@@ -41,7 +49,7 @@ def _command(job: Job, args: argparse.Namespace, out: Path) -> List[str]:
         "--logging.steps-per-log", "10", "--steps-per-eval-image", "0", "--steps-per-save", "1000000",
     ]
     if job.method == "splatfacto":
-        cmd = [sys.executable, "-m", "nerfstudio.scripts.train", "splatfacto", *common,
+        cmd = [sys.executable, "-c", _STOCK, "splatfacto", *common,
                "--max-num-iterations", str(budget), "--steps-per-eval-all-images", str(budget - 1)]
     else:
         images_per_step = job.n_gpus * job.batch
@@ -84,6 +92,16 @@ def _read_events(run: Path) -> Dict[str, float]:
     return res
 
 
+def _read_rank_lines(log: Path) -> Dict[str, float]:
+    """Largest per-rank start-up time and peak host memory printed in a job's log."""
+    res: Dict[str, float] = {}
+    for m in _RANK_LINE.finditer(log.read_text(errors="replace")):
+        if m.group(2):
+            res["startup_s"] = max(res.get("startup_s", 0.0), float(m.group(2)))
+        res["peak_host_mb"] = max(res.get("peak_host_mb", 0.0), float(m.group(3)))
+    return res
+
+
 def run_jobs(jobs: List[Job], args: argparse.Namespace, total_gpus: int) -> None:
     """Run `jobs` in order; with --parallel a job starts as soon as enough GPUs are free."""
     out = Path(args.out)
@@ -119,6 +137,10 @@ def run_jobs(jobs: List[Job], args: argparse.Namespace, total_gpus: int) -> None
             run = out / "bench" / job.method / job.name
             if run.exists():
                 job.result.update(_read_events(run))
+            job.result.update(_read_rank_lines(out / f"{job.name}.log"))
+            if "loop_s" in job.result:
+                job.result["outside_loop_s"] = job.result["wall_s"] - job.result["loop_s"]
+                job.result["loop_ms_per_step"] = 1000 * job.result["loop_s"] / steps
             print(f"[bench] done  {job.name}: {json.dumps(job.result)}", flush=True)
 
 
@@ -126,8 +148,9 @@ def write_report(jobs: List[Job], args: argparse.Namespace) -> None:
     out = Path(args.out)
     (out / "results.json").write_text(json.dumps([asdict(j) for j in jobs], indent=1))
     base = next((j.result for j in jobs if j.method == "splatfacto"), None)
-    rows = ["| job | GPUs | batch | steps | step ms | loop s | wall s | loop speedup | wall speedup | PSNR | SSIM | Gaussians | peak MB/rank |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| job | GPUs | batch | steps | loop ms/step | loop s | outside loop s | wall s | loop speedup | "
+            "wall speedup | PSNR | SSIM | LPIPS | Gaussians | peak GPU MB/rank | peak host MB/rank | rank start-up s |",
+            "|---|" * 1 + "---|" * 16]
     for j in jobs:
         r = j.result
 
@@ -136,9 +159,10 @@ def write_report(jobs: List[Job], args: argparse.Namespace) -> None:
 
         loop_x = f"{base['loop_s'] / r['loop_s']:.2f}x" if base and "loop_s" in base and "loop_s" in r else "-"
         wall_x = f"{base['wall_s'] / r['wall_s']:.2f}x" if base and "wall_s" in r else "-"
-        rows.append(f"| {j.name} | {len(j.gpus)} | {j.batch} | {f('steps', '{:.0f}')} | {f('step_ms_median', '{:.2f}')} | "
-                    f"{f('loop_s')} | {f('wall_s')} | {loop_x} | {wall_x} | {f('psnr', '{:.2f}')} | "
-                    f"{f('ssim', '{:.4f}')} | {f('gaussians', '{:.0f}')} | {f('peak_mem_mb', '{:.0f}')} |")
+        rows.append(f"| {j.name} | {len(j.gpus)} | {j.batch} | {f('steps', '{:.0f}')} | {f('loop_ms_per_step', '{:.2f}')} | "
+                    f"{f('loop_s')} | {f('outside_loop_s')} | {f('wall_s')} | {loop_x} | {wall_x} | {f('psnr', '{:.2f}')} | "
+                    f"{f('ssim', '{:.4f}')} | {f('lpips', '{:.3f}')} | {f('gaussians', '{:.0f}')} | {f('peak_mem_mb', '{:.0f}')} | "
+                    f"{f('peak_host_mb', '{:.0f}')} | {f('startup_s')} |")
     phase_keys = sorted({k for j in jobs for k in j.result if k.startswith("phase_")})
     if phase_keys:
         rows += ["", "| job | " + " | ".join(k[6:] for k in phase_keys) + " |", "|---|" + "---|" * len(phase_keys)]

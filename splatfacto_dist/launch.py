@@ -9,6 +9,7 @@ Misconfigurations are reported in one line before any process or GPU work starts
 from __future__ import annotations
 
 import os
+import random
 import socket
 import sys
 from dataclasses import dataclass
@@ -17,15 +18,14 @@ from pathlib import Path
 from typing import Optional
 from urllib.parse import urlparse
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import tyro
 import yaml
 
-from nerfstudio.configs.method_configs import AnnotatedBaseConfigUnion
 from nerfstudio.engine.trainer import TrainerConfig
-from nerfstudio.scripts.train import _find_free_port, train_loop
 from nerfstudio.utils import comms
 from nerfstudio.utils.rich_utils import CONSOLE
 
@@ -106,11 +106,29 @@ def _port_free(port: Optional[int]) -> bool:
     return True
 
 
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
+
+
+def _train(local_rank: int, world_size: int, config: TrainerConfig, global_rank: int) -> None:
+    """nerfstudio's train_loop (seed + rank, set up, train), without importing nerfstudio.scripts.train:
+    that module builds every installed method's config, which each spawned rank would pay for."""
+    seed = config.machine.seed + global_rank
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    trainer = config.setup(local_rank=local_rank, world_size=world_size)
+    trainer.setup()
+    trainer.train()
+
+
 def _run_rank(local_rank: int, config: TrainerConfig, job: Job) -> None:
-    """One rank: device, process group, nerfstudio's train_loop, then the final barrier."""
+    """One rank: device, process group, training, then the final barrier."""
     global_rank = job.global_rank if job.global_rank is not None else job.machine_rank * job.num_devices_per_machine + local_rank
     if job.world_size == 1:
-        train_loop(local_rank, 1, config, 0)
+        _train(local_rank, 1, config, 0)
         return
     cuda = config.machine.device_type == "cuda"
     if cuda:
@@ -129,8 +147,13 @@ def _run_rank(local_rank: int, config: TrainerConfig, job: Job) -> None:
         if machine == job.machine_rank:
             comms.LOCAL_PROCESS_GROUP = group
     try:
-        train_loop(local_rank, job.world_size, config, global_rank)
+        _train(local_rank, job.world_size, config, global_rank)
         comm.barrier()
+    except Exception as err:
+        # Said by the rank itself: the launcher reports whichever rank it notices first, often a
+        # peer that only lost its connection to the rank that really failed.
+        print(f"rank {global_rank} failed: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+        raise
     finally:
         dist.destroy_process_group()
 
@@ -145,7 +168,7 @@ def launch(config: TrainerConfig) -> None:
         if url == "auto":
             if machine.num_machines > 1:
                 raise LaunchError("--machine.dist-url auto only works on one machine; give tcp://HOST:PORT")
-            url = f"tcp://127.0.0.1:{_find_free_port()}"
+            url = f"tcp://127.0.0.1:{_free_port()}"
         job = Job(world, machine.num_devices, machine.machine_rank, url)
     check_config(config, job)
     if job.local_rank is not None:
@@ -183,6 +206,8 @@ def comm_rank_from_env() -> int:
 
 def entrypoint() -> None:
     """`splatfacto-dist-train`: ns-train's command line, runnable without CUDA and under torchrun/srun."""
+    from nerfstudio.configs.method_configs import AnnotatedBaseConfigUnion  # heavy: the CLI process only
+
     tyro.extras.set_accent_color("bright_yellow")
     main(tyro.cli(AnnotatedBaseConfigUnion, description=__doc__))
 
