@@ -1,0 +1,144 @@
+"""How ranks start, pause, fail and finish together (gloo processes on CPU)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import psutil
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from conftest import TINY
+from splatfacto_dist import comm
+from splatfacto_dist.trainer import DistTrainer
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _in_group(rank: int, world: int, port: int, fn, results) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        results[rank] = fn(rank)
+    finally:
+        dist.destroy_process_group()
+
+
+def run_ranks(fn, world: int = 2) -> list:
+    """fn(rank) in `world` gloo processes; returns each rank's result."""
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.start_processes(_in_group, args=(world, _free_port(), fn, results), nprocs=world, start_method="fork")
+        return [results[r] for r in range(world)]
+
+
+def _scaler_step(rank: int):
+    param = torch.nn.Parameter(torch.ones(4))
+    optimizer = torch.optim.SGD([param], lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=4.0)
+    scaler.scale(param.sum()).backward()
+    if rank == 1:
+        param.grad[2] = float("inf")  # only rank 1 sees the overflow
+    comm.average_gradients([param])
+    scaler.step(optimizer)
+    scaler.update()
+    return param.detach().tolist(), scaler.get_scale()
+
+
+def test_non_finite_gradient_on_one_rank_skips_the_step_on_every_rank():
+    (p0, s0), (p1, s1) = run_ranks(_scaler_step)
+    assert p0 == p1 == [1.0, 1.0, 1.0, 1.0]  # no rank stepped
+    assert s0 == s1 == 2.0  # and both backed off the scale together
+
+
+def _pause_then_stop(rank: int):
+    """Rank 0's viewer pauses for ~1 s at step 3, then stops training at step 6."""
+    trainer = SimpleNamespace(
+        config=SimpleNamespace(control_every=1), training_state="training", stop_training=False, device="cpu"
+    )
+    if rank == 0:
+        def viewer():
+            time.sleep(0.3)
+            trainer.training_state = "paused"
+            time.sleep(1.0)
+            trainer.training_state = "training"
+            time.sleep(0.3)
+            trainer.stop_training = True
+        threading.Thread(target=viewer, daemon=True).start()
+    events = []
+    for step in range(10_000):
+        start = time.monotonic()
+        if not DistTrainer._agree_to_continue(trainer, step):
+            events.append(("stopped", step))
+            break
+        if time.monotonic() - start > 0.5:
+            events.append(("paused", round(time.monotonic() - start, 1)))
+        time.sleep(0.05)
+    return events
+
+
+def test_viewer_pause_and_stop_on_rank_0_reach_every_rank():
+    r0, r1 = run_ranks(_pause_then_stop)
+    assert [e[0] for e in r0] == [e[0] for e in r1] == ["paused", "stopped"]
+    assert r0[-1] == r1[-1]  # stopped at the same step
+    assert r1[0][1] >= 0.8  # rank 1 waited out rank 0's pause
+
+
+def _train_cmd(scene: Path, out: Path, *extra: str) -> list:
+    return [sys.executable, "-m", "splatfacto_dist.launch", "splatfacto-dist", *TINY, "--machine.num-devices", "2",
+            "--output-dir", str(out), *extra, "colmap", "--data", str(scene)]
+
+
+def test_a_failing_rank_stops_every_rank_promptly_with_its_error(tmp_path, scene):
+    broken = tmp_path / "scene"
+    subprocess.run(["cp", "-r", str(scene), str(broken)], check=True)
+    (broken / "images" / "frame_0005.png").write_bytes(b"not a png")  # one rank's image
+    start = time.monotonic()
+    proc = subprocess.run(_train_cmd(broken, tmp_path / "out", "--max-num-iterations", "400"),
+                          capture_output=True, text=True, timeout=300)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    failures = [line for line in log.splitlines() if "failed:" in line and line.startswith("rank ")]
+    assert any("frame_0005" in line for line in failures), log[-3000:]
+    assert time.monotonic() - start < 120  # not the collective timeout (10 min)
+
+
+def test_rank_0_keeps_the_viewer_open_while_the_other_ranks_exit(tmp_path, scene):
+    port = _free_port()
+    cmd = _train_cmd(scene, tmp_path / "out", "--max-num-iterations", "60", "--vis", "viewer+tensorboard",
+                     "--viewer.websocket-port", str(port), "--viewer.quit-on-train-completion", "False")
+    log = open(tmp_path / "log.txt", "w")
+    launcher = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        ranks = []
+        while time.monotonic() < deadline and len(ranks) < 2:
+            ranks = psutil.Process(launcher.pid).children()
+            time.sleep(0.2)
+        assert len(ranks) == 2
+        while time.monotonic() < deadline and sum(r.is_running() and r.status() != "zombie" for r in ranks) == 2:
+            assert launcher.poll() is None, (tmp_path / "log.txt").read_text()[-3000:]
+            time.sleep(0.5)
+        time.sleep(3)  # a rank that exited with an error would now have brought the launcher down
+        alive = [r for r in ranks if r.is_running() and r.status() != "zombie"]
+        assert len(alive) == 1 and launcher.poll() is None, (tmp_path / "log.txt").read_text()[-3000:]
+        text = (tmp_path / "log.txt").read_text()
+        assert text.count("Training Finished") == 2
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass  # rank 0's viewer still serves
+    finally:
+        os.killpg(launcher.pid, signal.SIGKILL)
+        launcher.wait()
+        log.close()
