@@ -115,7 +115,9 @@ def run_jobs(jobs: List[Job], args: argparse.Namespace, total_gpus: int) -> None
             if len(free) < job.n_gpus or (running and not args.parallel):
                 break
             job.gpus = free[: job.n_gpus]
-            env = dict(os.environ, CUDA_VISIBLE_DEVICES=",".join(map(str, job.gpus)), NCCL_NVLS_ENABLE="0")
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES", ",".join(map(str, range(total_gpus)))).split(",")
+            devices = ",".join(visible[g] for g in job.gpus)  # job GPUs are indices into what this process sees
+            env = dict(os.environ, CUDA_VISIBLE_DEVICES=devices, NCCL_NVLS_ENABLE="0")
             if job.method == "splatfacto":
                 env["PYTHONPATH"] = f"{STUB}{os.pathsep}{env.get('PYTHONPATH', '')}"
             log = open(out / f"{job.name}.log", "w")
