@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 from typing import List
@@ -28,7 +29,9 @@ def checkpoint(run: Path) -> dict:
 @pytest.fixture(scope="module")
 def two_process_run(tmp_path_factory, scene) -> Path:
     out = tmp_path_factory.mktemp("two")
-    return train(out, scene, 2, ["--max-num-iterations", "480", "--verify-replicas-every", "1"])
+    # Evaluates all eval images (split across the 2 ranks) at the last step, 478 images = step 239.
+    return train(out, scene, 2, ["--max-num-iterations", "480", "--verify-replicas-every", "1",
+                                 "--steps-per-eval-all-images", "478"])
 
 
 def assert_trained(run: Path, min_refines: int) -> None:
@@ -72,3 +75,18 @@ def test_stock_ns_export_writes_the_trained_gaussians(two_process_run, tmp_path)
     np.testing.assert_array_equal(np.stack([ply[f"f_dc_{i}"] for i in range(3)], -1), g["features_dc"][keep].numpy())
     rest = g["features_rest"][keep].transpose(1, 2).reshape(int(keep.sum()), -1).numpy()
     np.testing.assert_array_equal(np.stack([ply[f"f_rest_{i}"] for i in range(45)], -1), rest)
+
+
+def test_distributed_eval_equals_stock_ns_eval(two_process_run, tmp_path):
+    events = EventAccumulator(str(two_process_run)).Reload()
+    during = {k: events.Scalars(f"Eval Images Metrics Dict (all images)/{k}")[-1] for k in ("psnr", "ssim")}
+    assert during["psnr"].step == 239
+    out = tmp_path / "eval.json"
+    proc = subprocess.run(
+        [str(BIN / "ns-eval"), "--load-config", str(two_process_run / "config.yml"), "--output-path", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    after = json.loads(out.read_text())["results"]
+    for key in ("psnr", "ssim"):
+        assert after[key] == pytest.approx(during[key].value, rel=1e-5), key
