@@ -177,24 +177,24 @@ class ShardedFullImageDatamanager(FullImageDatamanager):
         return dict(zip(indices, loaded))
 
     def next_train(self, step: int) -> Tuple[Cameras, Dict]:
-        """This rank's cameras for `step`, as one batched `Cameras` and stacked images."""
+        """This rank's cameras for `step` as one batched `Cameras`, with their images stacked when they
+        share one size, else as lists (the pipeline then renders each size separately)."""
         indices = self.schedule.cameras_for_step(step)
         images = [self.cached_train[i] for i in indices]
-        sizes = {tuple(d["image"].shape) for d in images}
-        if len(sizes) > 1:
-            raise ConfigError(
-                f"cameras_per_rank={len(indices)} renders images together but they differ in size {sorted(sizes)}; "
-                "use --pipeline.datamanager.cameras-per-rank 1 for this dataset"
-            )
-        batch = {"image": _stack([d["image"] for d in images]).to(self.device)}
-        if "mask" in images[0]:
-            batch["mask"] = _stack([d["mask"] for d in images]).to(self.device)
+        same_size = len({tuple(d["image"].shape) for d in images}) == 1
+        batch = {
+            key: stack_images([d[key] for d in images]).to(self.device) if same_size else [d[key].to(self.device) for d in images]
+            for key in ("image", "mask")
+            if key in images[0]
+        }
         if len(indices) == 1:  # a view, no indexing kernels
             camera = self.train_cameras[indices[0] : indices[0] + 1].to(self.device)
         else:
             camera = self.train_cameras[torch.tensor(indices)].to(self.device)
         height, width = images[0]["image"].shape[:2]
-        camera.metadata = {"cam_idx": indices[0] if len(indices) == 1 else indices, "image_size": (width, height)}
+        camera.metadata = {"cam_idx": indices[0] if len(indices) == 1 else indices}
+        if same_size:
+            camera.metadata["image_size"] = (width, height)
         return camera, batch
 
     def get_train_rays_per_batch(self) -> int:
@@ -224,7 +224,8 @@ class ShardedFullImageDatamanager(FullImageDatamanager):
         return self.eval_dataset.cameras[i : i + 1].to(self.device), data
 
 
-def _stack(tensors: List[torch.Tensor]) -> torch.Tensor:
+def stack_images(tensors: List[torch.Tensor]) -> torch.Tensor:
+    """One image as it is (stock shapes), several as a batch."""
     return tensors[0] if len(tensors) == 1 else torch.stack(tensors)
 
 

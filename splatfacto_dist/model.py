@@ -88,6 +88,8 @@ class SplatfactoDistModel(SplatfactoModel):
                 grid_W=self.config.grid_shape[2],
             )
         self._background_generator: Optional[torch.Generator] = None
+        self._step_infos: List[Dict] = []  # every training render of the current step
+        self._infos_step = -1
         self.strategy = SynchronizedDefaultStrategy(
             prune_opa=self.config.cull_alpha_thresh,
             grow_grad2d=self.config.densify_grad_thresh,
@@ -224,6 +226,9 @@ class SplatfactoDistModel(SplatfactoModel):
         )
         if self.training:
             self.strategy.step_pre_backward(self.gauss_params, self.optimizers, self.strategy_state, self.step, self.info)
+            if self._infos_step != self.step:
+                self._step_infos, self._infos_step = [], self.step
+            self._step_infos.append(self.info)
 
         if self.training:
             background = self._training_backgrounds(n_views)
@@ -248,6 +253,18 @@ class SplatfactoDistModel(SplatfactoModel):
             "accumulation": alpha[0],
             "background": background,
         }  # type: ignore
+
+    def step_post_backward(self, step: int) -> None:
+        """Densification statistics from every render of this step (one, or one per image size)."""
+        assert step == self.step
+        self.strategy.step_post_backward(
+            params=self.gauss_params,
+            optimizers=self.optimizers,
+            state=self.strategy_state,
+            step=self.step,
+            info=self._step_infos,
+            packed=False,
+        )
 
     def _downscale_if_required(self, image: torch.Tensor) -> torch.Tensor:
         """Area-downscale [..., H, W, C] images (one or a batch) to the current training resolution."""

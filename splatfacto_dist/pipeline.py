@@ -20,6 +20,7 @@ from torch.cuda.amp.grad_scaler import GradScaler
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
 
 from splatfacto_dist import comm
+from splatfacto_dist.datamanager import stack_images
 from splatfacto_dist.profiling import PHASES
 
 
@@ -48,9 +49,38 @@ class DistPipeline(VanillaPipeline):
         with PHASES.phase("data"):
             cameras, batch = self.datamanager.next_train(step)
         with PHASES.phase("render+loss"):
+            if isinstance(batch["image"], list):
+                return self._loss_by_image_size(cameras, batch)
             outputs = self.model(cameras)
             metrics_dict = self.model.get_metrics_dict(outputs, batch)
             loss_dict = self.model.get_loss_dict(outputs, batch, metrics_dict)
+        return outputs, loss_dict, metrics_dict
+
+    def _loss_by_image_size(self, cameras, batch: Dict[str, list]):
+        """Render each image size of a mixed batch separately; weight losses and metrics by image count.
+
+        The loss stays the mean over all n images, so each render's densification statistics are
+        normalized by n (`views_in_loss`), as if the whole batch had been rendered at once.
+        """
+        n = len(batch["image"])
+        groups: Dict[tuple, List[int]] = {}
+        for i, image in enumerate(batch["image"]):
+            groups.setdefault(tuple(image.shape[:2]), []).append(i)
+        cam_idx = cameras.metadata["cam_idx"]
+        loss_dict: Dict[str, torch.Tensor] = {}
+        metrics_dict: Dict[str, torch.Tensor] = {}
+        for (height, width), members in groups.items():
+            group = cameras[torch.tensor(members, device=cameras.device)]
+            ids = [cam_idx[i] for i in members]
+            group.metadata = {"cam_idx": ids[0] if len(ids) == 1 else ids, "image_size": (width, height)}
+            sub = {key: stack_images([values[i] for i in members]) for key, values in batch.items()}
+            outputs = self.model(group)
+            self.model.info["views_in_loss"] = n
+            weight = len(members) / n
+            metrics = self.model.get_metrics_dict(outputs, sub)
+            for target, values in ((loss_dict, self.model.get_loss_dict(outputs, sub, metrics)), (metrics_dict, metrics)):
+                for key, value in values.items():
+                    target[key] = target.get(key, 0) + weight * value
         return outputs, loss_dict, metrics_dict
 
     @torch.no_grad()

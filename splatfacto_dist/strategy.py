@@ -36,13 +36,23 @@ class SynchronizedDefaultStrategy(DefaultStrategy):
         info: Dict[str, Any],
         packed: bool = False,
     ) -> None:
-        """gsplat's statistics update for unpacked [C, N] results, as masked sums (no host sync)."""
+        """gsplat's statistics update for unpacked [C, N] results, as masked sums (no host sync).
+
+        `info` may also be the list of every render of the step (a batch of mixed image sizes is
+        rendered in groups). Gradients are rescaled by the number of views the loss averaged over
+        (`views_in_loss`, default the render's own camera count) to give per-view gradients.
+        """
+        if isinstance(info, list):
+            for part in info:
+                self._update_state(params, state, part, packed=packed)
+            return None
         if packed:
             return super()._update_state(params, state, info, packed=packed)
         means2d = info[self.key_for_gradient]
+        views = info.get("views_in_loss", info["n_cameras"])
         grads = (means2d.absgrad if self.absgrad else means2d.grad).clone()
-        grads[..., 0] *= info["width"] / 2.0 * info["n_cameras"]
-        grads[..., 1] *= info["height"] / 2.0 * info["n_cameras"]
+        grads[..., 0] *= info["width"] / 2.0 * views
+        grads[..., 1] *= info["height"] / 2.0 * views
         visible = info["radii"] > 0  # [C, N]
         n = len(list(params.values())[0])
         for key in ("grad2d", "count") + (("radii",) if self.refine_scale2d_stop_iter > 0 else ()):

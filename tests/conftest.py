@@ -47,3 +47,25 @@ def train(out: Path, scene: Path, nprocs: int, args: List[str], timeout: int = 9
     (out / "train.log").write_text(log)
     assert proc.returncode == 0, log[-4000:]
     return next(out.glob("*/splatfacto-dist/run"))
+
+
+@pytest.fixture(scope="session")
+def mixed_scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The embedded scene with every odd frame at 3/4 resolution, seen by a second COLMAP camera."""
+    from PIL import Image
+
+    root = generate_scene(tmp_path_factory.mktemp("mixed"), n_views=24, width=64, height=48)
+    sparse = root / "colmap" / "sparse" / "0"
+    fx = float((sparse / "cameras.txt").read_text().split()[4])
+    with open(sparse / "cameras.txt", "a") as f:
+        f.write(f"2 PINHOLE 48 36 {fx * 0.75} {fx * 0.75} 24 18\n")
+    lines = (sparse / "images.txt").read_text().splitlines()
+    for i, line in enumerate(lines):
+        fields = line.split()
+        if len(fields) == 10 and int(fields[0]) % 2 == 0:  # image ids are 1-based: frames 1, 3, 5, ...
+            fields[8] = "2"
+            lines[i] = " ".join(fields)
+            image = root / "images" / fields[9]
+            Image.open(image).resize((48, 36), Image.BOX).save(image)
+    (sparse / "images.txt").write_text("\n".join(lines) + "\n")
+    return root

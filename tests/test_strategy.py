@@ -33,3 +33,26 @@ def test_sync_free_statistics_update_equals_gsplats(absgrad, screen_size_stats, 
         torch.testing.assert_close(state_ours["radii"], expected)
         if C == 1:
             torch.testing.assert_close(state_ours["radii"], state_gsplat["radii"])
+
+
+def test_renders_of_one_step_by_image_size_count_like_one_render():
+    """A batch rendered as several groups gives the statistics of rendering it at once."""
+    g = torch.Generator().manual_seed(1)
+    N = 100
+    means2d = torch.randn(2, N, 2, generator=g)
+    means2d.absgrad = torch.rand(2, N, 2, generator=g)
+    radii = torch.randint(0, 4, (2, N), generator=g, dtype=torch.int32)
+    whole = dict(width=64, height=48, n_cameras=2, radii=radii, gaussian_ids=None, means2d=means2d)
+    parts = []
+    for c in range(2):
+        part = means2d[c : c + 1].clone()
+        part.absgrad = means2d.absgrad[c : c + 1] / 2  # the same loss, now split over 2 renders
+        parts.append(dict(width=64, height=48, n_cameras=1, radii=radii[c : c + 1], gaussian_ids=None,
+                          means2d=part, views_in_loss=2))
+    strategy = SynchronizedDefaultStrategy(absgrad=True, refine_scale2d_stop_iter=100)
+    at_once, by_part = strategy.initialize_state(), strategy.initialize_state()
+    params = {"means": torch.zeros(N, 3)}
+    strategy._update_state(params, at_once, whole)
+    strategy._update_state(params, by_part, parts)
+    for key in ("grad2d", "count", "radii"):
+        torch.testing.assert_close(by_part[key], at_once[key])
