@@ -244,13 +244,20 @@ class DistTrainer(Trainer):
             return
         loaded = torch.load(path, map_location="cpu", weights_only=False)
         self._start_step = loaded["step"] + 1
+        saved_images_per_step = loaded.get("images_per_step", 1)
+        if self.config.schedule_unit == "images" and saved_images_per_step != self.images_per_step:
+            # Resuming on another GPU count / batch: continue at the same number of images seen.
+            self._start_step = self._start_step * saved_images_per_step // self.images_per_step
         self.pipeline.load_pipeline(loaded["pipeline"], loaded["step"])
         self.optimizers = self.setup_optimizers()
         self.optimizers.load_optimizers(loaded["optimizers"])
         if "schedulers" in loaded and self.config.load_scheduler:
             self.optimizers.load_schedulers(loaded["schedulers"])
+            for scheduler in self.optimizers.schedulers.values():
+                scheduler.last_epoch = self._start_step - 1
         self.grad_scaler.load_state_dict(loaded["scalers"])
-        CONSOLE.print(f"Done loading Nerfstudio checkpoint from {path}")
+        CONSOLE.print(f"Done loading Nerfstudio checkpoint from {path} (images seen: "
+                      f"{self._start_step * self.images_per_step}, continuing at step {self._start_step})")
 
     def _checkpoint_to_resume(self):
         if self.config.load_dir is not None:

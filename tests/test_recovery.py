@@ -1,0 +1,106 @@
+"""Resume on another process count, a rank killed mid-run, and misconfigurations (gloo, CPU)."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import torch
+
+from conftest import TINY, train
+from test_equivalence import SCHEDULE, renders
+
+
+def test_resume_on_another_process_count_equals_training_straight(tmp_path, scene):
+    """2 ranks for steps 0-32 (a refine at 32 empties the statistics), then 1 process rendering the
+    same 2 cameras per step for steps 33-47 == 2 ranks for steps 0-47."""
+    one_process = ["--machine.num-devices", "1", "--pipeline.datamanager.cameras-per-rank", "2",
+                   "--pipeline.datamanager.data-shards", "2"]
+    straight = train(tmp_path / "straight", scene, 2, SCHEDULE)
+    first = train(tmp_path / "first", scene, 2, SCHEDULE + ["--max-num-iterations", "33"])
+    resumed = train(tmp_path / "resumed", scene, 1, SCHEDULE + one_process + [
+        "--max-num-iterations", "15", "--load-dir", str(first / "nerfstudio_models")])
+    assert "continuing at step 33" in (tmp_path / "resumed" / "train.log").read_text()
+    (ckpt,) = (resumed / "nerfstudio_models").glob("*.ckpt")
+    assert ckpt.name == "step-000000047.ckpt"
+    count_a, images_a = renders(straight)
+    count_b, images_b = renders(resumed)
+    assert count_a == count_b
+    mse = torch.mean((torch.stack(images_a) - torch.stack(images_b)) ** 2)
+    assert -10 * torch.log10(mse) > 40, float(mse)
+
+
+def test_resume_counts_images_across_gpu_counts(tmp_path, scene):
+    first = train(tmp_path / "first", scene, 2, ["--max-num-iterations", "64"])  # steps 0-31, 2 images each
+    train(tmp_path / "resumed", scene, 1, ["--max-num-iterations", "16", "--load-dir", str(first / "nerfstudio_models")])
+    log = (tmp_path / "resumed" / "train.log").read_text()
+    assert "images seen: 64, continuing at step 64" in log
+    (ckpt,) = (tmp_path / "resumed").glob("*/splatfacto-dist/run/nerfstudio_models/*.ckpt")
+    assert ckpt.name == "step-000000079.ckpt"
+
+
+def test_killed_rank_stops_the_job_and_the_last_checkpoint_resumes(tmp_path, scene):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "splatfacto_dist.launch", "splatfacto-dist", *TINY, "--machine.num-devices", "2",
+           "--output-dir", str(out), "--timestamp", "run", "--max-num-iterations", "100000",
+           "--steps-per-save", "20", "--save-only-latest-checkpoint", "False", "colmap", "--data", str(scene)]
+    log = open(tmp_path / "log.txt", "w")
+    launcher = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    checkpoints = out / "unnamed" / "splatfacto-dist" / "run" / "nerfstudio_models"
+    while time.monotonic() < deadline and len(list(checkpoints.glob("*.ckpt"))) < 2:
+        time.sleep(0.5)
+    ranks = psutil.Process(launcher.pid).children()
+    assert len(ranks) == 2
+    ranks[1].send_signal(signal.SIGKILL)
+    killed_at = time.monotonic()
+    launcher.wait(timeout=120)
+    log.close()
+    assert launcher.returncode != 0
+    assert time.monotonic() - killed_at < 60
+    text = (tmp_path / "log.txt").read_text()
+    assert "terminated with signal SIGKILL" in text, text[-2000:]
+    assert not list(checkpoints.glob(".*.tmp"))  # no half-written checkpoint left behind
+    newest = sorted(checkpoints.glob("*.ckpt"))[-1]
+    torch.load(newest, map_location="cpu")  # complete, and loadable with weights_only
+    train(tmp_path / "resumed", scene, 2, ["--max-num-iterations", "20", "--load-dir", str(checkpoints)])
+
+
+def _launch(*args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "splatfacto_dist.launch", "splatfacto-dist", *TINY, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+
+def _error_line(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return [line for line in proc.stdout.splitlines() if line.startswith("error:")][0]
+
+
+def test_missing_data_fails_in_one_line(tmp_path):
+    proc = _launch("--machine.num-devices", "2", "colmap", "--data", str(tmp_path / "nowhere"))
+    assert "does not exist" in _error_line(proc)
+
+
+def test_busy_port_fails_in_one_line(scene):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = _launch("--machine.num-devices", "2", "--machine.dist-url", f"tcp://127.0.0.1:{port}",
+                       "colmap", "--data", str(scene))
+    assert f"port {port}" in _error_line(proc)
+
+
+def test_cuda_without_a_gpu_fails_in_one_line(scene):
+    if torch.cuda.is_available():
+        proc = _launch("--machine.device-type", "cuda", "--machine.num-devices", str(torch.cuda.device_count() + 1),
+                       "colmap", "--data", str(scene))
+        assert "GPU(s) are visible" in _error_line(proc)
+    else:
+        proc = _launch("--machine.device-type", "cuda", "colmap", "--data", str(scene))
+        assert "CUDA is not available" in _error_line(proc)
