@@ -30,6 +30,7 @@ from nerfstudio.utils import comms
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from splatfacto_dist import comm
+from splatfacto_dist.datamanager import CameraSchedule, ConfigError
 
 DEFAULT_TIMEOUT = timedelta(minutes=10)
 
@@ -88,6 +89,13 @@ def check_config(config: TrainerConfig, job: Job) -> None:
                 f"--machine.num-devices {job.num_devices_per_machine} but only {torch.cuda.device_count()} GPU(s) "
                 "are visible on this machine"
             )
+    datamanager = config.pipeline.datamanager
+    if hasattr(datamanager, "cameras_per_rank"):
+        try:  # the camera count is unknown here: check the settings against the smallest valid one
+            shards = datamanager.data_shards or job.world_size
+            CameraSchedule(max(shards, 1), shards, 0, job.world_size, datamanager.cameras_per_rank, 0)
+        except ConfigError as err:
+            raise LaunchError(str(err)) from None
     data = _data_path(config)
     if config.load_config is None and (data is None or not data.exists()):
         raise LaunchError(f"data path {data} does not exist (pass --data DIR or the dataparser's --data)")

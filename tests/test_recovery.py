@@ -104,3 +104,8 @@ def test_cuda_without_a_gpu_fails_in_one_line(scene):
     else:
         proc = _launch("--machine.device-type", "cuda", "colmap", "--data", str(scene))
         assert "CUDA is not available" in _error_line(proc)
+
+
+def test_incompatible_batch_settings_fail_in_one_line(scene):
+    proc = _launch("--machine.num-devices", "2", "--pipeline.datamanager.data-shards", "3", "colmap", "--data", str(scene))
+    assert "multiple of the world size 2" in _error_line(proc)
