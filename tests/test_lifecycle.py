@@ -17,15 +17,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from conftest import TINY
+from conftest import TINY, free_port
 from splatfacto_dist import comm
 from splatfacto_dist.trainer import DistTrainer
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _in_group(rank: int, world: int, port: int, fn, results) -> None:
@@ -40,7 +35,7 @@ def run_ranks(fn, world: int = 2) -> list:
     """fn(rank) in `world` gloo processes; returns each rank's result."""
     with mp.Manager() as manager:
         results = manager.dict()
-        mp.start_processes(_in_group, args=(world, _free_port(), fn, results), nprocs=world, start_method="fork")
+        mp.start_processes(_in_group, args=(world, free_port(), fn, results), nprocs=world, start_method="fork")
         return [results[r] for r in range(world)]
 
 
@@ -116,7 +111,7 @@ def test_a_failing_rank_stops_every_rank_promptly_with_its_error(tmp_path, scene
 
 
 def test_rank_0_keeps_the_viewer_open_while_the_other_ranks_exit(tmp_path, scene):
-    port = _free_port()
+    port = free_port()
     cmd = _train_cmd(scene, tmp_path / "out", "--max-num-iterations", "60", "--vis", "viewer+tensorboard",
                      "--viewer.websocket-port", str(port), "--viewer.quit-on-train-completion", "False")
     log = open(tmp_path / "log.txt", "w")

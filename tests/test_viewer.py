@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -11,14 +10,9 @@ import numpy as np
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import TINY
+from conftest import TINY, free_port
 from viewer_probe import HeadlessChromium
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _last_step(run_root) -> int:
@@ -32,7 +26,7 @@ def _last_step(run_root) -> int:
 
 
 def test_viewer_shows_the_training_scene_and_training_finishes(tmp_path, scene):
-    port = _free_port()
+    port = free_port()
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "splatfacto_dist.launch", "splatfacto-dist", *TINY, "--machine.num-devices", "2",
            "--vis", "viewer+tensorboard", "--viewer.websocket-port", str(port),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
 import subprocess
 import tempfile
 import time
@@ -13,18 +12,15 @@ from pathlib import Path
 
 from websockets.sync.client import connect
 
+from conftest import free_port
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class HeadlessChromium:
     """Debian's chromium, headless, driven through its DevTools websocket."""
 
     def __init__(self, width: int = 1200, height: int = 800) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.profile = tempfile.TemporaryDirectory(ignore_cleanup_errors=True)
         self.proc = subprocess.Popen(
             ["chromium", "--headless=new", "--no-sandbox", "--disable-gpu", "--enable-unsafe-swiftshader",
