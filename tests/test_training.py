@@ -10,6 +10,7 @@ from typing import List
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from plyfile import PlyData
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -90,3 +91,15 @@ def test_distributed_eval_equals_stock_ns_eval(two_process_run, tmp_path):
     after = json.loads(out.read_text())["results"]
     for key in ("psnr", "ssim"):
         assert after[key] == pytest.approx(during[key].value, rel=1e-5), key
+
+
+def test_stock_ns_render_renders_the_eval_views(two_process_run, tmp_path):
+    proc = subprocess.run(
+        [str(BIN / "ns-render"), "dataset", "--load-config", str(two_process_run / "config.yml"),
+         "--output-path", str(tmp_path), "--split", "test", "--rendered-output-names", "rgb", "--image-format", "png"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    frames = sorted(tmp_path.rglob("*.png"))
+    assert len(frames) == 3  # the embedded scene's eval views (every 8th of 24)
+    assert all(np.asarray(Image.open(f)).std() > 10 for f in frames)
