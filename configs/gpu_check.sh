@@ -24,7 +24,7 @@ for ds in beer_can fox; do
   if [ "$ds" = fox ]; then parser=(nerfstudio-data --data "$data/fox"); init=(--pipeline.model.random-init True);
   else parser=(colmap --data "$data/beer_can"); init=(); fi
   start=$(date +%s.%N)
-  python -m splatfacto_dist.launch splatfacto-dist --machine.num-devices 4 --max-num-iterations 28000 \
+  python -m splatfacto_dist.cli splatfacto-dist --machine.num-devices 4 --max-num-iterations 28000 \
     --verify-replicas-every 500 --profile-phases True --vis tensorboard --steps-per-eval-image 0 \
     --steps-per-eval-all-images 27996 --steps-per-save 1000000 --output-dir "$work/runs" --experiment-name "$ds" \
     --timestamp sync4 "${init[@]}" "${parser[@]}" > "$work/sync4_$ds.log" 2>&1

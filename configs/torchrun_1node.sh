@@ -5,4 +5,4 @@ set -euo pipefail
 data=$1; shift
 export NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0}
 gpus=$(python -c "import torch; print(torch.cuda.device_count())")
-torchrun --standalone --nproc-per-node "$gpus" -m splatfacto_dist.launch splatfacto-dist "$@" colmap --data "$data"
+torchrun --standalone --nproc-per-node "$gpus" -m splatfacto_dist.cli splatfacto-dist "$@" colmap --data "$data"

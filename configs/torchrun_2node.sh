@@ -9,4 +9,4 @@ export NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0}
 gpus=$(python -c "import torch; print(torch.cuda.device_count())")
 torchrun --nnodes 2 --node-rank "${NODE_RANK:?}" --nproc-per-node "$gpus" \
   --master-addr "${MASTER_ADDR:?}" --master-port "${MASTER_PORT:-29500}" \
-  -m splatfacto_dist.launch splatfacto-dist "$@" colmap --data "$data"
+  -m splatfacto_dist.cli splatfacto-dist "$@" colmap --data "$data"

@@ -1,9 +1,9 @@
 """Multi-process training where nerfstudio's launcher cannot go: CPU over gloo, torchrun, SLURM.
 
-`splatfacto-dist-train` takes exactly ns-train's command line (any method, all `--machine.*`
-settings). It spawns `--machine.num-devices` processes per machine (gloo on CPU, NCCL on CUDA),
-or, when started by torchrun or srun, joins the job those launchers describe in the environment.
-Misconfigurations are reported in one line before any process or GPU work starts.
+`splatfacto-dist-train` (see `cli`) takes exactly ns-train's command line (any method, all
+`--machine.*` settings). It runs `--machine.num-devices` processes per machine (gloo on CPU, NCCL
+on CUDA), or, when started by torchrun or srun, joins the job those launchers describe in the
+environment. Misconfigurations are reported in one line before any training or GPU work starts.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 
 from splatfacto_dist import comm
 from splatfacto_dist.datamanager import CameraSchedule, ConfigError
+from splatfacto_dist.prespawn import Prespawned
 
 DEFAULT_TIMEOUT = timedelta(minutes=10)
 
@@ -132,9 +133,12 @@ def _train(local_rank: int, world_size: int, config: TrainerConfig, global_rank:
     trainer.train()
 
 
-def _run_rank(local_rank: int, config: TrainerConfig, job: Job) -> None:
-    """One rank: device, process group, training, then the final barrier."""
+def run_rank(local_rank: int, config: TrainerConfig, job: Job) -> None:
+    """One rank: threads, device, process group, training, then the final barrier."""
     global_rank = job.global_rank if job.global_rank is not None else job.machine_rank * job.num_devices_per_machine + local_rank
+    if "OMP_NUM_THREADS" not in os.environ:
+        # Every rank would otherwise size its thread pool to the whole machine (as torchrun avoids).
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // job.num_devices_per_machine))
     if job.world_size == 1:
         _train(local_rank, 1, config, 0)
         return
@@ -166,8 +170,9 @@ def _run_rank(local_rank: int, config: TrainerConfig, job: Job) -> None:
         dist.destroy_process_group()
 
 
-def launch(config: TrainerConfig) -> None:
-    """Run `config` on this machine's share of the job (see the module docstring)."""
+def launch(config: TrainerConfig, ranks: Optional[Prespawned] = None) -> None:
+    """Run `config` on this machine's share of the job (see the module docstring); `ranks`, if
+    given, are processes already started for it."""
     machine = config.machine
     job = _env_job()
     if job is None:
@@ -180,17 +185,19 @@ def launch(config: TrainerConfig) -> None:
         job = Job(world, machine.num_devices, machine.machine_rank, url)
     check_config(config, job)
     if job.local_rank is not None:
-        _run_rank(job.local_rank, config, job)
+        run_rank(job.local_rank, config, job)
     elif job.num_devices_per_machine == 1:
-        _run_rank(0, config, job)
+        run_rank(0, config, job)
+    elif ranks is not None and len(ranks) == job.num_devices_per_machine:
+        ranks.run(config, job)
     else:
         # CPU ranks fork and inherit the imported modules; CUDA ranks must spawn (nerfstudio's
         # imports initialize CUDA in this process, which a forked child cannot reuse).
         method = "spawn" if config.machine.device_type == "cuda" else "fork"
-        mp.start_processes(_run_rank, nprocs=job.num_devices_per_machine, args=(config, job), start_method=method)
+        mp.start_processes(run_rank, nprocs=job.num_devices_per_machine, args=(config, job), start_method=method)
 
 
-def main(config: TrainerConfig) -> None:
+def main(config: TrainerConfig, ranks: Optional[Prespawned] = None) -> None:
     """ns-train's main(), with this module's launcher."""
     if config.data:
         config.pipeline.datamanager.data = config.data
@@ -201,7 +208,7 @@ def main(config: TrainerConfig) -> None:
         config.print_to_terminal()
         config.save_config()
     try:
-        launch(config)
+        launch(config, ranks)
     except LaunchError as err:
         CONSOLE.print(f"[bold red]error:[/bold red] {err.message}")
         raise
@@ -212,13 +219,9 @@ def comm_rank_from_env() -> int:
     return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
 
 
-def entrypoint() -> None:
-    """`splatfacto-dist-train`: ns-train's command line, runnable without CUDA and under torchrun/srun."""
+def parse_and_launch(ranks: Optional[Prespawned] = None) -> None:
+    """Parse ns-train's command line and run it; `ranks` as in `launch`."""
     from nerfstudio.configs.method_configs import AnnotatedBaseConfigUnion  # heavy: the CLI process only
 
     tyro.extras.set_accent_color("bright_yellow")
-    main(tyro.cli(AnnotatedBaseConfigUnion, description=__doc__))
-
-
-if __name__ == "__main__":
-    sys.exit(entrypoint())
+    main(tyro.cli(AnnotatedBaseConfigUnion, description=__doc__), ranks)

@@ -9,6 +9,7 @@ One step, top to bottom (`train` -> `train_iteration`):
 from __future__ import annotations
 
 import functools
+import os
 import resource
 import time
 from dataclasses import dataclass, field
@@ -51,11 +52,26 @@ class DistTrainerConfig(TrainerConfig):
     and stop with an error naming the first tensor that differs (0: never)."""
     fused_adam: bool = True
     """Run every Adam as torch's fused kernel (same algorithm, far fewer kernel launches per step)."""
+    eval_all_images_at_end: bool = False
+    """After the last step, evaluate every test image (the final test metrics, logged like the
+    periodic --steps-per-eval-all-images ones)."""
     control_every: int = 10
     """Every this many steps all ranks adopt rank 0's pause/stop state (the viewer lives on rank 0)."""
-    profile_phases: bool = False
-    """Time each phase of the step (data, render+loss, backward, all-reduce, optimizer, densify);
-    adds a device sync per phase, so leave it off except to measure."""
+
+    def __post_init__(self) -> None:
+        """Refuse more CUDA devices than are visible while the command line is parsed: before
+        ns-train's own launcher spawns anything, and in one line instead of a traceback per rank."""
+        machine = self.machine
+        if machine.device_type == "cuda" and machine.num_devices > 1 and "RANK" not in os.environ:
+            visible = torch.cuda.device_count()
+            if machine.num_devices > visible:
+                CONSOLE.print(f"[bold red]error:[/bold red] --machine.num-devices {machine.num_devices} but only "
+                              f"{visible} GPU(s) are visible on this machine")
+                raise SystemExit(2)
+    profile_phases_every: int = 0
+    """Every this many steps, time each phase of the step (data, render+loss, backward, all-reduce,
+    optimizer, densify, other) and log the means as "Step Phases (ms)". Those steps pay a device
+    sync per phase; the others are untouched (0: never)."""
 
 
 class DistTrainer(Trainer):
@@ -73,7 +89,7 @@ class DistTrainer(Trainer):
         if config.fused_adam:
             fuse_adam(config)
         scale_optimizers(config, self.images_per_step, config.batch_optimizer_scaling)
-        PHASES.enabled = config.profile_phases
+        PHASES.every = config.profile_phases_every
 
     def train(self) -> None:
         """Train the model; see the module docstring for one step's path."""
@@ -92,6 +108,7 @@ class DistTrainer(Trainer):
                     break
                 with self.train_lock:
                     with TimeWriter(writer, EventName.ITER_TRAIN_TIME, step=step) as train_t:
+                        PHASES.begin_step(step)
                         self.pipeline.train()
                         for callback in self.callbacks:
                             callback.run_callback_at_location(step, TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
@@ -99,7 +116,7 @@ class DistTrainer(Trainer):
                         with PHASES.phase("densify"):
                             for callback in self.callbacks:
                                 callback.run_callback_at_location(step, TrainingCallbackLocation.AFTER_TRAIN_ITERATION)
-                PHASES.steps += 1
+                        PHASES.end_step()
                 if step > 1:
                     writer.put_time(
                         name=EventName.TRAIN_RAYS_PER_SEC,
@@ -202,6 +219,11 @@ class DistTrainer(Trainer):
             metrics_dict = self.pipeline.get_average_eval_image_metrics(step=step)
             writer.put_dict(name="Eval Images Metrics Dict (all images)", scalar_dict=metrics_dict, step=step)
 
+    def _after_train(self) -> None:
+        if self.config.eval_all_images_at_end:
+            eval_all_images_at_end(self)
+        super()._after_train()
+
     def verify_replicas(self, step: int) -> None:
         """Stop with `ReplicaMismatch` if any parameter or optimizer state differs between ranks."""
         named: List[Tuple[str, torch.Tensor]] = list(self.pipeline.model.named_parameters())
@@ -286,3 +308,15 @@ class DistTrainer(Trainer):
             return
         comm.barrier()
         super()._train_complete_viewer()
+
+
+def eval_all_images_at_end(trainer: Trainer) -> None:
+    """Log the metrics over all test images at the trainer's last step, unless that step's
+    periodic evaluation already did. Distributed, every rank must call it."""
+    if trainer.pipeline.datamanager.eval_dataset is None:
+        return
+    if step_check(trainer.step, trainer.config.steps_per_eval_all_images):
+        return
+    metrics_dict = trainer.pipeline.get_average_eval_image_metrics(step=trainer.step)
+    writer.put_dict(name="Eval Images Metrics Dict (all images)", scalar_dict=metrics_dict, step=trainer.step)
+    writer.write_out_storage()

@@ -44,7 +44,7 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def train(out: Path, scene: Path, nprocs: int, args: List[str], timeout: int = 900) -> Path:
     """Run `splatfacto-dist-train` in `nprocs` gloo processes; return the run directory."""
     cmd = [
-        sys.executable, "-m", "splatfacto_dist.launch", "splatfacto-dist",
+        sys.executable, "-m", "splatfacto_dist.cli", "splatfacto-dist",
         *TINY, "--machine.num-devices", str(nprocs), "--output-dir", str(out), "--timestamp", "run", *args,
         "colmap", "--data", str(scene),
     ]

@@ -19,7 +19,7 @@ def _finished(log: str, ranks: int) -> None:
 
 
 def test_torchrun(tmp_path, scene):
-    cmd = [str(BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", "-m", "splatfacto_dist.launch",
+    cmd = [str(BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", "-m", "splatfacto_dist.cli",
            "splatfacto-dist", *ARGS, "--output-dir", str(tmp_path), "colmap", "--data", str(scene)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
@@ -33,9 +33,66 @@ def test_slurm_environment(tmp_path, scene):
     for rank in range(2):
         env = dict(os.environ, SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank), SLURM_NTASKS="2", SLURM_NNODES="1",
                    MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        cmd = [sys.executable, "-m", "splatfacto_dist.launch", "splatfacto-dist", *ARGS, "--output-dir", str(tmp_path),
+        cmd = [sys.executable, "-m", "splatfacto_dist.cli", "splatfacto-dist", *ARGS, "--output-dir", str(tmp_path),
                "colmap", "--data", str(scene)]
         procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     logs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n".join(log[-2000:] for log in logs)
     _finished("\n".join(logs), 2)
+
+
+def test_guess_local_ranks_reads_cuda_device_counts_off_the_raw_arguments():
+    from splatfacto_dist.cli import guess_local_ranks
+
+    data = ["colmap", "--data", "x"]
+    assert guess_local_ranks(["splatfacto-dist", "--machine.num-devices", "4", *data], {}) == 4
+    assert guess_local_ranks(["splatfacto-dist", "--machine.num_devices=2", *data], {}) == 2
+    assert guess_local_ranks(["splatfacto-dist", *data], {}) == 0  # one device: nothing to overlap
+    assert guess_local_ranks(["splatfacto-dist", "--machine.num-devices", "4", "--machine.device-type", "cpu"], {}) == 0
+    assert guess_local_ranks(["splatfacto-dist", "--machine.num-devices", "4", "--help"], {}) == 0
+    assert guess_local_ranks(["splatfacto-dist", "--machine.num-devices", "4"], {"RANK": "0"}) == 0
+    assert guess_local_ranks(["splatfacto-dist", "--machine.num-devices", "4"], {"SLURM_NTASKS": "8"}) == 0
+    assert guess_local_ranks(["splatfacto-dist", "--machine.num-devices", "four"], {}) == 0
+
+
+def _parsed(args: list):
+    import tyro
+    from nerfstudio.configs.method_configs import AnnotatedBaseConfigUnion
+
+    return tyro.cli(AnnotatedBaseConfigUnion, args=args)
+
+
+def test_prespawned_ranks_train_the_parsed_job(tmp_path, scene, capfd):
+    """The ranks `splatfacto-dist-train` starts before parsing (on CUDA) run the job they are handed."""
+    from splatfacto_dist import launch
+    from splatfacto_dist.prespawn import Prespawned
+
+    config = _parsed(["splatfacto-dist", *ARGS, "--machine.num-devices", "2", "--output-dir", str(tmp_path),
+                      "colmap", "--data", str(scene)])
+    ranks = Prespawned(2)
+    launch.launch(config, ranks)
+    _finished(capfd.readouterr().out, 2)
+    assert list(Path(tmp_path).glob("*/splatfacto-dist/run/nerfstudio_models/*.ckpt"))
+
+
+def test_a_failing_prespawned_rank_stops_the_others(tmp_path, scene):
+    import time
+
+    import pytest
+
+    from splatfacto_dist import launch
+    from splatfacto_dist.prespawn import Prespawned, RankFailed
+
+    broken = tmp_path / "scene"
+    subprocess.run(["cp", "-r", str(scene), str(broken)], check=True)
+    (broken / "images" / "frame_0005.png").write_bytes(b"not a png")
+    config = _parsed(["splatfacto-dist", *TINY, "--max-num-iterations", "400", "--machine.num-devices", "2",
+                      "--output-dir", str(tmp_path), "colmap", "--data", str(broken)])
+    ranks = Prespawned(2)
+    start = time.monotonic()
+    with pytest.raises(RankFailed) as failed:
+        launch.launch(config, ranks)
+    assert failed.value.code == 1
+    assert "1 (exit code 1)" in failed.value.message, failed.value.message  # rank 1 loads frame_0005
+    assert time.monotonic() - start < 120
+    assert not any(p.is_alive() for p in ranks._procs)

@@ -92,7 +92,7 @@ def test_viewer_pause_and_stop_on_rank_0_reach_every_rank():
 
 
 def _train_cmd(scene: Path, out: Path, *extra: str) -> list:
-    return [sys.executable, "-m", "splatfacto_dist.launch", "splatfacto-dist", *TINY, "--machine.num-devices", "2",
+    return [sys.executable, "-m", "splatfacto_dist.cli", "splatfacto-dist", *TINY, "--machine.num-devices", "2",
             "--output-dir", str(out), *extra, "colmap", "--data", str(scene)]
 
 

@@ -12,7 +12,7 @@ import psutil
 import pytest
 import torch
 
-from conftest import TINY, train
+from conftest import BIN, TINY, train
 from test_equivalence import SCHEDULE, renders
 
 
@@ -46,7 +46,7 @@ def test_resume_counts_images_across_gpu_counts(tmp_path, scene):
 
 def test_killed_rank_stops_the_job_and_the_last_checkpoint_resumes(tmp_path, scene):
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "splatfacto_dist.launch", "splatfacto-dist", *TINY, "--machine.num-devices", "2",
+    cmd = [sys.executable, "-m", "splatfacto_dist.cli", "splatfacto-dist", *TINY, "--machine.num-devices", "2",
            "--output-dir", str(out), "--timestamp", "run", "--max-num-iterations", "100000",
            "--steps-per-save", "20", "--save-only-latest-checkpoint", "False", "colmap", "--data", str(scene)]
     log = open(tmp_path / "log.txt", "w")
@@ -72,7 +72,7 @@ def test_killed_rank_stops_the_job_and_the_last_checkpoint_resumes(tmp_path, sce
 
 
 def _launch(*args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "splatfacto_dist.launch", "splatfacto-dist", *TINY, *args]
+    cmd = [sys.executable, "-m", "splatfacto_dist.cli", "splatfacto-dist", *TINY, *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
 
@@ -109,3 +109,12 @@ def test_cuda_without_a_gpu_fails_in_one_line(scene):
 def test_incompatible_batch_settings_fail_in_one_line(scene):
     proc = _launch("--machine.num-devices", "2", "--pipeline.datamanager.data-shards", "3", "colmap", "--data", str(scene))
     assert "multiple of the world size 2" in _error_line(proc)
+
+
+def test_more_gpus_than_visible_fail_in_one_line_under_ns_train_too(scene):
+    """Checked while the command line is parsed, so nerfstudio's own launcher never spawns."""
+    wanted = str(max(2, torch.cuda.device_count() + 1))
+    args = ["--machine.device-type", "cuda", "--machine.num-devices", wanted, "colmap", "--data", str(scene)]
+    for proc in (_launch(*args), subprocess.run([str(BIN / "ns-train"), "splatfacto-dist", *TINY, *args],
+                                                 capture_output=True, text=True, timeout=300)):
+        assert f"--machine.num-devices {wanted} but only {torch.cuda.device_count()} GPU(s)" in _error_line(proc)

@@ -28,7 +28,7 @@ def _last_step(run_root) -> int:
 def test_viewer_shows_the_training_scene_and_training_finishes(tmp_path, scene):
     port = free_port()
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "splatfacto_dist.launch", "splatfacto-dist", *TINY, "--machine.num-devices", "2",
+    cmd = [sys.executable, "-m", "splatfacto_dist.cli", "splatfacto-dist", *TINY, "--machine.num-devices", "2",
            "--vis", "viewer+tensorboard", "--viewer.websocket-port", str(port),
            "--viewer.quit-on-train-completion", "True", "--max-num-iterations", "700",
            "--output-dir", str(out), "--timestamp", "run", "colmap", "--data", str(scene)]

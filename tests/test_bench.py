@@ -1,0 +1,71 @@
+"""The scaling benchmark end to end on CPU processes, and the arithmetic of its report."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from splatfacto_dist import bench_report
+
+SCHEDULE = ["--machine.device-type", "cpu", "--pipeline.model.warmup-length", "32", "--pipeline.model.refine-every", "16",
+            "--pipeline.model.stop-screen-size-at", "0", "--pipeline.model.sh-degree-interval", "64"]
+
+
+def test_bench_trains_every_job_and_writes_json_table_and_plot(tmp_path, scene):
+    out = tmp_path / "bench"
+    cmd = [sys.executable, "-m", "splatfacto_dist.bench", "--data", str(scene), "--budget", "96", "--eval-every", "32",
+           "--gpus", "1", "2", "--no-stock", "--profile-every", "4", "--progress-every", "5", "--out", str(out), *SCHEDULE]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "[bench] start dist-2gpu" in proc.stdout and "% Done" not in proc.stdout
+    jobs = {j["name"]: j for j in json.loads((out / "results.json").read_text())["jobs"]}
+    for name, steps in (("dist-1gpu", 96), ("dist-2gpu", 48)):
+        r = jobs[name]["result"]
+        assert r["returncode"] == 0 and r["steps"] == steps
+        assert 0 < r["loop_s"] < r["wall_s"] and r["images_per_s"] == 96 / r["loop_s"]
+        assert r["gaussians"] > 0 and 5 < r["psnr"] < 60
+        images = [point[1] for point in jobs[name]["curve"]]
+        assert images[-1] == 96 and len(images) == 3  # after 32 and 64 images, and at the end
+        assert all(r[f"phase_{p}"] >= 0 for p in bench_report.PHASES) and r["phase_step"] > r["phase_render+loss"]
+    assert jobs["dist-2gpu"]["result"]["phase_all-reduce"] > 0
+    table = (out / "results.md").read_text()
+    assert "| dist-2gpu | 2 | 1 | 48 |" in table and "Per-step breakdown" in table
+    assert (out / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _job(name: str, method: str, gpus: int, loop_s: float, wall_s: float, psnr: float, curve: list) -> dict:
+    return {"name": name, "method": method, "n_gpus": gpus, "batch": 1, "gpus": list(range(gpus)), "curve": curve,
+            "result": {"loop_s": loop_s, "wall_s": wall_s, "psnr": psnr}}
+
+
+def test_report_speedups_and_time_to_psnr_are_measured_against_stock(tmp_path):
+    stock = _job("stock-1gpu", "splatfacto", 1, 200.0, 240.0, 25.0, [[100.0, 15000, 24.0], [240.0, 30000, 25.0]])
+    fast = _job("dist-4gpu", "splatfacto-dist", 4, 50.0, 70.0, 24.95, [[40.0, 15000, 24.5], [60.0, 22500, 24.91]])
+    low = _job("dist-2gpu", "splatfacto-dist", 2, 100.0, 130.0, 24.7, [[130.0, 30000, 24.7]])
+    bench_report.derive([stock, fast, low])
+    assert fast["result"]["loop_speedup"] == 4.0 and fast["result"]["wall_speedup"] == 240.0 / 70.0
+    assert fast["result"]["time_to_psnr_s"] == 60.0  # first evaluation within 0.1 dB of stock's final PSNR
+    assert "time_to_psnr_s" not in low["result"]
+    assert abs(low["result"]["psnr_vs_stock_db"] + 0.3) < 1e-9
+
+
+def test_report_merges_results_of_several_runs(tmp_path):
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    stock = _job("stock-1gpu", "splatfacto", 1, 200.0, 240.0, 25.0, [[240.0, 30000, 25.0]])
+    old = _job("dist-4gpu", "splatfacto-dist", 4, 80.0, 99.0, 24.0, [])
+    new = _job("dist-4gpu", "splatfacto-dist", 4, 50.0, 70.0, 25.0, [[70.0, 30000, 25.0]])
+    bench_report.save(first, [stock, old], {"torch": "x"})
+    bench_report.save(second, [new], {"gsplat": "y"})
+    proc = subprocess.run([sys.executable, "-m", "splatfacto_dist.bench_report", str(tmp_path / "out"), str(first),
+                           str(second), "--title", "merged"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = (tmp_path / "out" / "results.md").read_text()
+    assert "| dist-4gpu | 4 | 1 | - | - | 50.0 |" in table and "80.0" not in table
+    assert "torch x" in table and "gsplat y" in table
+
+
+def test_bench_rejects_bad_input_in_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "splatfacto_dist.bench", "--data", str(tmp_path / "nowhere")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].endswith("does not exist")
