@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
 import sys
@@ -13,6 +14,14 @@ import pytest
 from splatfacto_dist.scene import generate_scene
 
 BIN = Path(sys.executable).parent
+
+
+def tool(name: str) -> str:
+    """A console script of this environment: beside the interpreter (a venv) or on PATH (the GPU kit)."""
+    beside = BIN / name
+    found = str(beside) if beside.exists() else shutil.which(name)
+    assert found, f"{name} is not installed"
+    return found
 
 # A tiny but complete schedule: refines every 16 images after 32, no screen-size splitting
 # (every Gaussian is "large" in a 64x48 image), nothing written that a test does not read.

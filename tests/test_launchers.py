@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import BIN, TINY, free_port
+from conftest import TINY, free_port, tool
 
 ARGS = [*TINY, "--max-num-iterations", "60", "--verify-replicas-every", "5", "--timestamp", "run"]
 
@@ -19,7 +19,7 @@ def _finished(log: str, ranks: int) -> None:
 
 
 def test_torchrun(tmp_path, scene):
-    cmd = [str(BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", "-m", "splatfacto_dist.cli",
+    cmd = [tool("torchrun"), "--standalone", "--nproc-per-node", "2", "-m", "splatfacto_dist.cli",
            "splatfacto-dist", *ARGS, "--output-dir", str(tmp_path), "colmap", "--data", str(scene)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]

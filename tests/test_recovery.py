@@ -12,7 +12,7 @@ import psutil
 import pytest
 import torch
 
-from conftest import BIN, TINY, train
+from conftest import TINY, tool, train
 from test_equivalence import SCHEDULE, renders
 
 
@@ -115,6 +115,6 @@ def test_more_gpus_than_visible_fail_in_one_line_under_ns_train_too(scene):
     """Checked while the command line is parsed, so nerfstudio's own launcher never spawns."""
     wanted = str(max(2, torch.cuda.device_count() + 1))
     args = ["--machine.device-type", "cuda", "--machine.num-devices", wanted, "colmap", "--data", str(scene)]
-    for proc in (_launch(*args), subprocess.run([str(BIN / "ns-train"), "splatfacto-dist", *TINY, *args],
+    for proc in (_launch(*args), subprocess.run([tool("ns-train"), "splatfacto-dist", *TINY, *args],
                                                  capture_output=True, text=True, timeout=300)):
         assert f"--machine.num-devices {wanted} but only {torch.cuda.device_count()} GPU(s)" in _error_line(proc)
