@@ -196,7 +196,6 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--batch", type=int, default=1, help="cameras per rank per step")
     parser.add_argument("--no-stock", action="store_true", help="skip the stock splatfacto 1-GPU baseline")
     parser.add_argument("--parallel", action="store_true", help="run jobs on disjoint GPUs side by side")
-    parser.add_argument("--first", type=int, nargs="*", default=[], help="GPU counts to run before the others")
     parser.add_argument("--profile-every", type=int, default=50, help="time the phases of every this many steps")
     parser.add_argument("--progress-every", type=float, default=30.0, help="seconds between progress lines")
     parser.add_argument("--title", default=None, help="report title (default: the data folder's name)")
@@ -214,7 +213,6 @@ def main(argv: Optional[List[str]] = None) -> None:
         parser.error("stock splatfacto needs CUDA: add --no-stock to benchmark CPU processes")
     jobs: List[Job] = [] if args.no_stock else [Job("stock-1gpu", "splatfacto", 1)]
     jobs += [Job(f"dist-{n}gpu", "splatfacto-dist", n, args.batch) for n in args.gpus]
-    jobs.sort(key=lambda j: not (j.method == "splatfacto-dist" and j.n_gpus in args.first))
     run_jobs(jobs, args, extra, total_gpus)
     records = [asdict(j) for j in jobs]
     bench_report.write(args.out, records, _environment(args), args.title or args.data.name)
