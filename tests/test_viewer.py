@@ -25,12 +25,22 @@ def _last_step(run_root) -> int:
     return max(e.step for e in EventAccumulator(str(runs[0])).Reload().Scalars("Train Loss"))
 
 
-def test_viewer_shows_the_training_scene_and_training_finishes(tmp_path, scene):
+def _view(shot: np.ndarray) -> np.ndarray:
+    """The 3D view: the left ~70% below the title bar (the control panel with yellow buttons is right)."""
+    return shot[80:, : int(shot.shape[1] * 0.7), :3].astype(np.float32)
+
+
+def _scene_share(shot: np.ndarray) -> float:
+    view = _view(shot)
+    return float(((view.max(axis=-1) - view.min(axis=-1)) > 100).mean())
+
+
+def test_viewer_shows_the_training_scene_follows_a_camera_move_and_training_finishes(tmp_path, scene):
     port = free_port()
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "splatfacto_dist.cli", "splatfacto-dist", *TINY, "--machine.num-devices", "2",
            "--vis", "viewer+tensorboard", "--viewer.websocket-port", str(port),
-           "--viewer.quit-on-train-completion", "True", "--max-num-iterations", "700",
+           "--viewer.quit-on-train-completion", "True", "--max-num-iterations", "1400",
            "--output-dir", str(out), "--timestamp", "run", "colmap", "--data", str(scene)]
     log = open(tmp_path / "log.txt", "w")
     launcher = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
@@ -42,6 +52,10 @@ def test_viewer_shows_the_training_scene_and_training_finishes(tmp_path, scene):
             time.sleep(2)
         browser = HeadlessChromium()
         shot = np.asarray(Image.open(browser.screenshot(f"http://127.0.0.1:{port}", 15, tmp_path / "viewer.png")))
+        browser.wheel(shot.shape[1] * 35 // 100, shot.shape[0] // 2, delta_y=1500)  # dolly out
+        time.sleep(10)
+        moved = np.asarray(Image.open(browser.capture(tmp_path / "moved.png")))
+        assert launcher.poll() is None, "training ended before the moved camera was rendered"
         assert launcher.wait(timeout=600) == 0, (tmp_path / "log.txt").read_text()[-3000:]
     finally:
         if browser is not None:
@@ -49,11 +63,11 @@ def test_viewer_shows_the_training_scene_and_training_finishes(tmp_path, scene):
         if launcher.poll() is None:
             launcher.kill()
         log.close()
-    # The 3D view is the left ~70% below the title bar; the control panel (yellow buttons) is right.
-    view = shot[80:, : int(shot.shape[1] * 0.7), :3].astype(np.float32)
-    saturation = view.max(axis=-1) - view.min(axis=-1)
     # The embedded scene is a sphere in saturated hues; an empty or disconnected viewer is grey.
-    assert (saturation > 100).mean() > 0.05, float((saturation > 100).mean())
-    assert view.std() > 20, float(view.std())
+    scene_share = _scene_share(shot)
+    assert scene_share > 0.05, scene_share
+    assert _view(shot).std() > 20, float(_view(shot).std())
+    # Dollying out re-renders the scene from farther away: it still shows, and covers less of the view.
+    assert 0.002 < _scene_share(moved) < 0.7 * scene_share, (_scene_share(moved), scene_share)
     text = (tmp_path / "log.txt").read_text()
     assert text.count("Training Finished") == 2

@@ -57,6 +57,18 @@ class HeadlessChromium:
         path.write_bytes(base64.b64decode(data))
         return path
 
+    def capture(self, path: Path) -> Path:
+        """Screenshot of the page as it is now."""
+        path.write_bytes(base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"]))
+        return path
+
+    def wheel(self, x: int, y: int, delta_y: int) -> None:
+        """Scroll the mouse wheel over (x, y): viser's camera controls dolly the camera."""
+        self.call("Input.dispatchMouseEvent", type="mouseMoved", x=x, y=y)
+        for _ in range(5):
+            self.call("Input.dispatchMouseEvent", type="mouseWheel", x=x, y=y, deltaX=0, deltaY=delta_y // 5)
+            time.sleep(0.1)
+
     def close(self) -> None:
         self.ws.close()
         self.proc.kill()
