@@ -18,14 +18,14 @@ if [ "$what" = all ]; then
   python -m splatfacto_dist.bench --data "$data/beer_can" --budget 8000 --gpus 1 2 4 --parallel \
     --out "$work/bench_beer_can" 2>&1 | tee "$work/bench.log" | grep '^\[bench\]\|^|'
 fi
-[ "$what" = all ] && python -m splatfacto_dist.bench --data "$data/beer_can" --budget 2000 --gpus 1 --no-stock --profile \
+[ "$what" = all ] && python -m splatfacto_dist.bench --data "$data/beer_can" --budget 2000 --gpus 1 --no-stock --profile-every 1 \
   --out "$work/profile_1gpu" 2>&1 | grep '^|'
 for ds in beer_can fox; do
   if [ "$ds" = fox ]; then parser=(nerfstudio-data --data "$data/fox"); init=(--pipeline.model.random-init True);
   else parser=(colmap --data "$data/beer_can"); init=(); fi
   start=$(date +%s.%N)
   python -m splatfacto_dist.cli splatfacto-dist --machine.num-devices 4 --max-num-iterations 28000 \
-    --verify-replicas-every 500 --profile-phases True --vis tensorboard --steps-per-eval-image 0 \
+    --verify-replicas-every 500 --profile-phases-every 1 --vis tensorboard --steps-per-eval-image 0 \
     --steps-per-eval-all-images 27996 --steps-per-save 1000000 --output-dir "$work/runs" --experiment-name "$ds" \
     --timestamp sync4 "${init[@]}" "${parser[@]}" > "$work/sync4_$ds.log" 2>&1
   rc=$?

@@ -18,7 +18,7 @@ wait $m0; rc0=$?; wait $m1; rc1=$?
 echo "2 machines x 2 GPUs: machine 0 exit $rc0, machine 1 exit $rc1"
 grep -h "^rank .: start" "$out"/machine*.log
 python -c "from splatfacto_dist.bench import _read_events; import pathlib; print(_read_events(pathlib.Path('/tmp/mn/mn/splatfacto-dist/run')))"
-python -m splatfacto_dist.cli splatfacto-dist --machine.num-devices 2 --max-num-iterations 4000 --profile-phases True \
+python -m splatfacto_dist.cli splatfacto-dist --machine.num-devices 2 --max-num-iterations 4000 --profile-phases-every 1 \
   --vis tensorboard --steps-per-eval-image 0 --steps-per-save 1000000 --output-dir /tmp/p2 --experiment-name p2 \
   --timestamp run colmap --data "$data" > "$out/profile_2gpu.log" 2>&1
 echo "2-GPU profile exit $?"

@@ -196,7 +196,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--batch", type=int, default=1, help="cameras per rank per step")
     parser.add_argument("--no-stock", action="store_true", help="skip the stock splatfacto 1-GPU baseline")
     parser.add_argument("--parallel", action="store_true", help="run jobs on disjoint GPUs side by side")
-    parser.add_argument("--profile-every", type=int, default=50, help="time the phases of every this many steps")
+    parser.add_argument("--profile-every", type=int, default=53,
+                        help="time the phases of every this many steps (prime: not in step with densification)")
     parser.add_argument("--progress-every", type=float, default=30.0, help="seconds between progress lines")
     parser.add_argument("--title", default=None, help="report title (default: the data folder's name)")
     parser.add_argument("--out", type=Path, default=Path("outputs/bench"))

@@ -71,7 +71,7 @@ def markdown(jobs: List[dict], environment: Dict[str, str], title: str) -> str:
         r = job["result"]
 
         def f(key: str, fmt: str = "{:.1f}") -> str:
-            return fmt.format(r[key]) if key in r else "-"
+            return fmt.format(r[key]) if key in r and r[key] == r[key] else "-"  # NaN: not measured
 
         failed = f" (exit {r['returncode']:.0f})" if r.get("returncode") else ""
         lines.append(

@@ -71,7 +71,8 @@ class DistTrainerConfig(TrainerConfig):
     profile_phases_every: int = 0
     """Every this many steps, time each phase of the step (data, render+loss, backward, all-reduce,
     optimizer, densify, other) and log the means as "Step Phases (ms)". Those steps pay a device
-    sync per phase; the others are untouched (0: never)."""
+    sync per phase; the others are untouched (0: never). Pick a K out of step with the densification
+    interval (e.g. a prime), or the sampled steps over-represent refinement."""
 
 
 class DistTrainer(Trainer):
