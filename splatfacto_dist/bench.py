@@ -39,6 +39,7 @@ class Job:
     method: str  # "splatfacto" (stock) or "splatfacto-dist"
     n_gpus: int
     batch: int = 1
+    seed: int = 42
     gpus: List[int] = field(default_factory=list)
     result: Dict[str, float] = field(default_factory=dict)
     curve: List[List[float]] = field(default_factory=list)  # [seconds since job start, images seen, test PSNR]
@@ -53,6 +54,7 @@ def _command(job: Job, args: argparse.Namespace, extra: List[str], out: Path) ->
         "--vis", "tensorboard", "--output-dir", str(out), "--timestamp", job.name, "--experiment-name", "bench",
         "--logging.steps-per-log", "10", "--steps-per-eval-image", "0", "--steps-per-save", "1000000",
         "--max-num-iterations", str(args.budget), "--steps-per-eval-all-images", str(args.eval_every),
+        "--machine.seed", str(job.seed),
     ]
     if job.method == "splatfacto":  # stock counts steps of one image: the same numbers, in images
         cmd = [sys.executable, "-m", "splatfacto_dist.bench_stock", "splatfacto", *common]
@@ -194,6 +196,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--eval-every", type=int, default=2500, help="evaluate all test images every this many images")
     parser.add_argument("--gpus", type=int, nargs="+", default=[1, 2, 4], help="GPU counts for splatfacto-dist")
     parser.add_argument("--batch", type=int, default=1, help="cameras per rank per step")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42],
+                        help="run every job once per seed (quality and Gaussian growth vary from seed to seed)")
     parser.add_argument("--no-stock", action="store_true", help="skip the stock splatfacto 1-GPU baseline")
     parser.add_argument("--parallel", action="store_true", help="run jobs on disjoint GPUs side by side")
     parser.add_argument("--profile-every", type=int, default=53,
@@ -212,8 +216,12 @@ def main(argv: Optional[List[str]] = None) -> None:
         parser.error(f"--gpus asks for {max(args.gpus)} GPUs but {total_gpus} are visible")
     if cpu and not args.no_stock:
         parser.error("stock splatfacto needs CUDA: add --no-stock to benchmark CPU processes")
-    jobs: List[Job] = [] if args.no_stock else [Job("stock-1gpu", "splatfacto", 1)]
-    jobs += [Job(f"dist-{n}gpu", "splatfacto-dist", n, args.batch) for n in args.gpus]
+    jobs: List[Job] = []
+    for seed in args.seeds:
+        suffix = f"-s{seed}" if len(args.seeds) > 1 else ""
+        if not args.no_stock:
+            jobs.append(Job(f"stock-1gpu{suffix}", "splatfacto", 1, seed=seed))
+        jobs += [Job(f"dist-{n}gpu{suffix}", "splatfacto-dist", n, args.batch, seed=seed) for n in args.gpus]
     run_jobs(jobs, args, extra, total_gpus)
     records = [asdict(j) for j in jobs]
     bench_report.write(args.out, records, _environment(args), args.title or args.data.name)

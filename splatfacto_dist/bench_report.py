@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from typing import Dict, List, Optional
 
+import numpy as np
+
 PSNR_TOLERANCE_DB = 0.1  # the quality bar: no more than this below stock splatfacto's final test PSNR
 PHASES = ("data", "render+loss", "backward", "all-reduce", "optimizer", "densify", "other", "step")
 
@@ -27,40 +29,76 @@ def load(paths: List[Path]) -> tuple:
         data = json.loads(Path(path).read_text())
         environment.update(data["environment"])
         jobs.update({job["name"]: job for job in data["jobs"] if job["result"]})
-    order = sorted(jobs.values(), key=lambda j: (j["method"] != "splatfacto", j["n_gpus"], j["batch"]))
+    order = sorted(jobs.values(), key=lambda j: (j["method"] != "splatfacto", j["n_gpus"], j["batch"], j.get("seed", 0)))
     return order, environment
 
 
-def derive(jobs: List[dict]) -> Optional[dict]:
-    """Add speedups and time-to-PSNR against the stock job (when there is one); return the stock job."""
-    stock = next((j for j in jobs if j["method"] == "splatfacto" and "psnr" in j["result"]), None)
+def groups(jobs: List[dict]) -> Dict[tuple, List[dict]]:
+    """Runs of the same configuration (method, GPUs, batch) with different seeds, in job order."""
+    out: Dict[tuple, List[dict]] = {}
+    for job in jobs:
+        out.setdefault((job["method"], job["n_gpus"], job["batch"]), []).append(job)
+    return out
+
+
+def _mean(runs: List[dict], key: str) -> float:
+    values = [r["result"][key] for r in runs if key in r["result"]]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def derive(jobs: List[dict]) -> Optional[Dict[str, float]]:
+    """Add speedups and time-to-PSNR against stock splatfacto (the mean over its seeds, when there
+    are several); return that baseline, or None without a stock run."""
+    stock = [j for j in jobs if j["method"] == "splatfacto" and "psnr" in j["result"]]
+    if not stock:
+        return None
+    base = {key: _mean(stock, key) for key in ("loop_s", "wall_s", "psnr")}
+    target = base["psnr"] - PSNR_TOLERANCE_DB
     for job in jobs:
         r = job["result"]
-        if stock is None:
-            continue
-        base = stock["result"]
-        if "loop_s" in r and "loop_s" in base:
+        if "loop_s" in r:
             r["loop_speedup"] = base["loop_s"] / r["loop_s"]
-        r["wall_speedup"] = base["wall_s"] / r["wall_s"]
+        if "wall_s" in r:
+            r["wall_speedup"] = base["wall_s"] / r["wall_s"]
         if "psnr" in r:
             r["psnr_vs_stock_db"] = r["psnr"] - base["psnr"]
-        target = base["psnr"] - PSNR_TOLERANCE_DB
         reached = [t for t, _, psnr in job["curve"] if psnr >= target]
         if reached:
             r["time_to_psnr_s"] = reached[0]
-    return stock
+    return base
+
+
+def _seed_summary(jobs: List[dict], base: Optional[Dict[str, float]]) -> List[str]:
+    """Mean and standard deviation over seeds, per configuration (only when some ran several seeds)."""
+    grouped = groups(jobs)
+    if all(len(runs) == 1 for runs in grouped.values()):
+        return []
+    lines = ["", "Over seeds (mean ± standard deviation; speedups and PSNR difference against stock's mean):", "",
+             "| configuration | runs | loop s | wall s | loop speedup | wall speedup | test PSNR | vs stock dB |",
+             "|---" * 8 + "|"]
+    for (method, gpus, batch), runs in grouped.items():
+        def ms(key: str, fmt: str) -> str:
+            values = [r["result"][key] for r in runs if key in r["result"]]
+            return f"{fmt.format(np.mean(values))} ± {fmt.format(np.std(values))}" if values else "-"
+
+        loop, wall, psnr = _mean(runs, "loop_s"), _mean(runs, "wall_s"), _mean(runs, "psnr")
+        speed = (f"{base['loop_s'] / loop:.2f}x | {base['wall_s'] / wall:.2f}x | " if base else "- | - | ")
+        diff = f"{psnr - base['psnr']:+.2f}" if base else "-"
+        lines.append(f"| {method} {gpus} GPU x {batch} | {len(runs)} | {ms('loop_s', '{:.1f}')} | {ms('wall_s', '{:.1f}')} | "
+                     f"{speed}{ms('psnr', '{:.2f}')} | {diff} |")
+    return lines
 
 
 def markdown(jobs: List[dict], environment: Dict[str, str], title: str) -> str:
-    stock = derive(jobs)
-    target = f"{stock['result']['psnr'] - PSNR_TOLERANCE_DB:.2f} dB" if stock else "-"
+    base = derive(jobs)
+    target = f"{base['psnr'] - PSNR_TOLERANCE_DB:.2f} dB" if base else "-"
     lines = [
         f"### {title}: {environment.get('budget_images', '?')}-image budget",
         "",
         f"Machine: {environment.get('gpus', 'CPU')}, {environment.get('cpus', '?')} CPUs; torch {environment.get('torch')}, "
         f"nerfstudio {environment.get('nerfstudio')}, gsplat {environment.get('gsplat')}, Python {environment.get('python')}.",
         f"Time to PSNR: seconds from process start to the first evaluation at or above stock's final test PSNR "
-        f"- {PSNR_TOLERANCE_DB} dB ({target}).",
+        f"(mean over its seeds) - {PSNR_TOLERANCE_DB} dB ({target}).",
         "",
         "| job | GPUs | batch | steps | images/s | loop s | outside loop s | wall s | loop speedup | wall speedup | "
         "time to PSNR s | test PSNR | vs stock dB | SSIM | LPIPS | Gaussians | peak GPU MB/rank | peak host MB/rank | "
@@ -81,6 +119,7 @@ def markdown(jobs: List[dict], environment: Dict[str, str], title: str) -> str:
             f"{f('ssim', '{:.4f}')} | {f('lpips', '{:.3f}')} | {f('gaussians', '{:,.0f}')} | {f('peak_mem_mb', '{:.0f}')} | "
             f"{f('peak_host_mb', '{:.0f}')} | {f('startup_s')} |"
         )
+    lines += _seed_summary(jobs, base)
     profiled = [j for j in jobs if any(k.startswith("phase_") for k in j["result"])]
     if profiled:
         lines += ["", "Per-step breakdown (ms, mean over the sampled steps; the slowest rank waits in all-reduce):", "",
@@ -98,32 +137,38 @@ def plot(jobs: List[dict], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    stock = derive(jobs)
-    dist = [j for j in jobs if j["method"] == "splatfacto-dist" and "loop_s" in j["result"]]
+    base = derive(jobs)
+    dist = [runs for (method, _, _), runs in groups(jobs).items() if method == "splatfacto-dist"]
+    dist = [[j for j in runs if "loop_s" in j["result"]] for runs in dist]
+    dist = [runs for runs in dist if runs]
     fig, (ax_t, ax_q, ax_c) = plt.subplots(1, 3, figsize=(13, 3.8))
-    gpus = [j["n_gpus"] for j in dist]
-    ax_t.plot(gpus, [j["result"]["wall_s"] for j in dist], "o-", label="splatfacto-dist, whole process")
-    ax_t.plot(gpus, [j["result"]["loop_s"] for j in dist], "s-", label="splatfacto-dist, training loop")
-    if stock:
+    gpus = [runs[0]["n_gpus"] for runs in dist]
+
+    def band(ax, key: str, style: str, label: str) -> None:
+        values = [[j["result"].get(key, float("nan")) for j in runs] for runs in dist]
+        ax.errorbar(gpus, [np.mean(v) for v in values], yerr=[np.std(v) for v in values], fmt=style, capsize=3, label=label)
+
+    band(ax_t, "wall_s", "o-", "splatfacto-dist, whole process")
+    band(ax_t, "loop_s", "s-", "splatfacto-dist, training loop")
+    if base:
         for key, style in (("wall_s", "-"), ("loop_s", "--")):
-            ax_t.axhline(stock["result"][key], color="gray", ls=style, lw=1)
-        ax_t.plot(gpus, [stock["result"]["loop_s"] / g for g in gpus], ":", color="gray", label="stock loop / GPUs (ideal)")
-        ax_t.text(max(gpus), stock["result"]["wall_s"], "stock 1 GPU", va="bottom", ha="right", fontsize=8, color="gray")
+            ax_t.axhline(base[key], color="gray", ls=style, lw=1)
+        ax_t.plot(gpus, [base["loop_s"] / g for g in gpus], ":", color="gray", label="stock loop / GPUs (ideal)")
+        ax_t.text(max(gpus), base["wall_s"], "stock 1 GPU", va="bottom", ha="right", fontsize=8, color="gray")
     ax_t.set(xlabel="GPUs", ylabel="seconds", title="time", xticks=gpus)
     ax_t.legend(fontsize=7)
-    ax_q.plot(gpus, [j["result"].get("psnr", float("nan")) for j in dist], "o-", label="splatfacto-dist")
-    if stock:
-        psnr = stock["result"]["psnr"]
-        ax_q.axhline(psnr, color="gray", lw=1, label="stock 1 GPU")
-        ax_q.axhspan(psnr - PSNR_TOLERANCE_DB, psnr, color="gray", alpha=0.2, label=f"-{PSNR_TOLERANCE_DB} dB")
+    band(ax_q, "psnr", "o-", "splatfacto-dist")
+    if base:
+        ax_q.axhline(base["psnr"], color="gray", lw=1, label="stock 1 GPU")
+        ax_q.axhspan(base["psnr"] - PSNR_TOLERANCE_DB, base["psnr"], color="gray", alpha=0.2, label=f"-{PSNR_TOLERANCE_DB} dB")
     ax_q.set(xlabel="GPUs", ylabel="test PSNR (dB)", title="quality", xticks=gpus)
     ax_q.legend(fontsize=7)
-    for job in ([stock] if stock else []) + dist:
+    for job in jobs:
         if job["curve"]:
             t, _, psnr = zip(*job["curve"])
             ax_c.plot(t, psnr, ".-", label=job["name"])
-    if stock:
-        ax_c.axhline(stock["result"]["psnr"] - PSNR_TOLERANCE_DB, color="gray", ls="--", lw=1)
+    if base:
+        ax_c.axhline(base["psnr"] - PSNR_TOLERANCE_DB, color="gray", ls="--", lw=1)
     ax_c.set(xlabel="seconds since process start", ylabel="test PSNR (dB)", title="time to PSNR")
     ax_c.legend(fontsize=7)
     fig.suptitle(title)

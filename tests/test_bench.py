@@ -69,3 +69,30 @@ def test_bench_rejects_bad_input_in_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "splatfacto_dist.bench", "--data", str(tmp_path / "nowhere")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].endswith("does not exist")
+
+
+def test_several_seeds_are_compared_against_the_mean_of_stock(tmp_path):
+    stock = [_job(f"stock-1gpu-s{s}", "splatfacto", 1, 200.0, 240.0, psnr, [[240.0, 30000, psnr]])
+             for s, psnr in ((1, 25.0), (2, 24.0))]
+    dist = [_job(f"dist-4gpu-s{s}", "splatfacto-dist", 4, loop, loop + 20, psnr, [[loop + 20, 30000, psnr]])
+            for s, loop, psnr in ((1, 40.0, 24.6), (2, 60.0, 24.2))]
+    base = bench_report.derive(stock + dist)
+    assert base["psnr"] == 24.5 and base["loop_s"] == 200.0
+    assert abs(dist[0]["result"]["psnr_vs_stock_db"] - 0.1) < 1e-9 and dist[1]["result"]["loop_speedup"] == 200.0 / 60.0
+    assert "time_to_psnr_s" in dist[0]["result"] and "time_to_psnr_s" not in dist[1]["result"]  # target 24.4 dB
+    table = bench_report.markdown(stock + dist, {}, "seeds")
+    assert "| splatfacto-dist 4 GPU x 1 | 2 | 50.0 ± 10.0 | 70.0 ± 10.0 | 4.00x | 3.43x | 24.40 ± 0.20 | -0.10 |" in table
+    bench_report.plot(stock + dist, tmp_path / "seeds.png", "seeds")
+    assert (tmp_path / "seeds.png").stat().st_size > 1000
+
+
+def test_every_job_runs_once_per_seed_with_that_seed():
+    import argparse
+    from pathlib import Path
+
+    from splatfacto_dist.bench import Job, _command
+
+    args = argparse.Namespace(budget=100, eval_every=50, profile_every=53, dataparser=["colmap"], data="scene")
+    for job in (Job("stock-1gpu-s7", "splatfacto", 1, seed=7), Job("dist-2gpu-s7", "splatfacto-dist", 2, seed=7)):
+        cmd = _command(job, args, [], Path("out"))
+        assert cmd[cmd.index("--machine.seed") + 1] == "7"
