@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -96,3 +97,19 @@ def test_a_failing_prespawned_rank_stops_the_others(tmp_path, scene):
     assert "1 (exit code 1)" in failed.value.message, failed.value.message  # rank 1 loads frame_0005
     assert time.monotonic() - start < 120
     assert not any(p.is_alive() for p in ranks._procs)
+
+
+def test_prespawned_ranks_that_are_not_needed_exit_when_dismissed():
+    """A wrong guess (or a refused command line) costs only the idle processes: told to exit, and
+    ended after a short grace if still importing."""
+    import time
+
+    from splatfacto_dist.prespawn import Prespawned
+
+    ranks = Prespawned(2)
+    start = time.monotonic()
+    ranks.dismiss()
+    assert not any(p.is_alive() for p in ranks._procs)
+    assert all(p.exitcode in (0, -signal.SIGTERM) for p in ranks._procs), [p.exitcode for p in ranks._procs]
+    assert time.monotonic() - start < 30
+    ranks.dismiss()  # idempotent, as the CLI's cleanup relies on
