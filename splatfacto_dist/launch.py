@@ -32,6 +32,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from splatfacto_dist import comm
 from splatfacto_dist.datamanager import CameraSchedule, ConfigError
 from splatfacto_dist.prespawn import Prespawned
+from splatfacto_dist.trainer import too_many_gpus
 
 DEFAULT_TIMEOUT = timedelta(minutes=10)
 
@@ -85,11 +86,9 @@ def check_config(config: TrainerConfig, job: Job) -> None:
     if machine.device_type == "cuda":
         if not torch.cuda.is_available():
             raise LaunchError("CUDA is not available here; train on CPU with --machine.device-type cpu")
-        if job.num_devices_per_machine > torch.cuda.device_count():
-            raise LaunchError(
-                f"--machine.num-devices {job.num_devices_per_machine} but only {torch.cuda.device_count()} GPU(s) "
-                "are visible on this machine"
-            )
+        error = too_many_gpus(job.num_devices_per_machine)
+        if error:
+            raise LaunchError(error)
     datamanager = config.pipeline.datamanager
     if hasattr(datamanager, "cameras_per_rank"):
         try:  # the camera count is unknown here: check the settings against the smallest valid one

@@ -14,7 +14,7 @@ import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Literal, Tuple, Type
+from typing import List, Literal, Optional, Tuple, Type
 
 import psutil
 import torch
@@ -57,22 +57,29 @@ class DistTrainerConfig(TrainerConfig):
     periodic --steps-per-eval-all-images ones)."""
     control_every: int = 10
     """Every this many steps all ranks adopt rank 0's pause/stop state (the viewer lives on rank 0)."""
+    profile_phases_every: int = 0
+    """Every this many steps, time each phase of the step (data, render+loss, backward, all-reduce,
+    optimizer, densify, other) and log the means as "Step Phases (ms)". Those steps pay a device
+    sync per phase; the others are untouched (0: never). Pick a K out of step with the densification
+    interval (e.g. a prime), or the sampled steps over-represent refinement."""
 
     def __post_init__(self) -> None:
         """Refuse more CUDA devices than are visible while the command line is parsed: before
         ns-train's own launcher spawns anything, and in one line instead of a traceback per rank."""
         machine = self.machine
         if machine.device_type == "cuda" and machine.num_devices > 1 and "RANK" not in os.environ:
-            visible = torch.cuda.device_count()
-            if machine.num_devices > visible:
-                CONSOLE.print(f"[bold red]error:[/bold red] --machine.num-devices {machine.num_devices} but only "
-                              f"{visible} GPU(s) are visible on this machine")
+            error = too_many_gpus(machine.num_devices)
+            if error:
+                CONSOLE.print(f"[bold red]error:[/bold red] {error}")
                 raise SystemExit(2)
-    profile_phases_every: int = 0
-    """Every this many steps, time each phase of the step (data, render+loss, backward, all-reduce,
-    optimizer, densify, other) and log the means as "Step Phases (ms)". Those steps pay a device
-    sync per phase; the others are untouched (0: never). Pick a K out of step with the densification
-    interval (e.g. a prime), or the sampled steps over-represent refinement."""
+
+
+def too_many_gpus(requested: int) -> Optional[str]:
+    """The one-line refusal of more CUDA devices per machine than this machine shows, or None."""
+    visible = torch.cuda.device_count()
+    if requested <= visible:
+        return None
+    return f"--machine.num-devices {requested} but only {visible} GPU(s) are visible on this machine"
 
 
 class DistTrainer(Trainer):
