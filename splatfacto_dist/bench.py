@@ -85,12 +85,13 @@ def read_events(run: Path, images_per_step: int, started_at: float) -> tuple:
             res[key] = events(tag)[-1].value
         elif tag.startswith("Step Phases (ms)/"):
             res["phase_" + key] = events(tag)[-1].value
-    if events("Train Total (time)"):
-        res["loop_s"] = events("Train Total (time)")[-1].value
-    if events("Train Metrics Dict/gaussian_count"):
-        res["gaussians"] = events("Train Metrics Dict/gaussian_count")[-1].value
-    if events("GPU Memory (MB)"):
-        res["peak_mem_mb"] = max(e.value for e in events("GPU Memory (MB)"))
+    for key, tag in (("loop_s", "Train Total (time)"), ("gaussians", "Train Metrics Dict/gaussian_count")):
+        found = events(tag)
+        if found:
+            res[key] = found[-1].value
+    memory = events("GPU Memory (MB)")
+    if memory:
+        res["peak_mem_mb"] = max(e.value for e in memory)
     curve = [[e.wall_time - started_at, (e.step + 1) * images_per_step, e.value] for e in events(_EVAL_PREFIX + "psnr")]
     return res, curve
 
@@ -126,7 +127,8 @@ def _finish(job: Job, returncode: int, wall_s: float, started_at: float, out: Pa
         job.result["images_per_s"] = budget / job.result["loop_s"]
 
 
-def run_jobs(jobs: List[Job], args: argparse.Namespace, extra: List[str], total_gpus: int) -> None:
+def run_jobs(jobs: List[Job], args: argparse.Namespace, extra: List[str], total_gpus: int,
+             environment: Dict[str, str]) -> None:
     """Run `jobs` in order; with --parallel a job starts as soon as enough GPUs are free."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -165,7 +167,7 @@ def run_jobs(jobs: List[Job], args: argparse.Namespace, extra: List[str], total_
             busy -= set(job.gpus)
             _finish(job, proc.returncode, time.perf_counter() - start, start_epoch, out, args.budget)
             print(f"[bench] done  {job.name}: {json.dumps(job.result)}", flush=True)
-            bench_report.save(out / "results.json", [asdict(j) for j in jobs], _environment(args))
+            bench_report.save(out / "results.json", [asdict(j) for j in jobs], environment)
 
 
 def _environment(args: argparse.Namespace) -> Dict[str, str]:
@@ -222,9 +224,10 @@ def main(argv: Optional[List[str]] = None) -> None:
         if not args.no_stock:
             jobs.append(Job(f"stock-1gpu{suffix}", "splatfacto", 1, seed=seed))
         jobs += [Job(f"dist-{n}gpu{suffix}", "splatfacto-dist", n, args.batch, seed=seed) for n in args.gpus]
-    run_jobs(jobs, args, extra, total_gpus)
+    environment = _environment(args)
+    run_jobs(jobs, args, extra, total_gpus, environment)
     records = [asdict(j) for j in jobs]
-    bench_report.write(args.out, records, _environment(args), args.title or args.data.name)
+    bench_report.write(args.out, records, environment, args.title or args.data.name)
     if any(j.result.get("returncode") for j in jobs):
         sys.exit(f"[bench] failed jobs: {[j.name for j in jobs if j.result.get('returncode')]}; see their logs in {args.out}")
 
