@@ -54,7 +54,7 @@ def _command(job: Job, args: argparse.Namespace, extra: List[str], out: Path) ->
         "--vis", "tensorboard", "--output-dir", str(out), "--timestamp", job.name, "--experiment-name", "bench",
         "--logging.steps-per-log", "10", "--steps-per-eval-image", "0", "--steps-per-save", "1000000",
         "--max-num-iterations", str(args.budget), "--steps-per-eval-all-images", str(args.eval_every),
-        "--machine.seed", str(job.seed),
+        "--machine.seed", str(job.seed), "--pipeline.datamanager.train-cameras-sampling-seed", str(job.seed),
     ]
     if job.method == "splatfacto":  # stock counts steps of one image: the same numbers, in images
         cmd = [sys.executable, "-m", "splatfacto_dist.bench_stock", "splatfacto", *common]

@@ -24,6 +24,7 @@ from pytorch_msssim import SSIM
 from torchmetrics.image import PeakSignalNoiseRatio
 
 from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.configs.base_config import MachineConfig
 from nerfstudio.model_components.lib_bilagrid import BilateralGrid, color_correct, total_variation_loss
 from nerfstudio.models.splatfacto import RGB2SH, SplatfactoModel, SplatfactoModelConfig, num_sh_bases
 from nerfstudio.utils.colors import get_color
@@ -39,9 +40,10 @@ class SplatfactoDistModelConfig(SplatfactoModelConfig):
     """Splatfacto for several GPUs or processes; every splatfacto option keeps its meaning."""
 
     _target: Type = field(default_factory=lambda: SplatfactoDistModel)
-    seed: int = 42
+    seed: Optional[int] = None
     """Seed of every random draw that changes the model (initial Gaussians, training backgrounds,
-    split samples). It is the same on all ranks, unlike nerfstudio's per-rank machine seed."""
+    split samples), the same on all ranks (nerfstudio seeds its global generators with seed + rank).
+    Default: --machine.seed."""
     images_per_step: int = 1
     """Images rendered per step across all ranks. Set by the trainer when it converts the schedule
     from images to steps; it sizes the pause after an opacity reset (one pass over the cameras)."""
@@ -106,12 +108,18 @@ class SplatfactoDistModel(SplatfactoModel):
             absgrad=self.config.use_absgrad,
             revised_opacity=False,
             verbose=comm.is_main(),
-            seed=self.config.seed,
+            seed=self.seed,
         )
         self.strategy_state = self.strategy.initialize_state(scene_scale=1.0)
 
+    @property
+    def seed(self) -> int:
+        """The model's seed. The trainer sets it from --machine.seed; a model built without one
+        (ns-eval, ns-export) takes nerfstudio's default seed, and a checkpoint then replaces all it drew."""
+        return MachineConfig().seed if self.config.seed is None else self.config.seed
+
     def _initial_gaussians(self) -> Dict[str, torch.Tensor]:
-        generator = torch.Generator().manual_seed(self.config.seed)
+        generator = torch.Generator().manual_seed(self.seed)
         use_points = self.seed_points is not None and not self.config.random_init
         if use_points:
             means = self.seed_points[0].float()  # type: ignore[index]
@@ -156,7 +164,7 @@ class SplatfactoDistModel(SplatfactoModel):
             return self._get_background_color().expand(n, 3)
         if self._background_generator is None or self._background_generator.device != self.device:
             self._background_generator = torch.Generator(device=self.device)
-        self._background_generator.manual_seed(self.config.seed * 1_000_003 + self.step)
+        self._background_generator.manual_seed(self.seed * 1_000_003 + self.step)
         rows = torch.rand((comm.world_size() * n, 3), generator=self._background_generator, device=self.device)
         return rows[comm.rank() * n : (comm.rank() + 1) * n]
 

@@ -29,6 +29,7 @@ from nerfstudio.utils.writer import EventName, TimeWriter
 
 from splatfacto_dist import comm
 from splatfacto_dist.checkpoint import save_atomic
+from splatfacto_dist.model import SplatfactoDistModelConfig
 from splatfacto_dist.profiling import PHASES
 from splatfacto_dist.scaling import ScalingRule, convert_images_to_steps, fuse_adam, scale_optimizers
 
@@ -90,6 +91,13 @@ class DistTrainer(Trainer):
     def __init__(self, config: DistTrainerConfig, local_rank: int = 0, world_size: int = 1) -> None:
         if config.machine.device_type == "cuda":
             torch.cuda.set_device(local_rank)
+            # ns-train turns cuDNN autotuning on when its module is imported; our launcher, torchrun
+            # and SLURM jobs never import it. Without it cuDNN's heuristics pick slower kernels for
+            # the SSIM loss's convolutions, a large share of each full-resolution step.
+            torch.backends.cudnn.benchmark = True
+        model = config.pipeline.model
+        if isinstance(model, SplatfactoDistModelConfig) and model.seed is None:
+            model.seed = config.machine.seed
         super().__init__(config, local_rank=local_rank, world_size=world_size)
         self.images_per_step = world_size * config.pipeline.datamanager.cameras_per_rank  # type: ignore[attr-defined]
         if config.schedule_unit == "images":

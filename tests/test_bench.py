@@ -96,3 +96,4 @@ def test_every_job_runs_once_per_seed_with_that_seed():
     for job in (Job("stock-1gpu-s7", "splatfacto", 1, seed=7), Job("dist-2gpu-s7", "splatfacto-dist", 2, seed=7)):
         cmd = _command(job, args, [], Path("out"))
         assert cmd[cmd.index("--machine.seed") + 1] == "7"
+        assert cmd[cmd.index("--pipeline.datamanager.train-cameras-sampling-seed") + 1] == "7"

@@ -68,3 +68,16 @@ def test_renders_a_batch_of_cameras_like_one_by_one():
         assert torch.allclose(batch["rgb"][i], single["rgb"], atol=1e-5)
         assert torch.allclose(batch["depth"][i], single["depth"], atol=1e-4)
     assert batch["rgb"].shape == (2, 24, 32, 3)
+
+
+@pytest.mark.parametrize("given, expected", [(None, 7), (3, 3)])
+def test_machine_seed_seeds_the_model_unless_the_model_seed_is_given(tmp_path, given, expected):
+    from splatfacto_dist.method import splatfacto_dist_config
+    from splatfacto_dist.trainer import DistTrainer
+
+    config = splatfacto_dist_config()
+    config.machine.device_type, config.machine.seed = "cpu", 7
+    config.pipeline.model.seed, config.output_dir = given, tmp_path
+    config.set_timestamp()
+    DistTrainer(config)
+    assert config.pipeline.model.seed == expected

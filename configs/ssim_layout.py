@@ -1,0 +1,50 @@
+"""Cost of splatfacto's SSIM loss (forward + backward) on one full-resolution image, by the memory
+layout of its inputs and by cuDNN autotuning (which ns-train turns on and other launchers do not).
+
+Layouts: "stock" is stock splatfacto's `img.permute(2, 0, 1)[None]`, "batched" is splatfacto-dist's
+`img[None].permute(0, 3, 1, 2)` (the same view with another stride on the batch dim), "nchw" a
+contiguous copy. Usage (GPU machine): python configs/ssim_layout.py [HEIGHT WIDTH]
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import torch
+from pytorch_msssim import SSIM
+
+LAYOUTS = {
+    "stock": lambda x: x.permute(2, 0, 1)[None],
+    "batched": lambda x: x[None].permute(0, 3, 1, 2),
+    "nchw": lambda x: x.permute(2, 0, 1)[None].contiguous(),
+}
+
+
+def time_ms(layout, height: int, width: int, iters: int = 40) -> float:
+    ssim = SSIM(data_range=1.0, size_average=True, channel=3)
+    gt = torch.rand(height, width, 3, device="cuda")
+    pred = torch.rand(height, width, 3, device="cuda", requires_grad=True)
+    for _ in range(5):
+        (1 - ssim(layout(gt), layout(pred))).backward()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(iters):
+        (1 - ssim(layout(gt), layout(pred))).backward()
+    torch.cuda.synchronize()
+    return 1000 * (time.perf_counter() - start) / iters
+
+
+def main() -> None:
+    height, width = (int(sys.argv[1]), int(sys.argv[2])) if len(sys.argv) > 2 else (1080, 1920)
+    print(f"SSIM loss forward + backward, {width}x{height}, ms per image")
+    print("| cudnn.benchmark | " + " | ".join(LAYOUTS) + " |")
+    print("|---|" + "---|" * len(LAYOUTS))
+    for benchmark in (False, True):
+        torch.backends.cudnn.benchmark = benchmark
+        cells = [f"{time_ms(layout, height, width):.2f}" for layout in LAYOUTS.values()]
+        print(f"| {benchmark} | " + " | ".join(cells) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

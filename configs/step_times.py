@@ -1,0 +1,97 @@
+"""Per-step timings of a real one-GPU training run: stock splatfacto or splatfacto-dist.
+
+Wraps gsplat's `DefaultStrategy.step_post_backward`, which both models call once at the end of every
+training step (splatfacto-dist's strategy inherits it), to record when each step ends, and times
+each refining call (duplicate / split / prune) between two device syncs. Once the host runs ahead
+of the GPU, the time between step ends is the GPU's time per step. Writes every step's end time and
+every refine's cost to OUT.json and prints: the median step per 1,000 steps, and per refine its own
+time and the excess of it plus the 3 following steps over the median of the 20 steps before.
+
+Usage (GPU machine): cd TREE && python PATH/TO/step_times.py {stock|dist} OUT.json METHOD ARGS...
+TREE's splatfacto_dist is the one imported (so a copy of an older tree can be measured).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+from typing import Dict, List
+
+sys.path.insert(0, os.getcwd())
+
+import torch  # noqa: E402
+from gsplat.strategy import DefaultStrategy  # noqa: E402
+
+ENDS: List[float] = []
+STEPS: List[int] = []
+REFINES: List[Dict[str, float]] = []
+_original = DefaultStrategy.step_post_backward
+_sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+
+
+def _refines(strategy: DefaultStrategy, step: int) -> bool:
+    return (
+        strategy.refine_start_iter < step < strategy.refine_stop_iter
+        and step % strategy.refine_every == 0
+        and step % strategy.reset_every >= strategy.pause_refine_after_reset
+    )
+
+
+def _timed(self: DefaultStrategy, *args, **kwargs):
+    step = kwargs["step"]
+    refine = _refines(self, step)
+    if refine:
+        _sync()
+        start = time.perf_counter()
+    result = _original(self, *args, **kwargs)
+    if refine:
+        _sync()
+        REFINES.append({"step": step, "ms": 1000 * (time.perf_counter() - start), "gaussians": len(kwargs["params"]["means"])})
+    ENDS.append(time.perf_counter())
+    STEPS.append(step)
+    return result
+
+
+def summarize(ends: List[float], steps: List[int], refines: List[Dict[str, float]]) -> str:
+    intervals = {s: 1000 * (b - a) for s, a, b in zip(steps[1:], ends, ends[1:])}
+    lines = [f"loop (first to last step end): {ends[-1] - ends[0]:.1f} s over {len(ends)} steps"]
+    for start in range(0, max(steps) + 1, 1000):
+        window = [intervals[s] for s in range(start, start + 1000) if s in intervals]
+        if window:
+            lines.append(f"steps {start:>6}-{start + 999:<6} median {statistics.median(window):6.2f} ms  mean {statistics.mean(window):6.2f} ms")
+    excess = []
+    for refine in refines:
+        s = int(refine["step"])
+        before = [intervals[t] for t in range(s - 20, s) if t in intervals]
+        after = [intervals[t] for t in range(s, s + 4) if t in intervals]
+        if before and after:
+            excess.append(sum(after) - len(after) * statistics.median(before))
+    if refines:
+        lines.append(
+            f"{len(refines)} refines: call {statistics.mean(r['ms'] for r in refines):.1f} ms mean, "
+            f"{statistics.median(r['ms'] for r in refines):.1f} ms median; refine + 3 steps over the median step: "
+            f"{statistics.mean(excess):.1f} ms mean, {sum(excess) / 1000:.1f} s in all; "
+            f"final Gaussians {int(refines[-1]['gaussians'])}"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    mode, out, *args = sys.argv[1:]
+    DefaultStrategy.step_post_backward = _timed
+    if mode == "stock":
+        from nerfstudio.scripts.train import entrypoint
+    else:
+        from splatfacto_dist.cli import entrypoint
+    sys.argv = [mode, *args]
+    entrypoint()
+    with open(out, "w") as f:
+        json.dump({"ends": ENDS, "steps": STEPS, "refines": REFINES}, f)
+    print(f"=== {mode} ({os.getcwd()}) ===\n{summarize(ENDS, STEPS, REFINES)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
