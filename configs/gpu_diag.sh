@@ -11,13 +11,14 @@ out=$1
 images=${2:-8000}
 root=$PWD
 fox=$root/.devicekit/data/fox
-mkdir -p "$out"
+work=/tmp/gpu_diag_logs
+mkdir -p "$out" "$work"
 args=(--vis tensorboard --output-dir /tmp/gpu_diag --max-num-iterations "$images" --steps-per-eval-image 0
   --steps-per-eval-all-images 1000000 --steps-per-save 1000000 --logging.steps-per-log 100)
 run() {  # GPU TREE MODE METHOD NAME
   (cd "$2" && CUDA_VISIBLE_DEVICES=$1 PYTHONPATH=$root/configs/lpips_stub:$PYTHONPATH timeout 540 \
-    python "$root/configs/step_times.py" "$3" "$out/$5.json" "$4" "${args[@]}" nerfstudio-data --data "$fox" \
-    >"$out/$5.log" 2>&1)
+    python "$root/configs/step_times.py" "$3" "$work/$5.json" "$4" "${args[@]}" nerfstudio-data --data "$fox" \
+    >"$work/$5.log" 2>&1)
 }
 CUDA_VISIBLE_DEVICES=3 timeout 300 python configs/ssim_layout.py >"$out/ssim_layout.txt" 2>&1 &
 run 0 . stock splatfacto stock &
@@ -25,6 +26,7 @@ run 1 .before dist splatfacto-dist dist_before &
 run 2 . dist splatfacto-dist dist_after &
 wait
 for name in stock dist_before dist_after; do
-  sed -n '/^=== /,$p' "$out/$name.log"
+  sed -n '/^=== /,$p' "$work/$name.log"
 done | tee "$out/summary.txt"
 cat "$out/ssim_layout.txt"
+tar czf "$out/diag_logs.tgz" -C "$work" .

@@ -19,19 +19,28 @@ class PhaseTimer:
     (callbacks, Python, logging) and "step" the whole step.
     """
 
-    def __init__(self) -> None:
-        self.every = 0
+    def __init__(self, every: int = 0) -> None:
+        self.every = every
         self.totals: Dict[str, float] = defaultdict(float)
         self.sampled = 0
         self._active = False
+        self._started = False
         self._step_start = 0.0
+
+    def reset(self, every: int) -> None:
+        """Start over for a new run, sampling one step in `every` (0: none)."""
+        self.__init__(every)  # type: ignore[misc]
 
     @property
     def enabled(self) -> bool:
         return self.every > 0
 
     def begin_step(self, step: int) -> None:
-        self._active = self.enabled and step % self.every == 0
+        """Start timing `step` if it is sampled. A run's first step never is: it pays one-time costs
+        (lazy loading of CUDA kernels, first allocations, cuDNN autotuning) that would dominate
+        the means of phases as short as densification's."""
+        self._active = self.enabled and self._started and step % self.every == 0
+        self._started = True
         if self._active:
             _sync()
             self._step_start = time.perf_counter()

@@ -105,7 +105,7 @@ class DistTrainer(Trainer):
         if config.fused_adam:
             fuse_adam(config)
         scale_optimizers(config, self.images_per_step, config.batch_optimizer_scaling)
-        PHASES.every = config.profile_phases_every
+        PHASES.reset(config.profile_phases_every)
 
     def train(self) -> None:
         """Train the model; see the module docstring for one step's path."""
