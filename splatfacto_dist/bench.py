@@ -28,7 +28,8 @@ from splatfacto_dist import bench_report
 from splatfacto_dist.cli import option
 
 STUB = Path(__file__).resolve().parent.parent / "configs" / "lpips_stub"
-_RANK_LINE = re.compile(r"rank (\d+): (?:start-up ([\d.]+) s, )?peak host (\d+) MB(?:, peak GPU (\d+) MB)?")
+_RANK_LINE = re.compile(r"rank (\d+): (?:start-up ([\d.]+) s(?: \(([^)]*)\))?, )?peak host (\d+) MB(?:, peak GPU (\d+) MB)?")
+_STAGE = re.compile(r"([a-z][a-z ]*?) (-?[\d.]+)(?:, |$)")
 _PROGRESS = re.compile(r"(\d+) \((\d+\.\d+)%\)")
 _EVAL_PREFIX = "Eval Images Metrics Dict (all images)/"
 
@@ -97,14 +98,18 @@ def read_events(run: Path, images_per_step: int, started_at: float) -> tuple:
 
 
 def read_rank_lines(log: Path) -> Dict[str, float]:
-    """Largest per-rank start-up time, peak host and GPU memory printed in a job's log."""
+    """Largest per-rank start-up time (with that rank's stages, as "startup:STAGE"), peak host and
+    GPU memory printed in a job's log."""
     res: Dict[str, float] = {}
     for m in _RANK_LINE.finditer(log.read_text(errors="replace")):
-        if m.group(2):
-            res["startup_s"] = max(res.get("startup_s", 0.0), float(m.group(2)))
-        res["peak_host_mb"] = max(res.get("peak_host_mb", 0.0), float(m.group(3)))
-        if m.group(4):
-            res["peak_mem_mb"] = max(res.get("peak_mem_mb", 0.0), float(m.group(4)))
+        startup, stages, host, gpu = m.group(2), m.group(3), m.group(4), m.group(5)
+        if startup and float(startup) >= res.get("startup_s", 0.0):
+            res = {k: v for k, v in res.items() if not k.startswith("startup:")}
+            res["startup_s"] = float(startup)
+            res.update({f"startup:{name}": float(value) for name, value in _STAGE.findall(stages or "")})
+        res["peak_host_mb"] = max(res.get("peak_host_mb", 0.0), float(host))
+        if gpu:
+            res["peak_mem_mb"] = max(res.get("peak_mem_mb", 0.0), float(gpu))
     return res
 
 

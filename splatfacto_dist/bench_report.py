@@ -127,6 +127,15 @@ def markdown(jobs: List[dict], environment: Dict[str, str], title: str) -> str:
         for job in profiled:
             lines.append(f"| {job['name']} | " + " | ".join(
                 f"{job['result']['phase_' + p]:.2f}" if "phase_" + p in job["result"] else "-" for p in PHASES) + " |")
+    stages = list(dict.fromkeys(k for j in jobs for k in j["result"] if k.startswith("startup:")))
+    if stages:
+        lines += ["", "Start-up of the slowest rank (s; each stage since the previous one, the first since the process "
+                  "started):", "", "| job | " + " | ".join(k.split(":", 1)[1] for k in stages) + " | total |",
+                  "|---" * (len(stages) + 2) + "|"]
+        for job in (j for j in jobs if "startup_s" in j["result"]):
+            r = job["result"]
+            lines.append(f"| {job['name']} | " + " | ".join(f"{r[k]:.1f}" if k in r else "-" for k in stages)
+                         + f" | {r['startup_s']:.1f} |")
     return "\n".join(lines) + "\n"
 
 

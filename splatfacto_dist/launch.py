@@ -32,6 +32,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from splatfacto_dist import comm
 from splatfacto_dist.datamanager import CameraSchedule, ConfigError
 from splatfacto_dist.prespawn import Prespawned
+from splatfacto_dist.profiling import STARTUP
 from splatfacto_dist.trainer import too_many_gpus
 
 DEFAULT_TIMEOUT = timedelta(minutes=10)
@@ -134,6 +135,7 @@ def _train(local_rank: int, world_size: int, config: TrainerConfig, global_rank:
 
 def run_rank(local_rank: int, config: TrainerConfig, job: Job) -> None:
     """One rank: threads, device, process group, training, then the final barrier."""
+    STARTUP.mark("command line")
     global_rank = job.global_rank if job.global_rank is not None else job.machine_rank * job.num_devices_per_machine + local_rank
     if "OMP_NUM_THREADS" not in os.environ:
         # Every rank would otherwise size its thread pool to the whole machine (as torchrun avoids).
@@ -152,6 +154,7 @@ def run_rank(local_rank: int, config: TrainerConfig, job: Job) -> None:
         rank=global_rank,
         timeout=timeout,
     )
+    STARTUP.mark("process group")
     for machine in range(job.world_size // job.num_devices_per_machine):
         ranks = list(range(machine * job.num_devices_per_machine, (machine + 1) * job.num_devices_per_machine))
         group = dist.new_group(ranks)

@@ -23,7 +23,9 @@ def _worker(local_rank: int, conn: Connection) -> None:
     from splatfacto_dist import launch
 
     importlib.import_module("splatfacto_dist.method")  # the config classes the parent will send
+    from splatfacto_dist.profiling import STARTUP
 
+    STARTUP.mark("imports")
     message = conn.recv()
     conn.close()
     if message is None:

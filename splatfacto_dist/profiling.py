@@ -1,11 +1,11 @@
-"""Where a training step's time goes, per phase, measured on a sample of steps."""
+"""Where a rank's time goes: per phase of sampled training steps, and per stage of its start-up."""
 
 from __future__ import annotations
 
 import contextlib
 import time
 from collections import defaultdict
-from typing import Dict, Iterator
+from typing import Dict, Iterator, List, Tuple
 
 import torch
 
@@ -79,3 +79,26 @@ def _sync() -> None:
 
 
 PHASES = PhaseTimer()
+
+
+class StartupTimeline:
+    """When this process finished each stage of its start-up, so a rank can say where the time from
+    its creation to its first step went (the part of a short run that does not shrink with N)."""
+
+    def __init__(self) -> None:
+        self.marks: List[Tuple[str, float]] = []
+
+    def mark(self, stage: str) -> None:
+        """`stage` has just finished (wall clock)."""
+        self.marks.append((stage, time.time()))
+
+    def breakdown(self, since: float) -> str:
+        """"stage seconds, ..." with each stage's time since the previous mark (the first since `since`)."""
+        parts, last = [], since
+        for stage, at in self.marks:
+            parts.append(f"{stage} {at - last:.1f}")
+            last = at
+        return ", ".join(parts)
+
+
+STARTUP = StartupTimeline()

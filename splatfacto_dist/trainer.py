@@ -30,7 +30,7 @@ from nerfstudio.utils.writer import EventName, TimeWriter
 from splatfacto_dist import comm
 from splatfacto_dist.checkpoint import save_atomic
 from splatfacto_dist.model import SplatfactoDistModelConfig
-from splatfacto_dist.profiling import PHASES
+from splatfacto_dist.profiling import PHASES, STARTUP
 from splatfacto_dist.scaling import ScalingRule, convert_images_to_steps, fuse_adam, scale_optimizers
 
 _RUN, _PAUSE, _STOP = 0, 1, 2
@@ -107,6 +107,10 @@ class DistTrainer(Trainer):
         scale_optimizers(config, self.images_per_step, config.batch_optimizer_scaling)
         PHASES.reset(config.profile_phases_every)
 
+    def setup(self, test_mode: Literal["test", "val", "inference"] = "val") -> None:
+        super().setup(test_mode)
+        STARTUP.mark("setup")
+
     def train(self) -> None:
         """Train the model; see the module docstring for one step's path."""
         datamanager = self.pipeline.datamanager
@@ -115,8 +119,8 @@ class DistTrainer(Trainer):
             datamanager.train_dataparser_outputs.save_dataparser_transform(self.base_dir / "dataparser_transforms.json")
         self._init_viewer_state()
         self.stop_training = False
-        rays_per_step = self.world_size * datamanager.get_train_rays_per_batch()
-        self._first_step_at = time.time()
+        rays_per_step = self.world_size * datamanager.get_train_rays_per_batch()  # loads this rank's images
+        STARTUP.mark("images")
         with TimeWriter(writer, EventName.TOTAL_TRAIN_TIME):
             for step in range(self._start_step, self._start_step + self.config.max_num_iterations):
                 self.step = step
@@ -133,6 +137,8 @@ class DistTrainer(Trainer):
                             for callback in self.callbacks:
                                 callback.run_callback_at_location(step, TrainingCallbackLocation.AFTER_TRAIN_ITERATION)
                         PHASES.end_step()
+                if step == self._start_step:
+                    STARTUP.mark("first step")
                 if step > 1:
                     writer.put_time(
                         name=EventName.TRAIN_RAYS_PER_SEC,
@@ -163,12 +169,15 @@ class DistTrainer(Trainer):
         self._after_train()
 
     def _report_rank(self) -> None:
-        """One line per rank: start-up (process start to first step), peak host and GPU memory."""
-        process = psutil.Process()
-        startup = self._first_step_at - process.create_time()
+        """One line per rank: start-up (process start to the end of the first step, by stage), peak
+        host and GPU memory."""
+        created = psutil.Process().create_time()
+        startup = STARTUP.marks[-1][1] - created if STARTUP.marks else 0.0
         host_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         gpu = f", peak GPU {torch.cuda.max_memory_allocated() / 2**20:.0f} MB" if "cuda" in self.device else ""
-        CONSOLE.print(f"rank {comm.rank()}: start-up {startup:.1f} s, peak host {host_mb:.0f} MB{gpu}")
+        CONSOLE.print(
+            f"rank {comm.rank()}: start-up {startup:.1f} s ({STARTUP.breakdown(created)}), peak host {host_mb:.0f} MB{gpu}"
+        )
 
     def _agree_to_continue(self, step: int) -> bool:
         """Adopt rank 0's pause/stop state; while paused, all ranks poll together.

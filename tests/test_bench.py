@@ -29,8 +29,11 @@ def test_bench_trains_every_job_and_writes_json_table_and_plot(tmp_path, scene):
         assert images[-1] == 96 and len(images) == 3  # after 32 and 64 images, and at the end
         assert all(r[f"phase_{p}"] >= 0 for p in bench_report.PHASES) and r["phase_step"] > r["phase_render+loss"]
     assert jobs["dist-2gpu"]["result"]["phase_all-reduce"] > 0
+    stages = {k: v for k, v in jobs["dist-2gpu"]["result"].items() if k.startswith("startup:")}
+    assert list(stages) == [f"startup:{s}" for s in ("command line", "process group", "setup", "images", "first step")]
+    assert abs(sum(stages.values()) - jobs["dist-2gpu"]["result"]["startup_s"]) < 0.5
     table = (out / "results.md").read_text()
-    assert "| dist-2gpu | 2 | 1 | 48 |" in table and "Per-step breakdown" in table
+    assert "| dist-2gpu | 2 | 1 | 48 |" in table and "Per-step breakdown" in table and "Start-up of the slowest rank" in table
     assert (out / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -97,3 +100,17 @@ def test_every_job_runs_once_per_seed_with_that_seed():
         cmd = _command(job, args, [], Path("out"))
         assert cmd[cmd.index("--machine.seed") + 1] == "7"
         assert cmd[cmd.index("--pipeline.datamanager.train-cameras-sampling-seed") + 1] == "7"
+
+
+def test_rank_lines_give_the_slowest_ranks_start_up_stages(tmp_path):
+    from splatfacto_dist.bench import read_rank_lines
+
+    log = tmp_path / "job.log"
+    log.write_text(
+        "rank 0: start-up 10.0 s (imports 4.0, command line 1.0, setup 5.0), peak host 100 MB, peak GPU 50 MB\n"
+        "noise\nrank 1: start-up 12.5 s (imports 5.0, command line 0.5, setup 7.0), peak host 120 MB, peak GPU 40 MB\n"
+    )
+    assert read_rank_lines(log) == {
+        "startup_s": 12.5, "startup:imports": 5.0, "startup:command line": 0.5, "startup:setup": 7.0,
+        "peak_host_mb": 120.0, "peak_mem_mb": 50.0,
+    }

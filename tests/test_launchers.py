@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -72,8 +73,11 @@ def test_prespawned_ranks_train_the_parsed_job(tmp_path, scene, capfd):
                       "colmap", "--data", str(scene)])
     ranks = Prespawned(2)
     launch.launch(config, ranks)
-    _finished(capfd.readouterr().out, 2)
+    out = capfd.readouterr().out
+    _finished(out, 2)
     assert list(Path(tmp_path).glob("*/splatfacto-dist/run/nerfstudio_models/*.ckpt"))
+    stages = ", ".join(f"{stage} [\\d.]+" for stage in ("imports", "command line", "process group", "setup", "images", "first step"))
+    assert len(re.findall(rf"rank \d: start-up [\d.]+ s \({stages}\)", out)) == 2
 
 
 def test_a_failing_prespawned_rank_stops_the_others(tmp_path, scene):
