@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 from urllib.parse import urlparse
 
 import numpy as np
@@ -221,9 +221,25 @@ def comm_rank_from_env() -> int:
     return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
 
 
-def parse_and_launch(ranks: Optional[Prespawned] = None) -> None:
-    """Parse ns-train's command line and run it; `ranks` as in `launch`."""
+def parse(argv: List[str]) -> TrainerConfig:
+    """ns-train's command line (METHOD, then its options) as a config.
+
+    When METHOD is splatfacto-dist, only its config is parsed against: ns-train's union of all
+    methods imports every installed method and plugin first, the longest part of the command-line
+    process's start-up, which pre-spawned ranks wait for. Help, and any other method, go through
+    the full union, so the result is the same either way.
+    """
+    tyro.extras.set_accent_color("bright_yellow")
+    if argv and argv[0] == "splatfacto-dist" and not any(token in ("-h", "--help") for token in argv):
+        from splatfacto_dist.method import splatfacto_dist
+
+        config_type = tyro.conf.SuppressFixed[tyro.conf.FlagConversionOff[type(splatfacto_dist.config)]]
+        return tyro.cli(config_type, default=splatfacto_dist.config, args=argv[1:], description=__doc__)
     from nerfstudio.configs.method_configs import AnnotatedBaseConfigUnion  # heavy: the CLI process only
 
-    tyro.extras.set_accent_color("bright_yellow")
-    main(tyro.cli(AnnotatedBaseConfigUnion, description=__doc__), ranks)
+    return tyro.cli(AnnotatedBaseConfigUnion, args=argv, description=__doc__)
+
+
+def parse_and_launch(ranks: Optional[Prespawned] = None) -> None:
+    """Parse ns-train's command line and run it; `ranks` as in `launch`."""
+    main(parse(sys.argv[1:]), ranks)

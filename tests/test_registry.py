@@ -25,3 +25,21 @@ def test_ns_train_lists_and_helps_the_method():
     assert helped.returncode == 0, helped.stderr
     assert "--pipeline.datamanager.cameras-per-rank" in helped.stdout
     assert "--verify-replicas-every" in helped.stdout
+
+
+def test_our_launchers_short_parse_of_splatfacto_dist_equals_ns_trains_parse():
+    import tyro
+    from nerfstudio.configs.method_configs import AnnotatedBaseConfigUnion
+
+    from splatfacto_dist.launch import parse
+
+    for options in (
+        ["colmap", "--data", "scene"],
+        ["--vis", "tensorboard", "--max-num-iterations", "123", "--machine.device-type", "cpu", "--machine.num-devices", "2", "--pipeline.model.seed", "5",
+         "--pipeline.datamanager.cameras-per-rank", "2", "--batch-optimizer-scaling", "linear", "nerfstudio-data",
+         "--data", "scene", "--downscale-factor", "2"],
+    ):
+        ours = parse(["splatfacto-dist", *options])
+        assert isinstance(ours, DistTrainerConfig)
+        assert ours == tyro.cli(AnnotatedBaseConfigUnion, args=["splatfacto-dist", *options])
+    assert parse(["splatfacto", "colmap", "--data", "scene"]).method_name == "splatfacto"  # other methods: full union

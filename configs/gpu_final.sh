@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Last call of docs/benchmarks.md sections 11-12 on a 4-GPU machine, under one deadline:
+#   1. start-up before/after the short command-line parse: beer_can, 4 GPUs, 2,000 images, the tree
+#      before the change (.before/) then this one; each rank prints its start-up by stage;
+#   2. the 30,000-image beer_can benchmark again with seed 43 (stock, dist-1, dist-2 side by side,
+#      then dist-4), for the spread between seeds.
+# Usage (GPU machine, repo root): source .devicekit/setup.sh && bash configs/gpu_final.sh OUTDIR SECONDS
+set -u
+out=$1
+deadline=$((SECONDS + $2))
+left() { echo $((deadline - SECONDS > 5 ? deadline - SECONDS : 5)); }
+data=$PWD/.devicekit/data/beer_can
+mkdir -p "$out" /tmp/final
+for pair in .before:before .:after; do
+  tree=${pair%%:*} name=${pair##*:}
+  (cd "$tree" && timeout "$(left)" python -m splatfacto_dist.bench --data "$data" --budget 2000 --eval-every 2000 --gpus 4 \
+    --no-stock --out "/tmp/final/startup_$name" >/dev/null 2>&1)
+  cp "/tmp/final/startup_$name/results.json" "$out/startup_$name.json"
+  sed -n '/^| job | imports/,/^$/p' "/tmp/final/startup_$name/results.md" | sed "s/^/$name /"
+done | tee "$out/startup_before_after.txt"
+bash configs/gpu_bench30k.sh "$out" beer_can "$(left)" --seeds 43
