@@ -34,7 +34,7 @@ def load(paths: List[Path]) -> tuple:
 
 
 def groups(jobs: List[dict]) -> Dict[tuple, List[dict]]:
-    """Runs of the same configuration (method, GPUs, batch) with different seeds, in job order."""
+    """Runs of the same configuration (method, GPUs, batch), with different seeds or repeated, in job order."""
     out: Dict[tuple, List[dict]] = {}
     for job in jobs:
         out.setdefault((job["method"], job["n_gpus"], job["batch"]), []).append(job)
@@ -47,7 +47,7 @@ def _mean(runs: List[dict], key: str) -> float:
 
 
 def derive(jobs: List[dict]) -> Optional[Dict[str, float]]:
-    """Add speedups and time-to-PSNR against stock splatfacto (the mean over its seeds, when there
+    """Add speedups and time-to-PSNR against stock splatfacto (the mean over its runs, when there
     are several); return that baseline, or None without a stock run."""
     stock = [j for j in jobs if j["method"] == "splatfacto" and "psnr" in j["result"]]
     if not stock:
@@ -69,11 +69,11 @@ def derive(jobs: List[dict]) -> Optional[Dict[str, float]]:
 
 
 def _seed_summary(jobs: List[dict], base: Optional[Dict[str, float]]) -> List[str]:
-    """Mean and standard deviation over seeds, per configuration (only when some ran several seeds)."""
+    """Mean and standard deviation over runs, per configuration (only when some configuration ran several times)."""
     grouped = groups(jobs)
     if all(len(runs) == 1 for runs in grouped.values()):
         return []
-    lines = ["", "Over seeds (mean ± standard deviation; speedups and PSNR difference against stock's mean):", "",
+    lines = ["", "Over runs of one configuration (seeds or repeats; mean ± standard deviation; speedups and PSNR difference against stock's mean):", "",
              "| configuration | runs | loop s | wall s | loop speedup | wall speedup | test PSNR | vs stock dB |",
              "|---" * 8 + "|"]
     for (method, gpus, batch), runs in grouped.items():
@@ -98,7 +98,7 @@ def markdown(jobs: List[dict], environment: Dict[str, str], title: str) -> str:
         f"Machine: {environment.get('gpus', 'CPU')}, {environment.get('cpus', '?')} CPUs; torch {environment.get('torch')}, "
         f"nerfstudio {environment.get('nerfstudio')}, gsplat {environment.get('gsplat')}, Python {environment.get('python')}.",
         f"Time to PSNR: seconds from process start to the first evaluation at or above stock's final test PSNR "
-        f"(mean over its seeds) - {PSNR_TOLERANCE_DB} dB ({target}).",
+        f"(mean over its runs) - {PSNR_TOLERANCE_DB} dB ({target}).",
         "",
         "| job | GPUs | batch | steps | images/s | loop s | outside loop s | wall s | loop speedup | wall speedup | "
         "time to PSNR s | test PSNR | vs stock dB | SSIM | LPIPS | Gaussians | peak GPU MB/rank | peak host MB/rank | "
@@ -127,7 +127,8 @@ def markdown(jobs: List[dict], environment: Dict[str, str], title: str) -> str:
         for job in profiled:
             lines.append(f"| {job['name']} | " + " | ".join(
                 f"{job['result']['phase_' + p]:.2f}" if "phase_" + p in job["result"] else "-" for p in PHASES) + " |")
-    stages = list(dict.fromkeys(k for j in jobs for k in j["result"] if k.startswith("startup:")))
+    per_job = [[k for k in j["result"] if k.startswith("startup:")] for j in jobs]
+    stages = list(dict.fromkeys(k for keys in sorted(per_job, key=len, reverse=True) for k in keys))  # fullest order first
     if stages:
         lines += ["", "Start-up of the slowest rank (s; each stage since the previous one, the first since the process "
                   "started):", "", "| job | " + " | ".join(k.split(":", 1)[1] for k in stages) + " | total |",
