@@ -1,8 +1,9 @@
 """`splatfacto-dist-train`: ns-train's command line, on CPU, on GPUs, under torchrun and SLURM.
 
-This module imports only the standard library. Parsing the command line means importing every
-installed nerfstudio method (seconds); when the arguments say this machine will run several CUDA
-ranks, they are started first (`prespawn`), so that their own imports overlap the parse.
+This module imports only the standard library. Parsing the command line means importing
+nerfstudio (seconds; every installed method, unless the method is splatfacto-dist); when the
+arguments say this machine will run several CUDA ranks, they are started first (`prespawn`), so
+that their own imports overlap the parse.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Rank processes started before the command line is parsed, so their imports overlap the parent's.
 
 A spawned CUDA rank spends most of its start-up importing torch and nerfstudio, and the parent
-spends as long again importing every installed method to parse ns-train's command line. One after
-the other, the two add up; here the ranks start first and wait for the parsed config. This module
+spends as long again importing nerfstudio to parse ns-train's command line. One after the other,
+the two add up; here the ranks start first and wait for the parsed config. This module
 imports only the standard library: the parent must reach `Prespawned(...)` in well under a second.
 """
 
