@@ -20,8 +20,20 @@ from torch.profiler import ProfilerActivity, profile
 
 
 def build(method: str, data: str, parser: str):
-    args = [method, "--vis", "tensorboard", "--output-dir", tempfile.mkdtemp(), "--pipeline.model.num-downscales", "0",
-            "--max-num-iterations", "100000", parser, "--data", data]
+    args = [
+        method,
+        "--vis",
+        "tensorboard",
+        "--output-dir",
+        tempfile.mkdtemp(),
+        "--pipeline.model.num-downscales",
+        "0",
+        "--max-num-iterations",
+        "100000",
+        parser,
+        "--data",
+        data,
+    ]
     config = tyro.cli(AnnotatedBaseConfigUnion, args=args)
     config.set_timestamp()
     trainer = config.setup(local_rank=0, world_size=1)

@@ -49,7 +49,9 @@ def _timed(self: DefaultStrategy, *args, **kwargs):
     result = _original(self, *args, **kwargs)
     if refine:
         _sync()
-        REFINES.append({"step": step, "ms": 1000 * (time.perf_counter() - start), "gaussians": len(kwargs["params"]["means"])})
+        REFINES.append(
+            {"step": step, "ms": 1000 * (time.perf_counter() - start), "gaussians": len(kwargs["params"]["means"])}
+        )
     ENDS.append(time.perf_counter())
     STEPS.append(step)
     return result
@@ -61,7 +63,9 @@ def summarize(ends: List[float], steps: List[int], refines: List[Dict[str, float
     for start in range(0, max(steps) + 1, 1000):
         window = [intervals[s] for s in range(start, start + 1000) if s in intervals]
         if window:
-            lines.append(f"steps {start:>6}-{start + 999:<6} median {statistics.median(window):6.2f} ms  mean {statistics.mean(window):6.2f} ms")
+            lines.append(
+                f"steps {start:>6}-{start + 999:<6} median {statistics.median(window):6.2f} ms  mean {statistics.mean(window):6.2f} ms"
+            )
     excess = []
     for refine in refines:
         s = int(refine["step"])

@@ -28,7 +28,9 @@ from splatfacto_dist import bench_report
 from splatfacto_dist.cli import option
 
 STUB = Path(__file__).resolve().parent.parent / "configs" / "lpips_stub"
-_RANK_LINE = re.compile(r"rank (\d+): (?:start-up ([\d.]+) s(?: \(([^)]*)\))?, )?peak host (\d+) MB(?:, peak GPU (\d+) MB)?")
+_RANK_LINE = re.compile(
+    r"rank (\d+): (?:start-up ([\d.]+) s(?: \(([^)]*)\))?, )?peak host (\d+) MB(?:, peak GPU (\d+) MB)?"
+)
 _STAGE = re.compile(r"([a-z][a-z ]*?) (-?[\d.]+)(?:, |$)")
 _PROGRESS = re.compile(r"(\d+) \((\d+\.\d+)%\)")
 _EVAL_PREFIX = "Eval Images Metrics Dict (all images)/"
@@ -52,17 +54,48 @@ class Job:
 
 def _command(job: Job, args: argparse.Namespace, extra: List[str], out: Path) -> List[str]:
     common = [
-        "--vis", "tensorboard", "--output-dir", str(out), "--timestamp", job.name, "--experiment-name", "bench",
-        "--logging.steps-per-log", "10", "--steps-per-eval-image", "0", "--steps-per-save", "1000000",
-        "--max-num-iterations", str(args.budget), "--steps-per-eval-all-images", str(args.eval_every),
-        "--machine.seed", str(job.seed), "--pipeline.datamanager.train-cameras-sampling-seed", str(job.seed),
+        "--vis",
+        "tensorboard",
+        "--output-dir",
+        str(out),
+        "--timestamp",
+        job.name,
+        "--experiment-name",
+        "bench",
+        "--logging.steps-per-log",
+        "10",
+        "--steps-per-eval-image",
+        "0",
+        "--steps-per-save",
+        "1000000",
+        "--max-num-iterations",
+        str(args.budget),
+        "--steps-per-eval-all-images",
+        str(args.eval_every),
+        "--machine.seed",
+        str(job.seed),
+        "--pipeline.datamanager.train-cameras-sampling-seed",
+        str(job.seed),
     ]
     if job.method == "splatfacto":  # stock counts steps of one image: the same numbers, in images
         cmd = [sys.executable, "-m", "splatfacto_dist.bench_stock", "splatfacto", *common]
     else:  # splatfacto-dist counts images by default and divides by the images per step itself
-        cmd = [sys.executable, "-m", "splatfacto_dist.cli", "splatfacto-dist", *common,
-               "--machine.num-devices", str(job.n_gpus), "--pipeline.datamanager.cameras-per-rank", str(job.batch),
-               "--eval-all-images-at-end", "True", "--profile-phases-every", str(args.profile_every), *extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "splatfacto_dist.cli",
+            "splatfacto-dist",
+            *common,
+            "--machine.num-devices",
+            str(job.n_gpus),
+            "--pipeline.datamanager.cameras-per-rank",
+            str(job.batch),
+            "--eval-all-images-at-end",
+            "True",
+            "--profile-phases-every",
+            str(args.profile_every),
+            *extra,
+        ]
     return cmd + [*args.dataparser, "--data", str(args.data)]
 
 
@@ -132,8 +165,9 @@ def _finish(job: Job, returncode: int, wall_s: float, started_at: float, out: Pa
         job.result["images_per_s"] = budget / job.result["loop_s"]
 
 
-def run_jobs(jobs: List[Job], args: argparse.Namespace, extra: List[str], total_gpus: int,
-             environment: Dict[str, str]) -> None:
+def run_jobs(
+    jobs: List[Job], args: argparse.Namespace, extra: List[str], total_gpus: int, environment: Dict[str, str]
+) -> None:
     """Run `jobs` in order; with --parallel a job starts as soon as enough GPUs are free."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -181,9 +215,15 @@ def _environment(args: argparse.Namespace) -> Dict[str, str]:
     import nerfstudio
     import torch
 
-    env = {"data": str(args.data), "budget_images": str(args.budget), "torch": torch.__version__,
-           "gsplat": gsplat.__version__, "nerfstudio": getattr(nerfstudio, "__version__", "1.1.5"),
-           "python": sys.version.split()[0], "cpus": str(os.cpu_count())}
+    env = {
+        "data": str(args.data),
+        "budget_images": str(args.budget),
+        "torch": torch.__version__,
+        "gsplat": gsplat.__version__,
+        "nerfstudio": getattr(nerfstudio, "__version__", "1.1.5"),
+        "python": sys.version.split()[0],
+        "cpus": str(os.cpu_count()),
+    }
     if torch.cuda.is_available():
         env["gpus"] = f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
     return env
@@ -203,12 +243,21 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--eval-every", type=int, default=2500, help="evaluate all test images every this many images")
     parser.add_argument("--gpus", type=int, nargs="+", default=[1, 2, 4], help="GPU counts for splatfacto-dist")
     parser.add_argument("--batch", type=int, default=1, help="cameras per rank per step")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[42],
-                        help="run every job once per seed (quality and Gaussian growth vary from seed to seed)")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[42],
+        help="run every job once per seed (quality and Gaussian growth vary from seed to seed)",
+    )
     parser.add_argument("--no-stock", action="store_true", help="skip the stock splatfacto 1-GPU baseline")
     parser.add_argument("--parallel", action="store_true", help="run jobs on disjoint GPUs side by side")
-    parser.add_argument("--profile-every", type=int, default=53,
-                        help="time the phases of every this many steps (prime: not in step with densification)")
+    parser.add_argument(
+        "--profile-every",
+        type=int,
+        default=53,
+        help="time the phases of every this many steps (prime: not in step with densification)",
+    )
     parser.add_argument("--progress-every", type=float, default=30.0, help="seconds between progress lines")
     parser.add_argument("--title", default=None, help="report title (default: the data folder's name)")
     parser.add_argument("--out", type=Path, default=Path("outputs/bench"))
@@ -234,7 +283,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     records = [asdict(j) for j in jobs]
     bench_report.write(args.out, records, environment, args.title or args.data.name)
     if any(j.result.get("returncode") for j in jobs):
-        sys.exit(f"[bench] failed jobs: {[j.name for j in jobs if j.result.get('returncode')]}; see their logs in {args.out}")
+        sys.exit(
+            f"[bench] failed jobs: {[j.name for j in jobs if j.result.get('returncode')]}; see their logs in {args.out}"
+        )
 
 
 if __name__ == "__main__":

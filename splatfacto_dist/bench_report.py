@@ -29,7 +29,9 @@ def load(paths: List[Path]) -> tuple:
         data = json.loads(Path(path).read_text())
         environment.update(data["environment"])
         jobs.update({job["name"]: job for job in data["jobs"] if job["result"]})
-    order = sorted(jobs.values(), key=lambda j: (j["method"] != "splatfacto", j["n_gpus"], j["batch"], j.get("seed", 0)))
+    order = sorted(
+        jobs.values(), key=lambda j: (j["method"] != "splatfacto", j["n_gpus"], j["batch"], j.get("seed", 0))
+    )
     return order, environment
 
 
@@ -73,19 +75,26 @@ def _seed_summary(jobs: List[dict], base: Optional[Dict[str, float]]) -> List[st
     grouped = groups(jobs)
     if all(len(runs) == 1 for runs in grouped.values()):
         return []
-    lines = ["", "Over runs of one configuration (seeds or repeats; mean ± standard deviation; speedups and PSNR difference against stock's mean):", "",
-             "| configuration | runs | loop s | wall s | loop speedup | wall speedup | test PSNR | vs stock dB |",
-             "|---" * 8 + "|"]
+    lines = [
+        "",
+        "Over runs of one configuration (seeds or repeats; mean ± standard deviation; speedups and PSNR difference against stock's mean):",
+        "",
+        "| configuration | runs | loop s | wall s | loop speedup | wall speedup | test PSNR | vs stock dB |",
+        "|---" * 8 + "|",
+    ]
     for (method, gpus, batch), runs in grouped.items():
+
         def ms(key: str, fmt: str) -> str:
             values = [r["result"][key] for r in runs if key in r["result"]]
             return f"{fmt.format(np.mean(values))} ± {fmt.format(np.std(values))}" if values else "-"
 
         loop, wall, psnr = _mean(runs, "loop_s"), _mean(runs, "wall_s"), _mean(runs, "psnr")
-        speed = (f"{base['loop_s'] / loop:.2f}x | {base['wall_s'] / wall:.2f}x | " if base else "- | - | ")
+        speed = f"{base['loop_s'] / loop:.2f}x | {base['wall_s'] / wall:.2f}x | " if base else "- | - | "
         diff = f"{psnr - base['psnr']:+.2f}" if base else "-"
-        lines.append(f"| {method} {gpus} GPU x {batch} | {len(runs)} | {ms('loop_s', '{:.1f}')} | {ms('wall_s', '{:.1f}')} | "
-                     f"{speed}{ms('psnr', '{:.2f}')} | {diff} |")
+        lines.append(
+            f"| {method} {gpus} GPU x {batch} | {len(runs)} | {ms('loop_s', '{:.1f}')} | {ms('wall_s', '{:.1f}')} | "
+            f"{speed}{ms('psnr', '{:.2f}')} | {diff} |"
+        )
     return lines
 
 
@@ -122,21 +131,40 @@ def markdown(jobs: List[dict], environment: Dict[str, str], title: str) -> str:
     lines += _seed_summary(jobs, base)
     profiled = [j for j in jobs if any(k.startswith("phase_") for k in j["result"])]
     if profiled:
-        lines += ["", "Per-step breakdown (ms, mean over the sampled steps; the slowest rank waits in all-reduce):", "",
-                  "| job | " + " | ".join(PHASES) + " |", "|---" * (len(PHASES) + 1) + "|"]
+        lines += [
+            "",
+            "Per-step breakdown (ms, mean over the sampled steps; the slowest rank waits in all-reduce):",
+            "",
+            "| job | " + " | ".join(PHASES) + " |",
+            "|---" * (len(PHASES) + 1) + "|",
+        ]
         for job in profiled:
-            lines.append(f"| {job['name']} | " + " | ".join(
-                f"{job['result']['phase_' + p]:.2f}" if "phase_" + p in job["result"] else "-" for p in PHASES) + " |")
+            lines.append(
+                f"| {job['name']} | "
+                + " | ".join(
+                    f"{job['result']['phase_' + p]:.2f}" if "phase_" + p in job["result"] else "-" for p in PHASES
+                )
+                + " |"
+            )
     per_job = [[k for k in j["result"] if k.startswith("startup:")] for j in jobs]
-    stages = list(dict.fromkeys(k for keys in sorted(per_job, key=len, reverse=True) for k in keys))  # fullest order first
+    stages = list(
+        dict.fromkeys(k for keys in sorted(per_job, key=len, reverse=True) for k in keys)
+    )  # fullest order first
     if stages:
-        lines += ["", "Start-up of the slowest rank (s; each stage since the previous one, the first since the process "
-                  "started):", "", "| job | " + " | ".join(k.split(":", 1)[1] for k in stages) + " | total |",
-                  "|---" * (len(stages) + 2) + "|"]
+        lines += [
+            "",
+            "Start-up of the slowest rank (s; each stage since the previous one, the first since the process started):",
+            "",
+            "| job | " + " | ".join(k.split(":", 1)[1] for k in stages) + " | total |",
+            "|---" * (len(stages) + 2) + "|",
+        ]
         for job in (j for j in jobs if "startup_s" in j["result"]):
             r = job["result"]
-            lines.append(f"| {job['name']} | " + " | ".join(f"{r[k]:.1f}" if k in r else "-" for k in stages)
-                         + f" | {r['startup_s']:.1f} |")
+            lines.append(
+                f"| {job['name']} | "
+                + " | ".join(f"{r[k]:.1f}" if k in r else "-" for k in stages)
+                + f" | {r['startup_s']:.1f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -156,7 +184,9 @@ def plot(jobs: List[dict], path: Path, title: str) -> None:
 
     def band(ax, key: str, style: str, label: str) -> None:
         values = [[j["result"].get(key, float("nan")) for j in runs] for runs in dist]
-        ax.errorbar(gpus, [np.mean(v) for v in values], yerr=[np.std(v) for v in values], fmt=style, capsize=3, label=label)
+        ax.errorbar(
+            gpus, [np.mean(v) for v in values], yerr=[np.std(v) for v in values], fmt=style, capsize=3, label=label
+        )
 
     band(ax_t, "wall_s", "o-", "splatfacto-dist, whole process")
     band(ax_t, "loop_s", "s-", "splatfacto-dist, training loop")
@@ -170,7 +200,9 @@ def plot(jobs: List[dict], path: Path, title: str) -> None:
     band(ax_q, "psnr", "o-", "splatfacto-dist")
     if base:
         ax_q.axhline(base["psnr"], color="gray", lw=1, label="stock 1 GPU")
-        ax_q.axhspan(base["psnr"] - PSNR_TOLERANCE_DB, base["psnr"], color="gray", alpha=0.2, label=f"-{PSNR_TOLERANCE_DB} dB")
+        ax_q.axhspan(
+            base["psnr"] - PSNR_TOLERANCE_DB, base["psnr"], color="gray", alpha=0.2, label=f"-{PSNR_TOLERANCE_DB} dB"
+        )
     ax_q.set(xlabel="GPUs", ylabel="test PSNR (dB)", title="quality", xticks=gpus)
     ax_q.legend(fontsize=7)
     for job in jobs:

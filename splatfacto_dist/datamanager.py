@@ -17,8 +17,6 @@ from functools import cached_property
 from typing import Dict, List, Literal, Optional, Tuple, Type
 
 import torch
-from rich.progress import track
-
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.data.datamanagers.full_images_datamanager import (
     FullImageDatamanager,
@@ -27,6 +25,7 @@ from nerfstudio.data.datamanagers.full_images_datamanager import (
 )
 from nerfstudio.data.datasets.base_dataset import InputDataset
 from nerfstudio.utils.rich_utils import CONSOLE
+from rich.progress import track
 
 from splatfacto_dist import comm
 
@@ -58,7 +57,9 @@ class CameraSchedule:
             raise ConfigError(f"{num_cameras} training cameras cannot fill {num_shards} shards (one per rank at least)")
         owned = list(range(rank, num_shards, world_size))
         if cameras_per_rank % len(owned):
-            raise ConfigError(f"cameras_per_rank={cameras_per_rank} must be a multiple of the {len(owned)} shards per rank")
+            raise ConfigError(
+                f"cameras_per_rank={cameras_per_rank} must be a multiple of the {len(owned)} shards per rank"
+            )
         dealt = list(range(num_cameras))
         random.Random(seed).shuffle(dealt)
         self.shards = [dealt[s::num_shards] for s in range(num_shards)]
@@ -183,7 +184,9 @@ class ShardedFullImageDatamanager(FullImageDatamanager):
         images = [self.cached_train[i] for i in indices]
         same_size = len({tuple(d["image"].shape) for d in images}) == 1
         batch = {
-            key: stack_images([d[key] for d in images]).to(self.device) if same_size else [d[key].to(self.device) for d in images]
+            key: stack_images([d[key] for d in images]).to(self.device)
+            if same_size
+            else [d[key].to(self.device) for d in images]
             for key in ("image", "mask")
             if key in images[0]
         }

@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import torch
-
 from nerfstudio.data.dataparsers.colmap_dataparser import ColmapDataParserConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 
@@ -51,7 +50,9 @@ def main() -> None:
     train_main(config)
     run_dir = config.get_base_dir()
     CONSOLE.print(f"\n[bold green]outputs:[/bold green] {run_dir}")
-    CONSOLE.print(f"export: ns-export gaussian-splat --load-config {run_dir / 'config.yml'} --output-dir {run_dir / 'export'}")
+    CONSOLE.print(
+        f"export: ns-export gaussian-splat --load-config {run_dir / 'config.yml'} --output-dir {run_dir / 'export'}"
+    )
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import tyro
 import yaml
-
 from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.utils import comms
 from nerfstudio.utils.rich_utils import CONSOLE
@@ -136,7 +135,9 @@ def _train(local_rank: int, world_size: int, config: TrainerConfig, global_rank:
 def run_rank(local_rank: int, config: TrainerConfig, job: Job) -> None:
     """One rank: threads, device, process group, training, then the final barrier."""
     STARTUP.mark("command line")
-    global_rank = job.global_rank if job.global_rank is not None else job.machine_rank * job.num_devices_per_machine + local_rank
+    global_rank = (
+        job.global_rank if job.global_rank is not None else job.machine_rank * job.num_devices_per_machine + local_rank
+    )
     if "OMP_NUM_THREADS" not in os.environ:
         # Every rank would otherwise size its thread pool to the whole machine (as torchrun avoids).
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // job.num_devices_per_machine))

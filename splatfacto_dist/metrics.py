@@ -6,7 +6,6 @@ import warnings
 from typing import Callable, Optional
 
 import torch
-
 from nerfstudio.utils.rich_utils import CONSOLE
 
 

@@ -20,14 +20,13 @@ from typing import Dict, List, Optional, Tuple, Type, Union
 
 import torch
 import torch.nn.functional as F
-from pytorch_msssim import SSIM
-from torchmetrics.image import PeakSignalNoiseRatio
-
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.configs.base_config import MachineConfig
 from nerfstudio.model_components.lib_bilagrid import BilateralGrid, color_correct, total_variation_loss
 from nerfstudio.models.splatfacto import RGB2SH, SplatfactoModel, SplatfactoModelConfig, num_sh_bases
 from nerfstudio.utils.colors import get_color
+from pytorch_msssim import SSIM
+from torchmetrics.image import PeakSignalNoiseRatio
 
 from splatfacto_dist import comm
 from splatfacto_dist.metrics import LazyLPIPS
@@ -233,7 +232,9 @@ class SplatfactoDistModel(SplatfactoModel):
             absgrad=self.strategy.absgrad,
         )
         if self.training:
-            self.strategy.step_pre_backward(self.gauss_params, self.optimizers, self.strategy_state, self.step, self.info)
+            self.strategy.step_pre_backward(
+                self.gauss_params, self.optimizers, self.strategy_state, self.step, self.info
+            )
             if self._infos_step != self.step:
                 self._step_infos, self._infos_step = [], self.step
             self._step_infos.append(self.info)

@@ -15,9 +15,8 @@ from typing import Dict, List, Literal, Optional, Type
 
 import torch
 import torchvision.utils as vutils
-from torch.cuda.amp.grad_scaler import GradScaler
-
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
+from torch.cuda.amp.grad_scaler import GradScaler
 
 from splatfacto_dist import comm
 from splatfacto_dist.datamanager import stack_images
@@ -41,7 +40,9 @@ class DistPipeline(VanillaPipeline):
         local_rank: int = 0,
         grad_scaler: Optional[GradScaler] = None,
     ) -> None:
-        super().__init__(config, device, test_mode=test_mode, world_size=1, local_rank=local_rank, grad_scaler=grad_scaler)
+        super().__init__(
+            config, device, test_mode=test_mode, world_size=1, local_rank=local_rank, grad_scaler=grad_scaler
+        )
         self.world_size = world_size
         comm.broadcast_module_state(self.model)
 
@@ -78,7 +79,10 @@ class DistPipeline(VanillaPipeline):
             self.model.info["views_in_loss"] = n
             weight = len(members) / n
             metrics = self.model.get_metrics_dict(outputs, sub)
-            for target, values in ((loss_dict, self.model.get_loss_dict(outputs, sub, metrics)), (metrics_dict, metrics)):
+            for target, values in (
+                (loss_dict, self.model.get_loss_dict(outputs, sub, metrics)),
+                (metrics_dict, metrics),
+            ):
                 for key, value in values.items():
                     target[key] = target.get(key, 0) + weight * value
         return outputs, loss_dict, metrics_dict
@@ -103,7 +107,9 @@ class DistPipeline(VanillaPipeline):
             local.append(metrics)
             if output_path is not None:
                 for key, image in images.items():
-                    vutils.save_image(image.permute(2, 0, 1).cpu(), output_path / f"eval_{key}_{batch['image_idx']:04d}.png")
+                    vutils.save_image(
+                        image.permute(2, 0, 1).cpu(), output_path / f"eval_{key}_{batch['image_idx']:04d}.png"
+                    )
         gathered = [m for part in comm.all_gather_objects(local) for m in part]
         self.train()
         result: Dict[str, float] = {}

@@ -93,7 +93,7 @@ class StartupTimeline:
         self.marks.append((stage, time.time()))
 
     def breakdown(self, since: float) -> str:
-        """"stage seconds, ..." with each stage's time since the previous mark (the first since `since`)."""
+        """ "stage seconds, ..." with each stage's time since the previous mark (the first since `since`)."""
         parts, last = [], since
         for stage, at in self.marks:
             parts.append(f"{stage} {at - last:.1f}")

@@ -22,10 +22,21 @@ from nerfstudio.engine.trainer import TrainerConfig
 GAUSSIAN_GROUPS = ("means", "scales", "quats", "features_dc", "features_rest", "opacities")
 ScalingRule = Literal["sqrt", "linear", "off"]
 
-_TRAINER_COUNTS = ("max_num_iterations", "steps_per_save", "steps_per_eval_batch", "steps_per_eval_image",
-                   "steps_per_eval_all_images")
-_MODEL_COUNTS = ("warmup_length", "refine_every", "resolution_schedule", "sh_degree_interval", "stop_screen_size_at",
-                 "stop_split_at")
+_TRAINER_COUNTS = (
+    "max_num_iterations",
+    "steps_per_save",
+    "steps_per_eval_batch",
+    "steps_per_eval_image",
+    "steps_per_eval_all_images",
+)
+_MODEL_COUNTS = (
+    "warmup_length",
+    "refine_every",
+    "resolution_schedule",
+    "sh_degree_interval",
+    "stop_screen_size_at",
+    "stop_split_at",
+)
 
 
 def _per_batch(images: int, effective_batch: int) -> int:

@@ -51,7 +51,11 @@ def ground_truth_gaussians(seed: int = 0) -> Dict[str, torch.Tensor]:
 
     means = torch.cat([sphere, floor, sky])
     scales = torch.cat(
-        [torch.full((n_sphere, 3), 0.06), torch.tensor([0.12, 0.12, 0.01]).repeat(n_floor, 1), torch.full((n_sky, 3), 0.9)]
+        [
+            torch.full((n_sphere, 3), 0.06),
+            torch.tensor([0.12, 0.12, 0.01]).repeat(n_floor, 1),
+            torch.full((n_sky, 3), 0.9),
+        ]
     )
     quats = torch.zeros(len(means), 4)
     quats[:, 0] = 1

@@ -18,7 +18,6 @@ from typing import List, Literal, Optional, Tuple, Type
 
 import psutil
 import torch
-
 from nerfstudio.engine.callbacks import TrainingCallbackLocation
 from nerfstudio.engine.trainer import TRAIN_INTERATION_OUTPUT, Trainer, TrainerConfig
 from nerfstudio.utils import writer
@@ -304,8 +303,10 @@ class DistTrainer(Trainer):
             for scheduler in self.optimizers.schedulers.values():
                 scheduler.last_epoch = self._start_step - 1
         self.grad_scaler.load_state_dict(loaded["scalers"])
-        CONSOLE.print(f"Done loading Nerfstudio checkpoint from {path} (images seen: "
-                      f"{self._start_step * self.images_per_step}, continuing at step {self._start_step})")
+        CONSOLE.print(
+            f"Done loading Nerfstudio checkpoint from {path} (images seen: "
+            f"{self._start_step * self.images_per_step}, continuing at step {self._start_step})"
+        )
 
     def _checkpoint_to_resume(self):
         if self.config.load_dir is not None:

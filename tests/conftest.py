@@ -23,19 +23,30 @@ def tool(name: str) -> str:
     assert found, f"{name} is not installed"
     return found
 
+
 # A tiny but complete schedule: refines every 16 images after 32, no screen-size splitting
 # (every Gaussian is "large" in a 64x48 image), nothing written that a test does not read.
 TINY = [
-    "--vis", "tensorboard",
-    "--machine.device-type", "cpu",
-    "--logging.steps-per-log", "1",
-    "--steps-per-eval-image", "0",
-    "--steps-per-eval-all-images", "0",
-    "--steps-per-save", "100000",
-    "--pipeline.model.warmup-length", "32",
-    "--pipeline.model.refine-every", "16",
-    "--pipeline.model.stop-screen-size-at", "0",
-    "--pipeline.model.sh-degree-interval", "64",
+    "--vis",
+    "tensorboard",
+    "--machine.device-type",
+    "cpu",
+    "--logging.steps-per-log",
+    "1",
+    "--steps-per-eval-image",
+    "0",
+    "--steps-per-eval-all-images",
+    "0",
+    "--steps-per-save",
+    "100000",
+    "--pipeline.model.warmup-length",
+    "32",
+    "--pipeline.model.refine-every",
+    "16",
+    "--pipeline.model.stop-screen-size-at",
+    "0",
+    "--pipeline.model.sh-degree-interval",
+    "64",
 ]
 
 
@@ -53,9 +64,21 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def train(out: Path, scene: Path, nprocs: int, args: List[str], timeout: int = 900) -> Path:
     """Run `splatfacto-dist-train` in `nprocs` gloo processes; return the run directory."""
     cmd = [
-        sys.executable, "-m", "splatfacto_dist.cli", "splatfacto-dist",
-        *TINY, "--machine.num-devices", str(nprocs), "--output-dir", str(out), "--timestamp", "run", *args,
-        "colmap", "--data", str(scene),
+        sys.executable,
+        "-m",
+        "splatfacto_dist.cli",
+        "splatfacto-dist",
+        *TINY,
+        "--machine.num-devices",
+        str(nprocs),
+        "--output-dir",
+        str(out),
+        "--timestamp",
+        "run",
+        *args,
+        "colmap",
+        "--data",
+        str(scene),
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     log = proc.stdout + proc.stderr

@@ -9,11 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tool
 from PIL import Image
 from plyfile import PlyData
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-from conftest import tool
 
 
 def checkpoint(run: Path) -> dict:
@@ -23,9 +22,10 @@ def checkpoint(run: Path) -> dict:
 
 def check_ns_export(run: Path, tmp_path: Path) -> None:
     proc = subprocess.run(
-        [tool("ns-export"), "gaussian-splat", "--load-config", str(run / "config.yml"),
-         "--output-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=600,
+        [tool("ns-export"), "gaussian-splat", "--load-config", str(run / "config.yml"), "--output-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     ply = PlyData.read(str(tmp_path / "splat.ply"))["vertex"]
@@ -49,7 +49,9 @@ def check_ns_eval(run: Path, tmp_path: Path, last_step: int) -> None:
     out = tmp_path / "eval.json"
     proc = subprocess.run(
         [tool("ns-eval"), "--load-config", str(run / "config.yml"), "--output-path", str(out)],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     after = json.loads(out.read_text())["results"]
@@ -59,9 +61,23 @@ def check_ns_eval(run: Path, tmp_path: Path, last_step: int) -> None:
 
 def check_ns_render(run: Path, tmp_path: Path, views: int) -> None:
     proc = subprocess.run(
-        [tool("ns-render"), "dataset", "--load-config", str(run / "config.yml"),
-         "--output-path", str(tmp_path), "--split", "test", "--rendered-output-names", "rgb", "--image-format", "png"],
-        capture_output=True, text=True, timeout=600,
+        [
+            tool("ns-render"),
+            "dataset",
+            "--load-config",
+            str(run / "config.yml"),
+            "--output-path",
+            str(tmp_path),
+            "--split",
+            "test",
+            "--rendered-output-names",
+            "rgb",
+            "--image-format",
+            "png",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     frames = sorted(tmp_path.rglob("*.png"))

@@ -8,14 +8,44 @@ import sys
 
 from splatfacto_dist import bench_report
 
-SCHEDULE = ["--machine.device-type", "cpu", "--pipeline.model.warmup-length", "32", "--pipeline.model.refine-every", "16",
-            "--pipeline.model.stop-screen-size-at", "0", "--pipeline.model.sh-degree-interval", "64"]
+SCHEDULE = [
+    "--machine.device-type",
+    "cpu",
+    "--pipeline.model.warmup-length",
+    "32",
+    "--pipeline.model.refine-every",
+    "16",
+    "--pipeline.model.stop-screen-size-at",
+    "0",
+    "--pipeline.model.sh-degree-interval",
+    "64",
+]
 
 
 def test_bench_trains_every_job_and_writes_json_table_and_plot(tmp_path, scene):
     out = tmp_path / "bench"
-    cmd = [sys.executable, "-m", "splatfacto_dist.bench", "--data", str(scene), "--budget", "96", "--eval-every", "32",
-           "--gpus", "1", "2", "--no-stock", "--profile-every", "4", "--progress-every", "5", "--out", str(out), *SCHEDULE]
+    cmd = [
+        sys.executable,
+        "-m",
+        "splatfacto_dist.bench",
+        "--data",
+        str(scene),
+        "--budget",
+        "96",
+        "--eval-every",
+        "32",
+        "--gpus",
+        "1",
+        "2",
+        "--no-stock",
+        "--profile-every",
+        "4",
+        "--progress-every",
+        "5",
+        "--out",
+        str(out),
+        *SCHEDULE,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "[bench] start dist-2gpu" in proc.stdout and "% Done" not in proc.stdout
@@ -33,13 +63,24 @@ def test_bench_trains_every_job_and_writes_json_table_and_plot(tmp_path, scene):
     assert list(stages) == [f"startup:{s}" for s in ("command line", "process group", "setup", "images", "first step")]
     assert abs(sum(stages.values()) - jobs["dist-2gpu"]["result"]["startup_s"]) < 0.5
     table = (out / "results.md").read_text()
-    assert "| dist-2gpu | 2 | 1 | 48 |" in table and "Per-step breakdown" in table and "Start-up of the slowest rank" in table
+    assert (
+        "| dist-2gpu | 2 | 1 | 48 |" in table
+        and "Per-step breakdown" in table
+        and "Start-up of the slowest rank" in table
+    )
     assert (out / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def _job(name: str, method: str, gpus: int, loop_s: float, wall_s: float, psnr: float, curve: list) -> dict:
-    return {"name": name, "method": method, "n_gpus": gpus, "batch": 1, "gpus": list(range(gpus)), "curve": curve,
-            "result": {"loop_s": loop_s, "wall_s": wall_s, "psnr": psnr}}
+    return {
+        "name": name,
+        "method": method,
+        "n_gpus": gpus,
+        "batch": 1,
+        "gpus": list(range(gpus)),
+        "curve": curve,
+        "result": {"loop_s": loop_s, "wall_s": wall_s, "psnr": psnr},
+    }
 
 
 def test_report_speedups_and_time_to_psnr_are_measured_against_stock(tmp_path):
@@ -60,8 +101,21 @@ def test_report_merges_results_of_several_runs(tmp_path):
     new = _job("dist-4gpu", "splatfacto-dist", 4, 50.0, 70.0, 25.0, [[70.0, 30000, 25.0]])
     bench_report.save(first, [stock, old], {"torch": "x"})
     bench_report.save(second, [new], {"gsplat": "y"})
-    proc = subprocess.run([sys.executable, "-m", "splatfacto_dist.bench_report", str(tmp_path / "out"), str(first),
-                           str(second), "--title", "merged"], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "splatfacto_dist.bench_report",
+            str(tmp_path / "out"),
+            str(first),
+            str(second),
+            "--title",
+            "merged",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     table = (tmp_path / "out" / "results.md").read_text()
     assert "| dist-4gpu | 4 | 1 | - | - | 50.0 |" in table and "80.0" not in table
@@ -69,22 +123,32 @@ def test_report_merges_results_of_several_runs(tmp_path):
 
 
 def test_bench_rejects_bad_input_in_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "splatfacto_dist.bench", "--data", str(tmp_path / "nowhere")],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "splatfacto_dist.bench", "--data", str(tmp_path / "nowhere")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].endswith("does not exist")
 
 
 def test_several_seeds_are_compared_against_the_mean_of_stock(tmp_path):
-    stock = [_job(f"stock-1gpu-s{s}", "splatfacto", 1, 200.0, 240.0, psnr, [[240.0, 30000, psnr]])
-             for s, psnr in ((1, 25.0), (2, 24.0))]
-    dist = [_job(f"dist-4gpu-s{s}", "splatfacto-dist", 4, loop, loop + 20, psnr, [[loop + 20, 30000, psnr]])
-            for s, loop, psnr in ((1, 40.0, 24.6), (2, 60.0, 24.2))]
+    stock = [
+        _job(f"stock-1gpu-s{s}", "splatfacto", 1, 200.0, 240.0, psnr, [[240.0, 30000, psnr]])
+        for s, psnr in ((1, 25.0), (2, 24.0))
+    ]
+    dist = [
+        _job(f"dist-4gpu-s{s}", "splatfacto-dist", 4, loop, loop + 20, psnr, [[loop + 20, 30000, psnr]])
+        for s, loop, psnr in ((1, 40.0, 24.6), (2, 60.0, 24.2))
+    ]
     base = bench_report.derive(stock + dist)
     assert base["psnr"] == 24.5 and base["loop_s"] == 200.0
     assert abs(dist[0]["result"]["psnr_vs_stock_db"] - 0.1) < 1e-9 and dist[1]["result"]["loop_speedup"] == 200.0 / 60.0
     assert "time_to_psnr_s" in dist[0]["result"] and "time_to_psnr_s" not in dist[1]["result"]  # target 24.4 dB
     table = bench_report.markdown(stock + dist, {}, "seeds")
-    assert "| splatfacto-dist 4 GPU x 1 | 2 | 50.0 ± 10.0 | 70.0 ± 10.0 | 4.00x | 3.43x | 24.40 ± 0.20 | -0.10 |" in table
+    assert (
+        "| splatfacto-dist 4 GPU x 1 | 2 | 50.0 ± 10.0 | 70.0 ± 10.0 | 4.00x | 3.43x | 24.40 ± 0.20 | -0.10 |" in table
+    )
     bench_report.plot(stock + dist, tmp_path / "seeds.png", "seeds")
     assert (tmp_path / "seeds.png").stat().st_size > 1000
 
@@ -111,6 +175,10 @@ def test_rank_lines_give_the_slowest_ranks_start_up_stages(tmp_path):
         "noise\nrank 1: start-up 12.5 s (imports 5.0, command line 0.5, setup 7.0), peak host 120 MB, peak GPU 40 MB\n"
     )
     assert read_rank_lines(log) == {
-        "startup_s": 12.5, "startup:imports": 5.0, "startup:command line": 0.5, "startup:setup": 7.0,
-        "peak_host_mb": 120.0, "peak_mem_mb": 50.0,
+        "startup_s": 12.5,
+        "startup:imports": 5.0,
+        "startup:command line": 0.5,
+        "startup:setup": 7.0,
+        "peak_host_mb": 120.0,
+        "peak_mem_mb": 50.0,
     }

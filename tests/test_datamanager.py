@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from nerfstudio.data.dataparsers.colmap_dataparser import ColmapDataParserConfig
 
 from splatfacto_dist import comm

@@ -21,12 +21,24 @@ def scene_inputs(device):
     width, height = 96, 72
     K = torch.tensor([[86.4, 0, 48.0], [0, 86.4, 36.0], [0, 0, 1.0]])
     inputs = dict(
-        means=gt["means"], quats=torch.nn.functional.normalize(torch.randn(n, 4, generator=g), dim=-1),
-        scales=torch.exp(gt["scales"]), opacities=torch.full((n,), 0.7), colors=sh,
-        viewmats=ring_cameras(3), Ks=K[None].repeat(3, 1, 1), width=width, height=height,
+        means=gt["means"],
+        quats=torch.nn.functional.normalize(torch.randn(n, 4, generator=g), dim=-1),
+        scales=torch.exp(gt["scales"]),
+        opacities=torch.full((n,), 0.7),
+        colors=sh,
+        viewmats=ring_cameras(3),
+        Ks=K[None].repeat(3, 1, 1),
+        width=width,
+        height=height,
     )
-    out = {k: (v.to(device).requires_grad_(k in ("means", "quats", "scales", "opacities", "colors"))
-               if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
+    out = {
+        k: (
+            v.to(device).requires_grad_(k in ("means", "quats", "scales", "opacities", "colors"))
+            if isinstance(v, torch.Tensor)
+            else v
+        )
+        for k, v in inputs.items()
+    }
     return out
 
 
@@ -42,7 +54,9 @@ def test_reference_rasterizer_matches_gsplat(sh_degree, render_mode):
         target = torch.rand(render.shape, generator=torch.Generator().manual_seed(1)).to(device)
         ((render - target) ** 2).mean().add(alpha.mean()).backward()
         results[device] = dict(
-            render=render.detach().cpu(), alpha=alpha.detach().cpu(), radii=info["radii"].cpu(),
+            render=render.detach().cpu(),
+            alpha=alpha.detach().cpu(),
+            radii=info["radii"].cpu(),
             absgrad=info["means2d"].absgrad.cpu(),
             **{f"grad_{k}": inputs[k].grad.cpu() for k in ("means", "scales", "opacities", "colors")},
         )

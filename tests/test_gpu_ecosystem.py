@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import ecosystem
 import pytest
 import torch
-
-import ecosystem
 from conftest import train
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")]
@@ -16,8 +15,12 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(torch.cuda.device_count() < 2,
 @pytest.fixture(scope="module")
 def two_gpu_run(tmp_path_factory, scene) -> Path:
     # NCCL ranks on 2 GPUs; all eval images evaluated (split across the ranks) after the last step.
-    return train(tmp_path_factory.mktemp("gpu2"), scene, 2, [
-        "--machine.device-type", "cuda", "--max-num-iterations", "2000", "--eval-all-images-at-end", "True"])
+    return train(
+        tmp_path_factory.mktemp("gpu2"),
+        scene,
+        2,
+        ["--machine.device-type", "cuda", "--max-num-iterations", "2000", "--eval-all-images-at-end", "True"],
+    )
 
 
 def test_stock_ns_export_on_a_2_gpu_checkpoint(two_gpu_run, tmp_path):

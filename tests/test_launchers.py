@@ -21,8 +21,21 @@ def _finished(log: str, ranks: int) -> None:
 
 
 def test_torchrun(tmp_path, scene):
-    cmd = [tool("torchrun"), "--standalone", "--nproc-per-node", "2", "-m", "splatfacto_dist.cli",
-           "splatfacto-dist", *ARGS, "--output-dir", str(tmp_path), "colmap", "--data", str(scene)]
+    cmd = [
+        tool("torchrun"),
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "splatfacto_dist.cli",
+        "splatfacto-dist",
+        *ARGS,
+        "--output-dir",
+        str(tmp_path),
+        "colmap",
+        "--data",
+        str(scene),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     _finished(proc.stdout + proc.stderr, 2)
@@ -33,10 +46,27 @@ def test_slurm_environment(tmp_path, scene):
     port = free_port()
     procs = []
     for rank in range(2):
-        env = dict(os.environ, SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank), SLURM_NTASKS="2", SLURM_NNODES="1",
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        cmd = [sys.executable, "-m", "splatfacto_dist.cli", "splatfacto-dist", *ARGS, "--output-dir", str(tmp_path),
-               "colmap", "--data", str(scene)]
+        env = dict(
+            os.environ,
+            SLURM_PROCID=str(rank),
+            SLURM_LOCALID=str(rank),
+            SLURM_NTASKS="2",
+            SLURM_NNODES="1",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+        )
+        cmd = [
+            sys.executable,
+            "-m",
+            "splatfacto_dist.cli",
+            "splatfacto-dist",
+            *ARGS,
+            "--output-dir",
+            str(tmp_path),
+            "colmap",
+            "--data",
+            str(scene),
+        ]
         procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     logs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n".join(log[-2000:] for log in logs)
@@ -69,14 +99,27 @@ def test_prespawned_ranks_train_the_parsed_job(tmp_path, scene, capfd):
     from splatfacto_dist import launch
     from splatfacto_dist.prespawn import Prespawned
 
-    config = _parsed(["splatfacto-dist", *ARGS, "--machine.num-devices", "2", "--output-dir", str(tmp_path),
-                      "colmap", "--data", str(scene)])
+    config = _parsed(
+        [
+            "splatfacto-dist",
+            *ARGS,
+            "--machine.num-devices",
+            "2",
+            "--output-dir",
+            str(tmp_path),
+            "colmap",
+            "--data",
+            str(scene),
+        ]
+    )
     ranks = Prespawned(2)
     launch.launch(config, ranks)
     out = capfd.readouterr().out
     _finished(out, 2)
     assert list(Path(tmp_path).glob("*/splatfacto-dist/run/nerfstudio_models/*.ckpt"))
-    stages = ", ".join(f"{stage} [\\d.]+" for stage in ("imports", "command line", "process group", "setup", "images", "first step"))
+    stages = ", ".join(
+        f"{stage} [\\d.]+" for stage in ("imports", "command line", "process group", "setup", "images", "first step")
+    )
     assert len(re.findall(rf"rank \d: start-up [\d.]+ s \({stages}\)", out)) == 2
 
 
@@ -91,8 +134,21 @@ def test_a_failing_prespawned_rank_stops_the_others(tmp_path, scene):
     broken = tmp_path / "scene"
     subprocess.run(["cp", "-r", str(scene), str(broken)], check=True)
     (broken / "images" / "frame_0005.png").write_bytes(b"not a png")
-    config = _parsed(["splatfacto-dist", *TINY, "--max-num-iterations", "400", "--machine.num-devices", "2",
-                      "--output-dir", str(tmp_path), "colmap", "--data", str(broken)])
+    config = _parsed(
+        [
+            "splatfacto-dist",
+            *TINY,
+            "--max-num-iterations",
+            "400",
+            "--machine.num-devices",
+            "2",
+            "--output-dir",
+            str(tmp_path),
+            "colmap",
+            "--data",
+            str(broken),
+        ]
+    )
     ranks = Prespawned(2)
     start = time.monotonic()
     with pytest.raises(RankFailed) as failed:

@@ -16,11 +16,10 @@ import psutil
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-
 from conftest import TINY, free_port
+
 from splatfacto_dist import comm
 from splatfacto_dist.trainer import DistTrainer
-
 
 
 def _in_group(rank: int, world: int, port: int, fn, results) -> None:
@@ -64,6 +63,7 @@ def _pause_then_stop(rank: int):
         config=SimpleNamespace(control_every=1), training_state="training", stop_training=False, device="cpu"
     )
     if rank == 0:
+
         def viewer():
             time.sleep(0.3)
             trainer.training_state = "paused"
@@ -71,6 +71,7 @@ def _pause_then_stop(rank: int):
             trainer.training_state = "training"
             time.sleep(0.3)
             trainer.stop_training = True
+
         threading.Thread(target=viewer, daemon=True).start()
     events = []
     for step in range(10_000):
@@ -92,8 +93,21 @@ def test_viewer_pause_and_stop_on_rank_0_reach_every_rank():
 
 
 def _train_cmd(scene: Path, out: Path, *extra: str) -> list:
-    return [sys.executable, "-m", "splatfacto_dist.cli", "splatfacto-dist", *TINY, "--machine.num-devices", "2",
-            "--output-dir", str(out), *extra, "colmap", "--data", str(scene)]
+    return [
+        sys.executable,
+        "-m",
+        "splatfacto_dist.cli",
+        "splatfacto-dist",
+        *TINY,
+        "--machine.num-devices",
+        "2",
+        "--output-dir",
+        str(out),
+        *extra,
+        "colmap",
+        "--data",
+        str(scene),
+    ]
 
 
 def test_a_failing_rank_stops_every_rank_promptly_with_its_error(tmp_path, scene):
@@ -101,8 +115,9 @@ def test_a_failing_rank_stops_every_rank_promptly_with_its_error(tmp_path, scene
     subprocess.run(["cp", "-r", str(scene), str(broken)], check=True)
     (broken / "images" / "frame_0005.png").write_bytes(b"not a png")  # one rank's image
     start = time.monotonic()
-    proc = subprocess.run(_train_cmd(broken, tmp_path / "out", "--max-num-iterations", "400"),
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        _train_cmd(broken, tmp_path / "out", "--max-num-iterations", "400"), capture_output=True, text=True, timeout=300
+    )
     log = proc.stdout + proc.stderr
     assert proc.returncode != 0
     failures = [line for line in log.splitlines() if "failed:" in line and line.startswith("rank ")]
@@ -112,8 +127,18 @@ def test_a_failing_rank_stops_every_rank_promptly_with_its_error(tmp_path, scene
 
 def test_rank_0_keeps_the_viewer_open_while_the_other_ranks_exit(tmp_path, scene):
     port = free_port()
-    cmd = _train_cmd(scene, tmp_path / "out", "--max-num-iterations", "60", "--vis", "viewer+tensorboard",
-                     "--viewer.websocket-port", str(port), "--viewer.quit-on-train-completion", "False")
+    cmd = _train_cmd(
+        scene,
+        tmp_path / "out",
+        "--max-num-iterations",
+        "60",
+        "--vis",
+        "viewer+tensorboard",
+        "--viewer.websocket-port",
+        str(port),
+        "--viewer.quit-on-train-completion",
+        "False",
+    )
     log = open(tmp_path / "log.txt", "w")
     launcher = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:

@@ -1,6 +1,5 @@
 import pytest
 import torch
-
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.data.scene_box import SceneBox
 

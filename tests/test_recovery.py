@@ -11,7 +11,6 @@ import time
 import psutil
 import pytest
 import torch
-
 from conftest import TINY, tool, train
 from test_equivalence import SCHEDULE, renders
 
@@ -22,9 +21,15 @@ def test_resume_on_another_process_count_equals_training_straight(tmp_path, scen
     (2 ranks of 1 camera, or 1 process rendering the same 2 cameras) == 2 ranks for steps 0-47."""
     layout = {2: [], 1: ["--pipeline.datamanager.cameras-per-rank", "2", "--pipeline.datamanager.data-shards", "2"]}
     straight = train(tmp_path / "straight", scene, 2, SCHEDULE)
-    first = train(tmp_path / "first", scene, first_procs, SCHEDULE + layout[first_procs] + ["--max-num-iterations", "33"])
-    resumed = train(tmp_path / "resumed", scene, then_procs, SCHEDULE + layout[then_procs] + [
-        "--max-num-iterations", "15", "--load-dir", str(first / "nerfstudio_models")])
+    first = train(
+        tmp_path / "first", scene, first_procs, SCHEDULE + layout[first_procs] + ["--max-num-iterations", "33"]
+    )
+    resumed = train(
+        tmp_path / "resumed",
+        scene,
+        then_procs,
+        SCHEDULE + layout[then_procs] + ["--max-num-iterations", "15", "--load-dir", str(first / "nerfstudio_models")],
+    )
     assert "continuing at step 33" in (tmp_path / "resumed" / "train.log").read_text()
     (ckpt,) = (resumed / "nerfstudio_models").glob("*.ckpt")
     assert ckpt.name == "step-000000047.ckpt"
@@ -37,7 +42,9 @@ def test_resume_on_another_process_count_equals_training_straight(tmp_path, scen
 
 def test_resume_counts_images_across_gpu_counts(tmp_path, scene):
     first = train(tmp_path / "first", scene, 2, ["--max-num-iterations", "64"])  # steps 0-31, 2 images each
-    train(tmp_path / "resumed", scene, 1, ["--max-num-iterations", "16", "--load-dir", str(first / "nerfstudio_models")])
+    train(
+        tmp_path / "resumed", scene, 1, ["--max-num-iterations", "16", "--load-dir", str(first / "nerfstudio_models")]
+    )
     log = (tmp_path / "resumed" / "train.log").read_text()
     assert "images seen: 64, continuing at step 64" in log
     (ckpt,) = (tmp_path / "resumed").glob("*/splatfacto-dist/run/nerfstudio_models/*.ckpt")
@@ -46,9 +53,28 @@ def test_resume_counts_images_across_gpu_counts(tmp_path, scene):
 
 def test_killed_rank_stops_the_job_and_the_last_checkpoint_resumes(tmp_path, scene):
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "splatfacto_dist.cli", "splatfacto-dist", *TINY, "--machine.num-devices", "2",
-           "--output-dir", str(out), "--timestamp", "run", "--max-num-iterations", "100000",
-           "--steps-per-save", "20", "--save-only-latest-checkpoint", "False", "colmap", "--data", str(scene)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "splatfacto_dist.cli",
+        "splatfacto-dist",
+        *TINY,
+        "--machine.num-devices",
+        "2",
+        "--output-dir",
+        str(out),
+        "--timestamp",
+        "run",
+        "--max-num-iterations",
+        "100000",
+        "--steps-per-save",
+        "20",
+        "--save-only-latest-checkpoint",
+        "False",
+        "colmap",
+        "--data",
+        str(scene),
+    ]
     log = open(tmp_path / "log.txt", "w")
     launcher = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 300
@@ -91,15 +117,29 @@ def test_busy_port_fails_in_one_line(scene):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        proc = _launch("--machine.num-devices", "2", "--machine.dist-url", f"tcp://127.0.0.1:{port}",
-                       "colmap", "--data", str(scene))
+        proc = _launch(
+            "--machine.num-devices",
+            "2",
+            "--machine.dist-url",
+            f"tcp://127.0.0.1:{port}",
+            "colmap",
+            "--data",
+            str(scene),
+        )
     assert f"port {port}" in _error_line(proc)
 
 
 def test_cuda_without_a_gpu_fails_in_one_line(scene):
     if torch.cuda.is_available():
-        proc = _launch("--machine.device-type", "cuda", "--machine.num-devices", str(torch.cuda.device_count() + 1),
-                       "colmap", "--data", str(scene))
+        proc = _launch(
+            "--machine.device-type",
+            "cuda",
+            "--machine.num-devices",
+            str(torch.cuda.device_count() + 1),
+            "colmap",
+            "--data",
+            str(scene),
+        )
         assert "GPU(s) are visible" in _error_line(proc)
     else:
         proc = _launch("--machine.device-type", "cuda", "colmap", "--data", str(scene))
@@ -107,7 +147,9 @@ def test_cuda_without_a_gpu_fails_in_one_line(scene):
 
 
 def test_incompatible_batch_settings_fail_in_one_line(scene):
-    proc = _launch("--machine.num-devices", "2", "--pipeline.datamanager.data-shards", "3", "colmap", "--data", str(scene))
+    proc = _launch(
+        "--machine.num-devices", "2", "--pipeline.datamanager.data-shards", "3", "colmap", "--data", str(scene)
+    )
     assert "multiple of the world size 2" in _error_line(proc)
 
 
@@ -115,6 +157,10 @@ def test_more_gpus_than_visible_fail_in_one_line_under_ns_train_too(scene):
     """Checked while the command line is parsed, so nerfstudio's own launcher never spawns."""
     wanted = str(max(2, torch.cuda.device_count() + 1))
     args = ["--machine.device-type", "cuda", "--machine.num-devices", wanted, "colmap", "--data", str(scene)]
-    for proc in (_launch(*args), subprocess.run([tool("ns-train"), "splatfacto-dist", *TINY, *args],
-                                                 capture_output=True, text=True, timeout=300)):
+    for proc in (
+        _launch(*args),
+        subprocess.run(
+            [tool("ns-train"), "splatfacto-dist", *TINY, *args], capture_output=True, text=True, timeout=300
+        ),
+    ):
         assert f"--machine.num-devices {wanted} but only {torch.cuda.device_count()} GPU(s)" in _error_line(proc)

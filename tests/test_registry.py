@@ -1,8 +1,8 @@
 import subprocess
 
+from conftest import tool
 from nerfstudio.plugins.registry import discover_methods
 
-from conftest import tool
 from splatfacto_dist.datamanager import ShardedFullImageDatamanagerConfig
 from splatfacto_dist.model import SplatfactoDistModelConfig
 from splatfacto_dist.trainer import DistTrainerConfig
@@ -35,9 +35,27 @@ def test_our_launchers_short_parse_of_splatfacto_dist_equals_ns_trains_parse():
 
     for options in (
         ["colmap", "--data", "scene"],
-        ["--vis", "tensorboard", "--max-num-iterations", "123", "--machine.device-type", "cpu", "--machine.num-devices", "2", "--pipeline.model.seed", "5",
-         "--pipeline.datamanager.cameras-per-rank", "2", "--batch-optimizer-scaling", "linear", "nerfstudio-data",
-         "--data", "scene", "--downscale-factor", "2"],
+        [
+            "--vis",
+            "tensorboard",
+            "--max-num-iterations",
+            "123",
+            "--machine.device-type",
+            "cpu",
+            "--machine.num-devices",
+            "2",
+            "--pipeline.model.seed",
+            "5",
+            "--pipeline.datamanager.cameras-per-rank",
+            "2",
+            "--batch-optimizer-scaling",
+            "linear",
+            "nerfstudio-data",
+            "--data",
+            "scene",
+            "--downscale-factor",
+            "2",
+        ],
     ):
         ours = parse(["splatfacto-dist", *options])
         assert isinstance(ours, DistTrainerConfig)

@@ -47,8 +47,17 @@ def test_renders_of_one_step_by_image_size_count_like_one_render():
     for c in range(2):
         part = means2d[c : c + 1].clone()
         part.absgrad = means2d.absgrad[c : c + 1]  # each render carries weight 1/2 of the same loss
-        parts.append(dict(width=64, height=48, n_cameras=1, radii=radii[c : c + 1], gaussian_ids=None,
-                          means2d=part, views_in_loss=2))
+        parts.append(
+            dict(
+                width=64,
+                height=48,
+                n_cameras=1,
+                radii=radii[c : c + 1],
+                gaussian_ids=None,
+                means2d=part,
+                views_in_loss=2,
+            )
+        )
     strategy = SynchronizedDefaultStrategy(absgrad=True, refine_scale2d_stop_iter=100)
     at_once, by_part = strategy.initialize_state(), strategy.initialize_state()
     params = {"means": torch.zeros(N, 3)}

@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List
 
+import ecosystem
 import numpy as np
 import pytest
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-import ecosystem
 from conftest import train
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 
 def losses(run: Path) -> List[float]:
@@ -22,8 +21,12 @@ def losses(run: Path) -> List[float]:
 def two_process_run(tmp_path_factory, scene) -> Path:
     out = tmp_path_factory.mktemp("two")
     # Evaluates all eval images (split across the 2 ranks) at the last step, 478 images = step 239.
-    return train(out, scene, 2, ["--max-num-iterations", "480", "--verify-replicas-every", "1",
-                                 "--steps-per-eval-all-images", "478"])
+    return train(
+        out,
+        scene,
+        2,
+        ["--max-num-iterations", "480", "--verify-replicas-every", "1", "--steps-per-eval-all-images", "478"],
+    )
 
 
 def assert_trained(run: Path, min_refines: int) -> None:

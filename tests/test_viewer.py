@@ -7,12 +7,10 @@ import sys
 import time
 
 import numpy as np
+from conftest import TINY, free_port
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-from conftest import TINY, free_port
 from viewer_probe import HeadlessChromium
-
 
 
 def _last_step(run_root) -> int:
@@ -38,10 +36,30 @@ def _scene_share(shot: np.ndarray) -> float:
 def test_viewer_shows_the_training_scene_follows_a_camera_move_and_training_finishes(tmp_path, scene):
     port = free_port()
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "splatfacto_dist.cli", "splatfacto-dist", *TINY, "--machine.num-devices", "2",
-           "--vis", "viewer+tensorboard", "--viewer.websocket-port", str(port),
-           "--viewer.quit-on-train-completion", "True", "--max-num-iterations", "1400",
-           "--output-dir", str(out), "--timestamp", "run", "colmap", "--data", str(scene)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "splatfacto_dist.cli",
+        "splatfacto-dist",
+        *TINY,
+        "--machine.num-devices",
+        "2",
+        "--vis",
+        "viewer+tensorboard",
+        "--viewer.websocket-port",
+        str(port),
+        "--viewer.quit-on-train-completion",
+        "True",
+        "--max-num-iterations",
+        "1400",
+        "--output-dir",
+        str(out),
+        "--timestamp",
+        "run",
+        "colmap",
+        "--data",
+        str(scene),
+    ]
     log = open(tmp_path / "log.txt", "w")
     launcher = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     browser = None

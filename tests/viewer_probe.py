@@ -10,10 +10,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from websockets.sync.client import connect
-
 from conftest import free_port
-
+from websockets.sync.client import connect
 
 
 class HeadlessChromium:
@@ -23,11 +21,25 @@ class HeadlessChromium:
         self.port = free_port()
         self.profile = tempfile.TemporaryDirectory(ignore_cleanup_errors=True)
         self.proc = subprocess.Popen(
-            ["chromium", "--headless=new", "--no-sandbox", "--disable-gpu", "--enable-unsafe-swiftshader",
-             "--use-angle=swiftshader", "--no-first-run", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--disable-quic", f"--window-size={width},{height}",
-             f"--user-data-dir={self.profile.name}", f"--remote-debugging-port={self.port}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                "chromium",
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--enable-unsafe-swiftshader",
+                "--use-angle=swiftshader",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-quic",
+                f"--window-size={width},{height}",
+                f"--user-data-dir={self.profile.name}",
+                f"--remote-debugging-port={self.port}",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 30
         while True:

@@ -3,7 +3,7 @@ weights and raises on machines without network. The benchmark puts this director
 PYTHONPATH for the stock run only; splatfacto-dist itself never needs it."""
 
 import torch
-import torchmetrics.image.lpip as lpip
+from torchmetrics.image import lpip
 
 
 class _NoLPIPS(torch.nn.Module):
