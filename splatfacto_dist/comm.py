@@ -9,7 +9,7 @@ thread: a collective that only rank 0 enters never completes.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Dict, Iterable, Iterator, List, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -103,13 +103,13 @@ def reduce_densification_stats(state: Dict[str, Any]) -> None:
         dist.all_reduce(state["radii"], op=dist.ReduceOp.MAX)
 
 
-def broadcast_int(value: int, src: int = 0, device: torch.device = torch.device("cpu")) -> int:
-    """Rank `src`'s `value` on every rank (control words such as pause/stop)."""
+def broadcast_ints(values: List[int], src: int = 0, device: torch.device = torch.device("cpu")) -> List[int]:
+    """Rank `src`'s `values` on every rank (control words such as pause/stop)."""
     if not is_distributed():
-        return value
-    t = torch.tensor([value], dtype=torch.int64, device=_comm_device(device))
+        return list(values)
+    t = torch.tensor(values, dtype=torch.int64, device=_comm_device(device))
     dist.broadcast(t, src)
-    return int(t.item())
+    return [int(v) for v in t.tolist()]
 
 
 def all_gather_objects(obj: Any) -> List[Any]:
@@ -172,3 +172,87 @@ def shared_rng(seed: int, step: int, device: torch.device) -> Iterator[None]:
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed * 1_000_003 + step)
         yield
+
+
+def _to_comm(t: torch.Tensor) -> torch.Tensor:
+    return t.to(_comm_device(t.device)).contiguous()
+
+
+def all_gather_ints(value: int, device: torch.device = torch.device("cpu")) -> List[int]:
+    """Every rank's `value`, in rank order."""
+    if not is_distributed():
+        return [value]
+    local = torch.tensor([value], dtype=torch.int64, device=_comm_device(device))
+    out = [torch.empty_like(local) for _ in range(world_size())]
+    dist.all_gather(out, local)
+    return [int(t.item()) for t in out]
+
+
+def all_reduce_ints(values: List[int], device: torch.device = torch.device("cpu")) -> List[int]:
+    """Element-wise sums over ranks of small integer vectors (refine counts)."""
+    if not is_distributed():
+        return list(values)
+    t = torch.tensor(values, dtype=torch.int64, device=_comm_device(device))
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return [int(v) for v in t.tolist()]
+
+
+def all_gather_rows(rows: torch.Tensor) -> List[torch.Tensor]:
+    """Every rank's [n_r, D] `rows` (n_r may differ), in rank order, on `rows`' device."""
+    if not is_distributed():
+        return [rows]
+    counts = all_gather_ints(rows.shape[0], rows.device)
+    padded = torch.zeros((max(counts), *rows.shape[1:]), dtype=rows.dtype, device=_comm_device(rows.device))
+    padded[: rows.shape[0]] = rows.to(padded.device)
+    out = [torch.empty_like(padded) for _ in counts]
+    dist.all_gather(out, padded)
+    return [t[:n].to(rows.device) for t, n in zip(out, counts)]
+
+
+def exchange_counts(send_counts: List[int], device: torch.device = torch.device("cpu")) -> List[int]:
+    """How many rows each rank will send here, given how many this rank sends to each."""
+    if not is_distributed():
+        return list(send_counts)
+    send = torch.tensor(send_counts, dtype=torch.int64, device=_comm_device(device))
+    recv = torch.empty_like(send)
+    dist.all_to_all_single(recv, send)
+    return [int(v) for v in recv.tolist()]
+
+
+def all_to_all_rows(send: torch.Tensor, send_counts: List[int], recv_counts: List[int]) -> torch.Tensor:
+    """Send consecutive blocks of `send`'s rows (`send_counts[r]` to rank r); receive the blocks
+    addressed here, in rank order (gloo has only this uneven single-tensor form, NCCL both)."""
+    if not is_distributed():
+        return send
+    source = _to_comm(send)
+    recv = torch.empty((sum(recv_counts), *send.shape[1:]), dtype=send.dtype, device=source.device)
+    dist.all_to_all_single(recv, source, output_split_sizes=recv_counts, input_split_sizes=send_counts)
+    return recv.to(send.device)
+
+
+def gather_rows_to_main(rows: torch.Tensor, chunk_rows: int = 1 << 18) -> Optional[torch.Tensor]:
+    """Every rank's [n_r, D] `rows` concatenated in rank order, on rank 0's CPU (None elsewhere).
+
+    Rows travel in chunks rank by rank, so no GPU ever holds more than its own rows and one
+    chunk: a sharded model is gathered for a checkpoint without fitting on one GPU.
+    """
+    if not is_distributed():
+        return rows.detach().cpu()
+    counts = all_gather_ints(rows.shape[0], rows.device)
+    if not is_main():
+        source = _to_comm(rows.detach())
+        for start in range(0, counts[rank()], chunk_rows):
+            dist.send(source[start : start + chunk_rows].contiguous(), dst=0)
+        return None
+    parts = [rows.detach().cpu()]
+    device = _comm_device(rows.device)
+    for src in range(1, world_size()):
+        part = torch.empty((counts[src], *rows.shape[1:]), dtype=rows.dtype)
+        for start in range(0, counts[src], chunk_rows):
+            chunk = torch.empty(
+                (min(chunk_rows, counts[src] - start), *rows.shape[1:]), dtype=rows.dtype, device=device
+            )
+            dist.recv(chunk, src=src)
+            part[start : start + len(chunk)] = chunk.cpu()
+        parts.append(part)
+    return torch.cat(parts)

@@ -14,9 +14,7 @@ import socket
 import sys
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
-from typing import List, Optional
-from urllib.parse import urlparse
+from typing import TYPE_CHECKING, List, Optional
 
 import numpy as np
 import torch
@@ -29,20 +27,13 @@ from nerfstudio.utils import comms
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from splatfacto_dist import comm
-from splatfacto_dist.datamanager import CameraSchedule, ConfigError
-from splatfacto_dist.prespawn import Prespawned
+from splatfacto_dist.preflight import LaunchError, check_job
 from splatfacto_dist.profiling import STARTUP
-from splatfacto_dist.trainer import too_many_gpus
+
+if TYPE_CHECKING:
+    from splatfacto_dist.prespawn import Prespawned
 
 DEFAULT_TIMEOUT = timedelta(minutes=10)
-
-
-class LaunchError(SystemExit):
-    """A configuration that cannot run; carries the one line to show the user."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(2)
-        self.message = message
 
 
 @dataclass
@@ -72,46 +63,6 @@ def _env_job() -> Optional[Job]:
         url = f"tcp://{env['MASTER_ADDR']}:{env.get('MASTER_PORT', '29500')}"
         return Job(world, per_machine, rank // per_machine, url, local, rank)
     return None
-
-
-def _data_path(config: TrainerConfig) -> Optional[Path]:
-    datamanager = config.pipeline.datamanager
-    data = config.data or getattr(datamanager, "data", None) or getattr(datamanager.dataparser, "data", None)
-    return Path(data) if data is not None else None
-
-
-def check_config(config: TrainerConfig, job: Job) -> None:
-    """Fail early, in one line, on what cannot work."""
-    machine = config.machine
-    if machine.device_type == "cuda":
-        if not torch.cuda.is_available():
-            raise LaunchError("CUDA is not available here; train on CPU with --machine.device-type cpu")
-        error = too_many_gpus(job.num_devices_per_machine)
-        if error:
-            raise LaunchError(error)
-    datamanager = config.pipeline.datamanager
-    if hasattr(datamanager, "cameras_per_rank"):
-        try:  # the camera count is unknown here: check the settings against the smallest valid one
-            shards = datamanager.data_shards or job.world_size
-            CameraSchedule(max(shards, 1), shards, 0, job.world_size, datamanager.cameras_per_rank, 0)
-        except ConfigError as err:
-            raise LaunchError(str(err)) from None
-    data = _data_path(config)
-    if config.load_config is None and (data is None or not data.exists()):
-        raise LaunchError(f"data path {data} does not exist (pass --data DIR or the dataparser's --data)")
-    if job.world_size > 1 and job.init_method.startswith("tcp://") and job.machine_rank == 0 and job.local_rank is None:
-        url = urlparse(job.init_method)
-        if url.hostname in ("127.0.0.1", "localhost", "0.0.0.0", socket.gethostname()) and not _port_free(url.port):
-            raise LaunchError(f"port {url.port} of --machine.dist-url {job.init_method} is in use; choose another port")
-
-
-def _port_free(port: Optional[int]) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind(("", port or 0))
-        except OSError:
-            return False
-    return True
 
 
 def _free_port() -> int:
@@ -186,7 +137,7 @@ def launch(config: TrainerConfig, ranks: Optional[Prespawned] = None) -> None:
                 raise LaunchError("--machine.dist-url auto only works on one machine; give tcp://HOST:PORT")
             url = f"tcp://127.0.0.1:{_free_port()}"
         job = Job(world, machine.num_devices, machine.machine_rank, url)
-    check_config(config, job)
+    check_job(config, job)
     if job.local_rank is not None:
         run_rank(job.local_rank, config, job)
     elif job.num_devices_per_machine == 1:

@@ -15,8 +15,9 @@ What changes and why:
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple, Type, Union
+from typing import Dict, List, Literal, Optional, Tuple, Type, Union
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +30,7 @@ from pytorch_msssim import SSIM
 from torchmetrics.image import PeakSignalNoiseRatio
 
 from splatfacto_dist import comm
+from splatfacto_dist.layout import make_layout
 from splatfacto_dist.metrics import LazyLPIPS
 from splatfacto_dist.raster import rasterize
 from splatfacto_dist.strategy import SynchronizedDefaultStrategy
@@ -43,6 +45,9 @@ class SplatfactoDistModelConfig(SplatfactoModelConfig):
     """Seed of every random draw that changes the model (initial Gaussians, training backgrounds,
     split samples), the same on all ranks (nerfstudio seeds its global generators with seed + rank).
     Default: --machine.seed."""
+    gaussian_layout: Literal["replicated", "sharded"] = "replicated"
+    """Where the Gaussians live: 'replicated' (every rank holds all) or 'sharded' (each rank owns 1/N
+    with its optimizer state, so the scene can be N times larger)."""
     images_per_step: int = 1
     """Images rendered per step across all ranks. Set by the trainer when it converts the schedule
     from images to steps; it sizes the pause after an opacity reset (one pass over the cameras)."""
@@ -68,8 +73,10 @@ class SplatfactoDistModel(SplatfactoModel):
     config: SplatfactoDistModelConfig
 
     def populate_modules(self) -> None:
+        self.layout = make_layout(self.config.gaussian_layout)
+        gaussians, ids = self.layout.take_initial(self._initial_gaussians())
         self.gauss_params = torch.nn.ParameterDict(
-            {name: torch.nn.Parameter(value.contiguous()) for name, value in self._initial_gaussians().items()}
+            {name: torch.nn.Parameter(value.contiguous()) for name, value in gaussians.items()}
         )
         self.camera_optimizer = self.config.camera_optimizer.setup(num_cameras=self.num_train_data, device="cpu")
         self.psnr = PeakSignalNoiseRatio(data_range=1.0)
@@ -108,8 +115,10 @@ class SplatfactoDistModel(SplatfactoModel):
             revised_opacity=False,
             verbose=comm.is_main(),
             seed=self.seed,
+            layout=self.layout,
         )
         self.strategy_state = self.strategy.initialize_state(scene_scale=1.0)
+        self.strategy_state["ids"] = ids
 
     @property
     def seed(self) -> int:
@@ -190,19 +199,61 @@ class SplatfactoDistModel(SplatfactoModel):
         viewmats[:, :3, 3:4] = -torch.bmm(R_inv, T)
         return viewmats
 
+    def _gaussian_inputs(self) -> Tuple[Dict[str, torch.Tensor], Optional[int]]:
+        """The rasterizer's per-Gaussian inputs (activated; SH cut to the active degree) and that degree."""
+        params = self.gauss_params
+        if self.config.sh_degree > 0:
+            sh_degree: Optional[int] = min(self.step // self.config.sh_degree_interval, self.config.sh_degree)
+            active = (sh_degree + 1) ** 2
+            colors = torch.cat((params["features_dc"][:, None, :], params["features_rest"][:, : active - 1]), dim=1)
+        else:
+            colors = torch.sigmoid(params["features_dc"])
+            sh_degree = None
+        gaussians = {
+            "means": params["means"],
+            "quats": params["quats"],
+            "scales": torch.exp(params["scales"]),
+            "opacities": torch.sigmoid(params["opacities"]).squeeze(-1),
+            "colors": colors,
+        }
+        return gaussians, sh_degree
+
+    def _rasterize_cropped(self, **kwargs) -> Tuple:
+        """`rasterize`, keeping only the Gaussians in the viewer's crop box (outside training)."""
+        if self.crop_box is not None and not self.training:
+            inside = self.crop_box.within(kwargs["means"]).squeeze(-1)
+            kwargs.update({k: kwargs[k][inside] for k in ("means", "quats", "scales", "opacities", "colors")})
+        return rasterize(**kwargs)
+
     def get_outputs(self, camera: Cameras) -> Dict[str, Union[torch.Tensor, List]]:
-        """Render C same-sized cameras; outputs are [C, H, W, .] (stock shapes when C == 1)."""
+        """Render C same-sized cameras; outputs are [C, H, W, .] (stock shapes when C == 1).
+
+        Called from the viewer's thread, the render is handed to the training thread, where (in
+        sharded mode) every rank takes part in it."""
         if not isinstance(camera, Cameras):
             return {}
+        if threading.current_thread() is self.layout.training_thread:
+            return self._render(camera)
+        return self.layout.render_for_viewer(lambda: self._render_for_viewer(camera))
+
+    def _render_for_viewer(self, camera: Cameras) -> Dict[str, Union[torch.Tensor, List]]:
+        was_training = self.training
+        self.train(False)
+        try:
+            with torch.no_grad():
+                return self._render(camera)
+        finally:
+            self.train(was_training)
+
+    def serve_render(self) -> None:
+        """Take part in a render another rank asked for (sharded mode: its eval or viewer camera)."""
+        with torch.no_grad():
+            gaussians, _ = self._gaussian_inputs()
+            self.layout.serve(gaussians)
+
+    def _render(self, camera: Cameras) -> Dict[str, Union[torch.Tensor, List]]:
         n_views = camera.shape[0]
         camera_to_worlds = self._camera_to_worlds(camera).to(self.device)
-        params = self.gauss_params
-        if self.crop_box is not None and not self.training:
-            crop_ids = self.crop_box.within(self.means).squeeze()
-            if crop_ids.sum() == 0:
-                return self.get_empty_outputs(int(camera.width[0]), int(camera.height[0]), self.background_color)
-            params = {name: value[crop_ids] for name, value in self.gauss_params.items()}
-
         scale = self._get_downscale_factor()
         camera.rescale_output_resolution(1 / scale)
         Ks = camera.get_intrinsics_matrices().to(self.device)
@@ -210,18 +261,11 @@ class SplatfactoDistModel(SplatfactoModel):
         camera.rescale_output_resolution(scale)
         self.last_size = (H, W)
 
-        colors = torch.cat((params["features_dc"][:, None, :], params["features_rest"]), dim=1)
-        if self.config.sh_degree > 0:
-            sh_degree: Optional[int] = min(self.step // self.config.sh_degree_interval, self.config.sh_degree)
-        else:
-            colors, sh_degree = torch.sigmoid(colors).squeeze(1), None
+        gaussians, sh_degree = self._gaussian_inputs()
         render_mode = "RGB+ED" if self.config.output_depth_during_training or not self.training else "RGB"
-        render, alpha, self.info = rasterize(
-            means=params["means"],
-            quats=params["quats"],
-            scales=torch.exp(params["scales"]),
-            opacities=torch.sigmoid(params["opacities"]).squeeze(-1),
-            colors=colors,
+        render, alpha, self.info = self.layout.render(
+            self._rasterize_cropped,
+            gaussians,
             viewmats=self._viewmats(camera_to_worlds),
             Ks=Ks,
             width=W,
@@ -310,7 +354,8 @@ class SplatfactoDistModel(SplatfactoModel):
         if self.config.use_scale_regularization and self.step % 10 == 0:
             scale_exp = torch.exp(self.scales)
             ratio = scale_exp.amax(dim=-1) / scale_exp.amin(dim=-1)
-            scale_reg = 0.1 * (torch.clamp_min(ratio, self.config.max_gauss_ratio) - self.config.max_gauss_ratio).mean()
+            excess = torch.clamp_min(ratio, self.config.max_gauss_ratio) - self.config.max_gauss_ratio
+            scale_reg = 0.1 * excess.sum() / max(self.layout.total, 1)  # a mean over every shard's Gaussians
         else:
             scale_reg = torch.zeros((), device=self.device)
         loss_dict = {

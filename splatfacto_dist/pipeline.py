@@ -44,7 +44,7 @@ class DistPipeline(VanillaPipeline):
             config, device, test_mode=test_mode, world_size=1, local_rank=local_rank, grad_scaler=grad_scaler
         )
         self.world_size = world_size
-        comm.broadcast_module_state(self.model)
+        self.model.layout.broadcast_initial(self.model)
 
     def get_train_loss_dict(self, step: int):
         with PHASES.phase("data"):
@@ -96,7 +96,14 @@ class DistPipeline(VanillaPipeline):
         local: List[Dict[str, float]] = []
         if output_path is not None:
             output_path.mkdir(exist_ok=True, parents=True)
-        for camera, batch in self.datamanager.fixed_indices_eval_dataloader:
+        views = self.datamanager.fixed_indices_eval_dataloader
+        # Sharded, every render needs every rank: ranks with fewer eval images serve the others.
+        rounds = max(comm.all_gather_ints(len(views))) if self.model.layout.sharded else len(views)
+        for i in range(rounds):
+            if i >= len(views):
+                self.model.serve_render()
+                continue
+            camera, batch = views[i]
             start = time.perf_counter()
             outputs = self.model.get_outputs_for_camera(camera=camera)
             metrics, images = self.model.get_image_metrics_and_images(outputs, batch)

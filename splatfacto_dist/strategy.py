@@ -1,10 +1,11 @@
-"""Densification that makes the same decision on every rank.
+"""Densification that takes the same decisions for a Gaussian wherever it is stored.
 
-Each rank accumulates gsplat's statistics (`grad2d`, `count`, `radii`) over its own cameras only.
-Just before a refine decision they are reduced across ranks, so the decision is the one a single
-process would take having rendered every rank's cameras; the split's random samples come from a
-generator seeded identically on every rank. With identical inputs, gsplat's duplicate / split /
-prune / reset ops then leave parameters and Adam moments bitwise identical everywhere.
+Statistics (`grad2d`, `count`, `radii`) are computed per rendered Gaussian and handed to the
+layout, which returns them to their owners (sharded) or keeps them (replicated, where they are
+all-reduced just before a refine). Either way the decision for a Gaussian is the one a single
+process would take having rendered every camera of the interval. Random draws are keyed by the
+Gaussians' ids (ops.py), and refine counts go to the layout, which keeps the total and rebalances
+shards.
 
 The per-step statistics update is also rewritten without `torch.where(mask)`: gsplat's version
 makes the host wait for the GPU on every step (a nonzero), which stops Python from queueing the
@@ -19,14 +20,21 @@ from typing import Any, Dict, Tuple, Union
 import torch
 from gsplat.strategy import DefaultStrategy
 
-from splatfacto_dist import comm
+from splatfacto_dist import ops
+from splatfacto_dist.layout import ReplicatedLayout
 
 
 @dataclass
 class SynchronizedDefaultStrategy(DefaultStrategy):
-    """gsplat's `DefaultStrategy` with cross-rank statistics and a shared random stream."""
+    """gsplat's `DefaultStrategy` with layout-aware statistics and id-keyed random draws."""
 
     seed: int = 0
+    layout: Any = None
+
+    def __post_init__(self) -> None:
+        if self.layout is None:
+            self.layout = ReplicatedLayout()
+        self._grown = 0
 
     @torch.no_grad()
     def _update_state(
@@ -36,7 +44,7 @@ class SynchronizedDefaultStrategy(DefaultStrategy):
         info: Dict[str, Any],
         packed: bool = False,
     ) -> None:
-        """gsplat's statistics update for unpacked [C, N] results, as masked sums (no host sync).
+        """gsplat's statistics update for unpacked [C, M] results, as masked sums (no host sync).
 
         `info` may also be the list of every render of the step (a batch of mixed image sizes is
         rendered in groups). Gradients are rescaled by the number of views the loss averaged over
@@ -46,23 +54,30 @@ class SynchronizedDefaultStrategy(DefaultStrategy):
             for part in info:
                 self._update_state(params, state, part, packed=packed)
             return None
-        if packed:
-            return super()._update_state(params, state, info, packed=packed)
+        assert not packed, "splatfacto-dist renders unpacked"
+        n = len(params["means"])
+        if state["ids"].device != params["means"].device:  # made on the CPU with the model
+            state["ids"] = state["ids"].to(params["means"].device)
+        track_radii = self.refine_scale2d_stop_iter > 0
+        for key in ("grad2d", "count") + (("radii",) if track_radii else ()):
+            if state[key] is None:
+                state[key] = torch.zeros(n, device=params["means"].device)
         means2d = info[self.key_for_gradient]
         views = info.get("views_in_loss", info["n_cameras"])
         grads = (means2d.absgrad if self.absgrad else means2d.grad).clone()
         grads[..., 0] *= info["width"] / 2.0 * views
         grads[..., 1] *= info["height"] / 2.0 * views
-        visible = info["radii"] > 0  # [C, N]
-        n = len(list(params.values())[0])
-        for key in ("grad2d", "count") + (("radii",) if self.refine_scale2d_stop_iter > 0 else ()):
-            if state[key] is None:
-                state[key] = torch.zeros(n, device=grads.device)
-        state["grad2d"] += torch.where(visible, grads.norm(dim=-1), 0.0).sum(dim=0)
-        state["count"] += visible.sum(dim=0)
-        if self.refine_scale2d_stop_iter > 0:
+        visible = info["radii"] > 0  # [C, M]
+        rows = torch.stack([torch.where(visible, grads.norm(dim=-1), 0.0).sum(dim=0), visible.sum(dim=0).float()], 1)
+        maxima = None
+        if track_radii:
             radii = torch.where(visible, info["radii"] / float(max(info["width"], info["height"])), 0.0)
-            state["radii"] = torch.maximum(state["radii"], radii.amax(dim=0))
+            maxima = radii.amax(dim=0)
+        sums, maxima = self.layout.stats_to_owners(rows, maxima, n)
+        state["grad2d"] += sums[:, 0]
+        state["count"] += sums[:, 1]
+        if track_radii:
+            state["radii"] = torch.maximum(state["radii"], maxima)
 
     @torch.no_grad()
     def _grow_gs(
@@ -72,6 +87,33 @@ class SynchronizedDefaultStrategy(DefaultStrategy):
         state: Dict[str, Any],
         step: int,
     ) -> Tuple[int, int]:
-        comm.reduce_densification_stats(state)
-        with comm.shared_rng(self.seed, step, state["grad2d"].device):
-            return super()._grow_gs(params, optimizers, state, step)
+        """gsplat's growth (same criteria, duplicates first, then splits), with id-keyed ops."""
+        self.layout.reduce_stats(state)
+        grads = state["grad2d"] / state["count"].clamp_min(1)
+        is_grad_high = grads > self.grow_grad2d
+        is_small = torch.exp(params["scales"]).max(dim=-1).values <= self.grow_scale3d * state["scene_scale"]
+        is_dupli = is_grad_high & is_small
+        is_split = is_grad_high & ~is_small
+        if step < self.refine_scale2d_stop_iter:
+            is_split |= state["radii"] > self.grow_scale2d
+        n_dupli, n_split = int(is_dupli.sum().item()), int(is_split.sum().item())
+        if n_dupli > 0:
+            ops.duplicate(params, optimizers, state, is_dupli, step)
+        is_split = torch.cat([is_split, torch.zeros(n_dupli, dtype=torch.bool, device=is_split.device)])
+        if n_split > 0:
+            ops.split(params, optimizers, state, is_split, self.seed, step, self.revised_opacity)
+        self._grown = n_dupli + n_split
+        return n_dupli, n_split
+
+    @torch.no_grad()
+    def _prune_gs(
+        self,
+        params: Union[Dict[str, torch.nn.Parameter], torch.nn.ParameterDict],
+        optimizers: Dict[str, torch.optim.Optimizer],
+        state: Dict[str, Any],
+        step: int,
+    ) -> int:
+        """gsplat's pruning, then the layout's bookkeeping (total count, shard balance)."""
+        n_prune = super()._prune_gs(params, optimizers, state, step)
+        self.layout.after_refine(params, optimizers, state, self._grown, n_prune)
+        return n_prune

@@ -1,20 +1,20 @@
 """DistTrainer: nerfstudio's Trainer with one training step that is correct on N ranks.
 
 One step, top to bottom (`train` -> `train_iteration`):
-  agree with rank 0 on pause/stop (every `control_every` steps) -> this rank's cameras ->
-  render + loss -> backward -> one flat all-reduce of every gradient -> optimizer step ->
-  densification callbacks (statistics reduced across ranks, shared RNG) -> log / eval / save.
+  agree with rank 0 on pause/stop and serve viewer renders (control.py, every `control_every`
+  steps) -> this rank's cameras -> render + loss (the Gaussian layout brings the Gaussians each
+  camera sees) -> backward -> the layout averages gradients -> optimizer step -> densification
+  callbacks (statistics from every camera, id-keyed draws) -> log / eval / save (checkpoint.py).
+Where the Gaussians live (replicated or sharded) is the model's `layout`; pre-flight checks are in
+preflight.py.
 """
 
 from __future__ import annotations
 
 import functools
-import os
 import resource
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import List, Literal, Optional, Tuple, Type
+from typing import Callable, Dict, List, Literal, Type
 
 import psutil
 import torch
@@ -26,13 +26,12 @@ from nerfstudio.utils.misc import step_check
 from nerfstudio.utils.rich_utils import CONSOLE
 from nerfstudio.utils.writer import EventName, TimeWriter
 
-from splatfacto_dist import comm
-from splatfacto_dist.checkpoint import save_atomic
+from splatfacto_dist import checkpoint, comm
+from splatfacto_dist.control import PAUSE, RUN, STOP, RankControl
 from splatfacto_dist.model import SplatfactoDistModelConfig
+from splatfacto_dist.preflight import refuse_at_parse
 from splatfacto_dist.profiling import PHASES, STARTUP
 from splatfacto_dist.scaling import ScalingRule, convert_images_to_steps, fuse_adam, scale_optimizers
-
-_RUN, _PAUSE, _STOP = 0, 1, 2
 
 
 @dataclass
@@ -64,22 +63,9 @@ class DistTrainerConfig(TrainerConfig):
     interval (e.g. a prime), or the sampled steps over-represent refinement."""
 
     def __post_init__(self) -> None:
-        """Refuse more CUDA devices than are visible while the command line is parsed: before
-        ns-train's own launcher spawns anything, and in one line instead of a traceback per rank."""
-        machine = self.machine
-        if machine.device_type == "cuda" and machine.num_devices > 1 and "RANK" not in os.environ:
-            error = too_many_gpus(machine.num_devices)
-            if error:
-                CONSOLE.print(f"[bold red]error:[/bold red] {error}")
-                raise SystemExit(2)
-
-
-def too_many_gpus(requested: int) -> Optional[str]:
-    """The one-line refusal of more CUDA devices per machine than this machine shows, or None."""
-    visible = torch.cuda.device_count()
-    if requested <= visible:
-        return None
-    return f"--machine.num-devices {requested} but only {visible} GPU(s) are visible on this machine"
+        """Refuse impossible settings while the command line is parsed: before ns-train's own
+        launcher spawns anything, and in one line instead of a traceback per rank."""
+        refuse_at_parse(self)
 
 
 class DistTrainer(Trainer):
@@ -105,9 +91,11 @@ class DistTrainer(Trainer):
             fuse_adam(config)
         scale_optimizers(config, self.images_per_step, config.batch_optimizer_scaling)
         PHASES.reset(config.profile_phases_every)
+        self.control = RankControl(config.control_every, torch.device(self.device))
 
     def setup(self, test_mode: Literal["test", "val", "inference"] = "val") -> None:
         super().setup(test_mode)
+        self.pipeline.model.layout.train_lock = self.train_lock  # the viewer lets it go while it waits
         STARTUP.mark("setup")
 
     def train(self) -> None:
@@ -180,30 +168,24 @@ class DistTrainer(Trainer):
         )
 
     def _agree_to_continue(self, step: int) -> bool:
-        """Adopt rank 0's pause/stop state; while paused, all ranks poll together.
+        """Adopt rank 0's pause/stop state and serve its waiting viewer renders (control.py)."""
 
-        The viewer (rank 0 only) pauses and stops training. Ranks meet every `control_every` steps
-        in a tiny broadcast; during a pause they keep meeting every 50 ms, so no rank ever waits
-        in a collective for longer than that (stock ranks would block in the next all-reduce
-        until NCCL's timeout).
-        """
-        if not comm.is_distributed():
-            while self.training_state == "paused" and not self.stop_training:
-                time.sleep(0.01)
-            return not self.stop_training
-        if step % max(self.config.control_every, 1):
-            return True
-        while True:
-            local = _STOP if self.stop_training else _PAUSE if self.training_state == "paused" else _RUN
-            agreed = comm.broadcast_int(local, device=torch.device(self.device))
-            if agreed != _PAUSE:
-                return agreed == _RUN
-            time.sleep(0.05)
+        def local_state() -> int:
+            return STOP if self.stop_training else PAUSE if self.training_state == "paused" else RUN
 
-    def _trainable_parameters(self) -> List[torch.nn.Parameter]:
+        return self.control.agree_to_continue(step, local_state, self.pipeline.model.layout, self._serve_render)
+
+    def _serve_render(self) -> None:
+        with self.train_lock:
+            self.pipeline.model.serve_render()
+
+    def _trainable_groups(self) -> Dict[str, List[torch.nn.Parameter]]:
         """The live parameters of every optimizer (densification replaces them; the optimizers' lists
         are what gsplat keeps current), in the same order on every rank."""
-        return [p for opt in self.optimizers.optimizers.values() for group in opt.param_groups for p in group["params"]]
+        return {
+            name: [p for group in opt.param_groups for p in group["params"]]
+            for name, opt in self.optimizers.optimizers.items()
+        }
 
     def train_iteration(self, step: int) -> TRAIN_INTERATION_OUTPUT:
         """Forward, backward, gradient all-reduce and optimizer step for this rank's cameras."""
@@ -217,7 +199,7 @@ class DistTrainer(Trainer):
         with PHASES.phase("backward"):
             self.grad_scaler.scale(loss).backward()  # type: ignore[union-attr]
         with PHASES.phase("all-reduce"):
-            comm.average_gradients(self._trainable_parameters())
+            self.pipeline.model.layout.average_gradients(self._trainable_groups())
         with PHASES.phase("optimizer"):
             needs_step = [g for g in groups if step % accumulation[g] == accumulation[g] - 1]
             self.optimizers.optimizer_scaler_step_some(self.grad_scaler, needs_step)
@@ -229,20 +211,34 @@ class DistTrainer(Trainer):
 
     @check_eval_enabled
     def eval_iteration(self, step: int) -> None:
-        """Single-image evals on rank 0 only; the all-images eval is shared by every rank."""
-        if comm.is_main() and step_check(step, self.config.steps_per_eval_batch):
-            _, eval_loss_dict, eval_metrics_dict = self.pipeline.get_eval_loss_dict(step=step)
-            writer.put_scalar(name="Eval Loss", scalar=functools.reduce(torch.add, eval_loss_dict.values()), step=step)
-            writer.put_dict(name="Eval Loss Dict", scalar_dict=eval_loss_dict, step=step)
-            writer.put_dict(name="Eval Metrics Dict", scalar_dict=eval_metrics_dict, step=step)
-        if comm.is_main() and step_check(step, self.config.steps_per_eval_image):
-            metrics_dict, images_dict = self.pipeline.get_eval_image_metrics_and_images(step=step)
-            writer.put_dict(name="Eval Images Metrics", scalar_dict=metrics_dict, step=step)
-            for image_name, image in images_dict.items():
-                writer.put_image(name="Eval Images/" + image_name, image=image, step=step)
+        """Single-image evals on rank 0 (the other ranks serve its render when sharded); the
+        all-images eval is shared by every rank."""
+        if step_check(step, self.config.steps_per_eval_batch):
+            self._on_main(lambda: self._log_eval_batch(step))
+        if step_check(step, self.config.steps_per_eval_image):
+            self._on_main(lambda: self._log_eval_image(step))
         if step_check(step, self.config.steps_per_eval_all_images):
             metrics_dict = self.pipeline.get_average_eval_image_metrics(step=step)
             writer.put_dict(name="Eval Images Metrics Dict (all images)", scalar_dict=metrics_dict, step=step)
+
+    def _on_main(self, render_and_log: Callable[[], None]) -> None:
+        """Run a one-render evaluation on rank 0; a sharded model's other ranks take part in its render."""
+        if comm.is_main():
+            render_and_log()
+        elif self.pipeline.model.layout.sharded:
+            self.pipeline.model.serve_render()
+
+    def _log_eval_batch(self, step: int) -> None:
+        _, eval_loss_dict, eval_metrics_dict = self.pipeline.get_eval_loss_dict(step=step)
+        writer.put_scalar(name="Eval Loss", scalar=functools.reduce(torch.add, eval_loss_dict.values()), step=step)
+        writer.put_dict(name="Eval Loss Dict", scalar_dict=eval_loss_dict, step=step)
+        writer.put_dict(name="Eval Metrics Dict", scalar_dict=eval_metrics_dict, step=step)
+
+    def _log_eval_image(self, step: int) -> None:
+        metrics_dict, images_dict = self.pipeline.get_eval_image_metrics_and_images(step=step)
+        writer.put_dict(name="Eval Images Metrics", scalar_dict=metrics_dict, step=step)
+        for image_name, image in images_dict.items():
+            writer.put_image(name="Eval Images/" + image_name, image=image, step=step)
 
     def _after_train(self) -> None:
         if self.config.eval_all_images_at_end:
@@ -250,80 +246,21 @@ class DistTrainer(Trainer):
         super()._after_train()
 
     def verify_replicas(self, step: int) -> None:
-        """Stop with `ReplicaMismatch` if any parameter or optimizer state differs between ranks."""
-        named: List[Tuple[str, torch.Tensor]] = list(self.pipeline.model.named_parameters())
-        for group, optimizer in self.optimizers.optimizers.items():
-            for p in (p for g in optimizer.param_groups for p in g["params"]):
-                for key, value in sorted(optimizer.state[p].items()):
-                    if isinstance(value, torch.Tensor):
-                        named.append((f"optimizer[{group}].{key}", value))
+        """Stop with `ReplicaMismatch` if anything replicated differs between ranks, or the
+        Gaussians do not add up to the count every rank expects."""
+        model = self.pipeline.model
         try:
-            comm.verify_replicas(named)
+            comm.verify_replicas(model.layout.named_replicated(model, self.optimizers))
+            model.layout.verify_total(model.num_points)
         except comm.ReplicaMismatch as err:
             raise comm.ReplicaMismatch(f"step {step}: {err}") from None
 
     def save_checkpoint(self, step: int) -> None:
-        """Rank 0 writes the checkpoint atomically, loadable with torch's default weights_only."""
-        if not comm.is_main():
-            return
-        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        path: Path = self.checkpoint_dir / f"step-{step:09d}.ckpt"
-        state = {
-            "step": step,
-            "images_per_step": self.images_per_step,
-            "pipeline": self.pipeline.state_dict(),
-            "optimizers": {k: v.state_dict() for k, v in self.optimizers.optimizers.items()},
-            "schedulers": {k: v.state_dict() for k, v in self.optimizers.schedulers.items()},
-            "scalers": self.grad_scaler.state_dict(),
-        }
-        save_atomic(state, path)
-        if self.config.save_only_latest_checkpoint:
-            for old in self.checkpoint_dir.glob("*.ckpt"):
-                if old != path:
-                    old.unlink()
+        """Every rank takes part (a sharded model is gathered); rank 0 writes (checkpoint.py)."""
+        checkpoint.save(self, step)
 
     def _load_checkpoint(self) -> None:
-        """Resume; the optimizers are rebuilt around the loaded Parameters (stock splatfacto's
-        load_state_dict swaps in new Parameters and leaves the optimizers stepping the old ones)."""
-        path = self._checkpoint_to_resume()
-        if path is None:
-            CONSOLE.print("No Nerfstudio checkpoint to load, so training from scratch.")
-            return
-        loaded = torch.load(path, map_location="cpu", weights_only=False)
-        self._start_step = loaded["step"] + 1
-        saved_images_per_step = loaded.get("images_per_step", 1)
-        if self.config.schedule_unit == "images" and saved_images_per_step != self.images_per_step:
-            # Resuming on another GPU count / batch: continue at the same number of images seen.
-            self._start_step = self._start_step * saved_images_per_step // self.images_per_step
-        self.pipeline.load_pipeline(loaded["pipeline"], loaded["step"])
-        self.optimizers = self.setup_optimizers()
-        self.optimizers.load_optimizers(loaded["optimizers"])
-        if "schedulers" in loaded and self.config.load_scheduler:
-            self.optimizers.load_schedulers(loaded["schedulers"])
-            for scheduler in self.optimizers.schedulers.values():
-                scheduler.last_epoch = self._start_step - 1
-        self.grad_scaler.load_state_dict(loaded["scalers"])
-        CONSOLE.print(
-            f"Done loading Nerfstudio checkpoint from {path} (images seen: "
-            f"{self._start_step * self.images_per_step}, continuing at step {self._start_step})"
-        )
-
-    def _checkpoint_to_resume(self):
-        if self.config.load_dir is not None:
-            step = self.config.load_step
-            if step is None:
-                steps = sorted(int(p.stem.split("-")[1]) for p in Path(self.config.load_dir).glob("step-*.ckpt"))
-                if not steps:
-                    raise FileNotFoundError(f"no step-*.ckpt checkpoint in {self.config.load_dir}")
-                step = steps[-1]
-            path = Path(self.config.load_dir) / f"step-{step:09d}.ckpt"
-        elif self.config.load_checkpoint is not None:
-            path = Path(self.config.load_checkpoint)
-        else:
-            return None
-        if not path.exists():
-            raise FileNotFoundError(f"checkpoint {path} does not exist")
-        return path
+        checkpoint.resume(self)
 
     def _train_complete_viewer(self) -> None:
         """Keep rank 0's viewer open after training without holding the other ranks.
@@ -333,6 +270,7 @@ class DistTrainer(Trainer):
         """
         if self.viewer_state is None:
             return
+        self.pipeline.model.layout.gather_for_viewer(self.pipeline.model)
         comm.barrier()
         super()._train_complete_viewer()
 

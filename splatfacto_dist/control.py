@@ -1,0 +1,50 @@
+"""How ranks agree with rank 0, where the viewer lives, without ever waiting in a collective for long.
+
+The viewer (rank 0 only) pauses and stops training, and in sharded mode asks for renders that
+need every rank's Gaussians. Ranks meet every `every` steps in one tiny broadcast of rank 0's
+state and its number of waiting viewer renders; during a pause they keep meeting every 50 ms, so
+no rank waits in a collective for longer than that (stock ranks would block in the next
+all-reduce until NCCL's timeout), and a viewer render waits at most `every` steps.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import torch
+from nerfstudio.utils import writer
+
+from splatfacto_dist import comm
+
+RUN, PAUSE, STOP = 0, 1, 2
+_POLL_S = 0.05
+
+
+class RankControl:
+    """One training thread's side of the agreement (see the module docstring)."""
+
+    def __init__(self, every: int, device: torch.device) -> None:
+        self.every = max(every, 1)
+        self.device = device
+
+    def agree_to_continue(
+        self, step: int, local_state: Callable[[], int], layout, serve_empty: Callable[[], None]
+    ) -> bool:
+        """False once rank 0 says stop. `local_state()` is this rank's RUN/PAUSE/STOP; viewer
+        renders waiting on rank 0 are served by every rank before this returns or while paused."""
+        if not comm.is_distributed():
+            while local_state() == PAUSE:
+                time.sleep(0.01)
+            return local_state() != STOP
+        if step % self.every:
+            return True
+        while True:
+            state, renders = comm.broadcast_ints([local_state(), layout.pending_renders()], device=self.device)
+            if renders:
+                started = time.perf_counter()
+                layout.serve_viewer(renders, serve_empty)
+                writer.put_scalar("Viewer Render Served (ms)", 1000 * (time.perf_counter() - started), step)
+            if state != PAUSE:
+                return state == RUN
+            time.sleep(_POLL_S)

@@ -1,0 +1,128 @@
+"""Where the Gaussians live: the one interface the trainer, model, strategy and checkpoints ask.
+
+`ReplicatedLayout` (the default): every rank holds every Gaussian and its Adam state; gradients
+and densification statistics are all-reduced. `ShardedLayout` (sharded.py): each rank owns a
+disjoint part; the cameras' ranks receive the Gaussians they see and gradients return to the
+owners. Everything that differs between the two is a method here, so the training step has one
+path for both.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+
+from splatfacto_dist import comm
+
+GAUSSIAN_NAMES = ("means", "scales", "quats", "features_dc", "features_rest", "opacities")
+
+
+def make_layout(kind: str) -> "ReplicatedLayout":
+    """The layout named by `--pipeline.model.gaussian-layout`."""
+    if kind == "sharded":
+        from splatfacto_dist.sharded import ShardedLayout
+
+        return ShardedLayout()
+    return ReplicatedLayout()
+
+
+class ReplicatedLayout:
+    """Every rank holds the whole model; see the module docstring."""
+
+    sharded = False
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.training_thread = threading.current_thread()
+
+    def take_initial(self, gaussians: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
+        """This rank's part of the initial Gaussians (drawn identically on every rank), and their ids."""
+        n = len(gaussians["means"])
+        self.total = n
+        block = self.block(n)
+        return {k: v[block].contiguous() for k, v in gaussians.items()}, torch.arange(n, dtype=torch.int64)[block]
+
+    def broadcast_initial(self, model: torch.nn.Module) -> None:
+        """Start every rank from rank 0's exact state."""
+        comm.broadcast_module_state(model)
+
+    def render(self, rasterize: Callable[..., Tuple], gaussians: Dict[str, torch.Tensor], **cameras: Any) -> Tuple:
+        """`rasterize(**gaussians, **cameras)`: every Gaussian is here."""
+        return rasterize(**gaussians, **cameras)
+
+    def average_gradients(self, groups: Dict[str, List[torch.nn.Parameter]]) -> None:
+        """One flat all-reduce of the gradients of every optimizer group's parameters."""
+        comm.average_gradients([p for params in groups.values() for p in params])
+
+    def stats_to_owners(self, rows: torch.Tensor, reduce_max: Optional[torch.Tensor], n: int):
+        """Per-Gaussian statistics of this rank's renders, as the owners' `n` rows (here: the same rows)."""
+        return rows, reduce_max
+
+    def reduce_stats(self, state: Dict[str, Any]) -> None:
+        """Before a refine: make every rank's statistics those of all ranks' cameras."""
+        comm.reduce_densification_stats(state)
+
+    def after_refine(self, params, optimizers, state, grown: int, pruned: int) -> None:
+        """Account for a refine's new and removed Gaussians (`grown`, `pruned`: this rank's)."""
+        self.total = len(params["means"])
+
+    def full_state(self, pipeline: torch.nn.Module, optimizers: Any) -> Tuple[Dict, Dict]:
+        """The pipeline's and optimizers' state dicts with every Gaussian (rank 0's are what counts)."""
+        return pipeline.state_dict(), {k: v.state_dict() for k, v in optimizers.optimizers.items()}
+
+    def load_full_state(self, pipeline: Any, state: Dict[str, torch.Tensor], step: int) -> None:
+        """Load a checkpoint holding the whole model (either layout wrote it); ids restart from its order."""
+        n = len(state["_model.gauss_params.means"])
+        block = self.block(n)
+        pipeline.load_pipeline(
+            {k: (v[block] if k.startswith("_model.gauss_params.") else v) for k, v in state.items()}, step
+        )
+        pipeline.model.strategy_state["ids"] = torch.arange(n, dtype=torch.int64)[block]
+        self.total = n
+
+    def block(self, n: int) -> slice:
+        """The rows of a whole model of `n` Gaussians that this rank holds."""
+        return slice(0, n)
+
+    def local_optimizer_states(self, saved: Dict[str, Dict], optimizers: Any) -> Dict[str, Dict]:
+        """The saved optimizer states of this rank's parameters."""
+        return saved
+
+    def named_replicated(self, model: torch.nn.Module, optimizers: Any) -> List[Tuple[str, torch.Tensor]]:
+        """Every tensor that must be bitwise equal on all ranks: here, all parameters and Adam states."""
+        return _named_tensors(model, optimizers, skip=())
+
+    def verify_total(self, local: int) -> None:
+        """Raise `comm.ReplicaMismatch` unless the Gaussians add up to the count every rank expects."""
+        if local != self.total:
+            raise comm.ReplicaMismatch(f"rank {comm.rank()} holds {local} Gaussians, expected {self.total}")
+
+    def serve(self, gaussians: Dict[str, torch.Tensor], **cameras: Any) -> None:
+        """Take part in a render that only another rank asked for: nothing to do when replicated."""
+
+    def render_for_viewer(self, render: Callable[[], Any]) -> Any:
+        """A render asked for by the viewer thread: rank 0 holds every Gaussian, so render here."""
+        return render()
+
+    def pending_renders(self) -> int:
+        return 0
+
+    def gather_for_viewer(self, model: torch.nn.Module) -> None:
+        """After training, give rank 0 (which keeps the viewer) the whole model: it already has it."""
+
+
+def _named_tensors(model: torch.nn.Module, optimizers: Any, skip: Tuple[str, ...]) -> List[Tuple[str, torch.Tensor]]:
+    """(name, tensor) of the model's parameters and their optimizers' states, but the groups in `skip`."""
+    named: List[Tuple[str, torch.Tensor]] = [
+        (k, v) for k, v in model.named_parameters() if k.split(".")[0] != "gauss_params" or k.split(".")[1] not in skip
+    ]
+    for group, optimizer in optimizers.optimizers.items():
+        if group in skip:
+            continue
+        for p in (p for g in optimizer.param_groups for p in g["params"]):
+            for key, value in sorted(optimizer.state[p].items()):
+                if isinstance(value, torch.Tensor):
+                    named.append((f"optimizer[{group}].{key}", value))
+    return named

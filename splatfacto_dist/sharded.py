@@ -1,0 +1,298 @@
+"""Gaussian-sharded layout: each rank owns a disjoint part of the Gaussians and their Adam state.
+
+One render, data's path: every rank learns every camera of the render (a small all-gather) ->
+each owner projects its Gaussians into them (no gradient) and sends each camera's rank the
+rasterizer inputs of the Gaussians visible there (one uneven all-to-all) -> the camera's rank
+rasterizes what it received -> in backward the gradients take the reverse all-to-all to the
+owners, summed over cameras and divided by the world size (the average a replicated run takes).
+After backward, per-Gaussian densification statistics return to the owners the same way, so an
+owner's statistics cover every camera of the step and its refine decisions equal a replicated
+run's. Shards drift as they densify; after a refine they are rebalanced (see `after_refine`).
+Checkpoints gather every shard to rank 0's CPU in splatfacto's layout.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+from gsplat.cuda._torch_impl import _fully_fused_projection, _quat_scale_to_covar_preci
+from gsplat.cuda._wrapper import fully_fused_projection
+
+from splatfacto_dist import comm
+from splatfacto_dist.layout import GAUSSIAN_NAMES, ReplicatedLayout, _named_tensors
+from splatfacto_dist.ops import RowCodec
+
+REBALANCE_RATIO = 1.1
+"""Rebalance after a refine once the largest shard exceeds the smallest by this factor (Grendel-GS's)."""
+
+_INPUTS = ("means", "quats", "scales", "opacities", "colors")
+
+
+class _Exchange(torch.autograd.Function):
+    """Rows to their renderers in forward; their gradients back to the owners in backward."""
+
+    @staticmethod
+    def forward(ctx, send: torch.Tensor, send_counts: List[int], recv_counts: List[int]) -> torch.Tensor:  # type: ignore[override]
+        ctx.counts = (send_counts, recv_counts)
+        return comm.all_to_all_rows(send, send_counts, recv_counts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        send_counts, recv_counts = ctx.counts
+        back = comm.all_to_all_rows(grad.contiguous(), recv_counts, send_counts)
+        return back / comm.world_size(), None, None
+
+
+def _radii(gaussians: Dict[str, torch.Tensor], viewmats: torch.Tensor, Ks: torch.Tensor, width: int, height: int):
+    """[C, N] projected radii, exactly as the rasterizer computes them (0: not visible)."""
+    if gaussians["means"].is_cuda:
+        radii, *_ = fully_fused_projection(
+            gaussians["means"], None, gaussians["quats"], gaussians["scales"], viewmats, Ks, width, height,
+            eps2d=0.3, near_plane=0.01, far_plane=1e10,
+        )  # fmt: skip
+        return radii
+    covars, _ = _quat_scale_to_covar_preci(gaussians["quats"], gaussians["scales"], compute_preci=False)
+    radii, *_ = _fully_fused_projection(
+        gaussians["means"], covars, viewmats, Ks, width, height, eps2d=0.3, near_plane=0.01, far_plane=1e10
+    )
+    return radii
+
+
+class ShardedLayout(ReplicatedLayout):
+    """See the module docstring."""
+
+    sharded = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._plan: Optional[Tuple[torch.Tensor, List[int], List[int]]] = None
+        self._gathered = False
+        self._requests: List[Tuple[Callable[[], Any], Future]] = []
+        self._requests_lock = threading.Lock()
+        self.train_lock: Optional[Any] = None
+
+    # -- where each Gaussian starts --------------------------------------------------------------
+
+    def block(self, n: int) -> slice:
+        r, w = comm.rank(), comm.world_size()
+        return slice(r * n // w, (r + 1) * n // w)
+
+    def broadcast_initial(self, model: torch.nn.Module) -> None:
+        """Gaussians are drawn identically everywhere and sliced; the rest starts as rank 0's."""
+        shared = [p for name, p in model.named_parameters() if not name.startswith("gauss_params.")]
+        comm.broadcast_tensors(shared + list(model.buffers()))
+
+    # -- rendering -------------------------------------------------------------------------------
+
+    def render(self, rasterize: Callable[..., Tuple], gaussians: Dict[str, torch.Tensor], **cameras: Any):
+        """Render this rank's cameras (possibly none: it then only serves the others) from every
+        rank's visible Gaussians; returns None when this rank has no camera."""
+        if self._gathered or not comm.is_distributed():
+            return rasterize(**gaussians, **cameras)
+        viewmats, Ks = cameras["viewmats"], cameras["Ks"]
+        device = gaussians["means"].device
+        n_views = viewmats.shape[0]
+        local = torch.cat(
+            [viewmats.reshape(n_views, 16), Ks.reshape(n_views, 9),
+             torch.tensor([[cameras["width"], cameras["height"]]] * n_views, dtype=viewmats.dtype, device=device)],
+            dim=1,
+        ) if n_views else torch.zeros((0, 27), device=device)  # fmt: skip
+        every = comm.all_gather_rows(local.float())
+        with torch.no_grad():
+            detached = {k: v.detach() for k, v in gaussians.items()}
+            send_idx = []
+            for rows in every:
+                if len(rows) == 0:
+                    send_idx.append(torch.zeros(0, dtype=torch.long, device=device))
+                    continue
+                width, height = int(rows[0, 25]), int(rows[0, 26])
+                radii = _radii(
+                    detached, rows[:, :16].reshape(-1, 4, 4), rows[:, 16:25].reshape(-1, 3, 3), width, height
+                )
+                send_idx.append(torch.nonzero((radii > 0).any(dim=0)).squeeze(1))
+        n_local = len(gaussians["means"])
+        columns = [gaussians[k].reshape(n_local, -1) for k in _INPUTS]
+        widths = [c.shape[1] for c in columns]
+        packed = torch.cat(columns, dim=1)
+        order = torch.cat(send_idx)
+        send_counts = [len(i) for i in send_idx]
+        recv_counts = comm.exchange_counts(send_counts, device)
+        received = _Exchange.apply(packed[order], send_counts, recv_counts)
+        self._plan = (order, send_counts, recv_counts)
+        if n_views == 0:
+            return None
+        parts = torch.split(received, widths, dim=1)
+        inputs = {k: part.reshape(-1, *gaussians[k].shape[1:]) for k, part in zip(_INPUTS, parts)}
+        return rasterize(**inputs, **cameras)
+
+    def serve(self, gaussians: Dict[str, torch.Tensor], **cameras: Any) -> None:
+        """Take part in a render for which this rank has no camera (another rank's eval or viewer)."""
+        empty = {"viewmats": torch.zeros((0, 4, 4)), "Ks": torch.zeros((0, 3, 3)), "width": 0, "height": 0}
+        with torch.no_grad():
+            self.render(lambda **_: None, gaussians, **{**cameras, **empty})
+
+    def stats_to_owners(self, rows: torch.Tensor, reduce_max: Optional[torch.Tensor], n: int):
+        """Per received row statistics ([M, k] sums, [M] maxima) -> the owners' [n, k] and [n]."""
+        if self._gathered or not comm.is_distributed():
+            return rows, reduce_max
+        order, send_counts, recv_counts = self._plan  # type: ignore[misc]
+        packed = rows if reduce_max is None else torch.cat([rows, reduce_max[:, None]], dim=1)
+        back = comm.all_to_all_rows(packed.contiguous(), recv_counts, send_counts)
+        sums = torch.zeros((n, rows.shape[1]), dtype=rows.dtype, device=rows.device)
+        sums.index_add_(0, order, back[:, : rows.shape[1]])
+        if reduce_max is None:
+            return sums, None
+        maxima = torch.zeros(n, dtype=reduce_max.dtype, device=rows.device)
+        maxima.scatter_reduce_(0, order, back[:, -1], reduce="amax")
+        return sums, maxima
+
+    def average_gradients(self, groups: Dict[str, List[torch.nn.Parameter]]) -> None:
+        """Only the replicated groups (camera poses, bilateral grids): the Gaussians' gradients
+        arrived at their owners through the exchange, already averaged."""
+        super().average_gradients({k: v for k, v in groups.items() if k not in GAUSSIAN_NAMES})
+
+    def reduce_stats(self, state: Dict[str, Any]) -> None:
+        """Nothing to reduce: each owner already holds the statistics of every camera."""
+
+    # -- refine: counts and balance -------------------------------------------------------------
+
+    def after_refine(self, params, optimizers, state, grown: int, pruned: int) -> None:
+        """Update the total; if max/min shard size > REBALANCE_RATIO, move Gaussians (parameters,
+        Adam moments, statistics, ids) from the largest shards to the smallest until every shard
+        holds floor or ceil of the mean. The move costs one all-to-all of ~3x the moved
+        Gaussians' parameters (plus a few floats each); shards' order does not matter to training."""
+        grown, pruned = comm.all_reduce_ints([grown, pruned], params["means"].device)
+        self.total += grown - pruned
+        sizes = comm.all_gather_ints(len(params["means"]), params["means"].device)
+        if min(sizes) * REBALANCE_RATIO >= max(sizes) and min(sizes) > 0 or not comm.is_distributed():
+            return
+        send_counts, recv_counts = rebalance_plan(sizes, comm.rank())
+        n = sizes[comm.rank()]
+        leaving = sum(send_counts)
+        codec = RowCodec(params, optimizers, state)
+        rows = codec.pack(params, optimizers, state, torch.arange(n - leaving, n, device=params["means"].device))
+        arrived = comm.all_to_all_rows(rows, send_counts, recv_counts)
+        codec.replace(params, optimizers, state, torch.arange(n - leaving, device=rows.device), arrived)
+
+    def verify_total(self, local: int) -> None:
+        (total,) = comm.all_reduce_ints([local])
+        if total != self.total:
+            raise comm.ReplicaMismatch(f"the shards hold {total} Gaussians, every rank expects {self.total}")
+
+    # -- checkpoints -----------------------------------------------------------------------------
+
+    def full_state(self, pipeline: torch.nn.Module, optimizers: Any) -> Tuple[Dict, Dict]:
+        model = pipeline.model
+        params = model.gauss_params
+        groups = {name: optimizers.optimizers[name] for name in GAUSSIAN_NAMES}
+        codec = RowCodec(params, groups, {}, with_state=False)
+        rows = codec.pack(params, groups, {}, torch.arange(len(params["means"]), device=params["means"].device))
+        gathered = comm.gather_rows_to_main(rows)
+        state = {k: v for k, v in pipeline.state_dict().items() if not k.startswith("_model.gauss_params.")}
+        optimizer_states = {k: v.state_dict() for k, v in optimizers.optimizers.items()}
+        if gathered is None:
+            return state, optimizer_states
+        arrived = codec.unpack(gathered)
+        for name in GAUSSIAN_NAMES:
+            state[f"_model.gauss_params.{name}"] = arrived[("param", name)]
+            moments = optimizer_states[name]["state"].get(0)
+            for key in list(moments or {}):
+                if key != "step":
+                    moments[key] = arrived[("moment", f"{name}/{key}")]
+        return state, optimizer_states
+
+    def local_optimizer_states(self, saved: Dict[str, Dict], optimizers: Any) -> Dict[str, Dict]:
+        out = {}
+        for name, value in saved.items():
+            if name not in GAUSSIAN_NAMES:
+                out[name] = value
+                continue
+            moments = value["state"].get(0, {})
+            n = next((len(v) for k, v in moments.items() if k != "step"), 0)
+            block = self.block(n)
+            sliced = {k: (v if k == "step" else v[block]) for k, v in moments.items()}
+            out[name] = {**value, "state": {0: sliced} if moments else {}}
+        return out
+
+    def named_replicated(self, model: torch.nn.Module, optimizers: Any) -> List[Tuple[str, torch.Tensor]]:
+        """Only what is still replicated: camera optimizer, bilateral grids and their Adam states."""
+        return _named_tensors(model, optimizers, skip=GAUSSIAN_NAMES)
+
+    # -- the viewer --------------------------------------------------------------------------------
+
+    def render_for_viewer(self, render: Callable[[], Any]) -> Any:
+        """From rank 0's viewer thread: have the training thread render with every rank's Gaussians.
+
+        The viewer holds the trainer's lock while it renders; it is let go while waiting, so the
+        training thread can reach its next rank agreement (where every rank serves the request).
+        """
+        if self._gathered or threading.current_thread() is self.training_thread or not comm.is_distributed():
+            return render()
+        future: Future = Future()
+        with self._requests_lock:
+            self._requests.append((render, future))
+        lock = self.train_lock
+        held = lock is not None and lock.locked()
+        if held:
+            lock.release()
+        try:
+            return future.result()
+        finally:
+            if held:
+                lock.acquire()
+
+    def pending_renders(self) -> int:
+        with self._requests_lock:
+            return len(self._requests)
+
+    def serve_viewer(self, count: int, serve_empty: Callable[[], None]) -> None:
+        """Every rank, on the training thread: serve rank 0's `count` oldest viewer renders."""
+        for _ in range(count):
+            if not comm.is_main():
+                serve_empty()
+                continue
+            with self._requests_lock:
+                render, future = self._requests.pop(0)
+            try:
+                future.set_result(render())
+            except Exception as err:  # noqa: BLE001 - the viewer thread re-raises it
+                future.set_exception(err)
+
+    def gather_for_viewer(self, model: torch.nn.Module) -> None:
+        """After training: rank 0 keeps the viewer alone, so it receives every Gaussian."""
+        params = model.gauss_params
+        gathered = {
+            name: comm.gather_rows_to_main(params[name].detach().reshape(len(params[name]), -1))
+            for name in GAUSSIAN_NAMES
+        }
+        if comm.is_main():
+            for name, value in gathered.items():
+                params[name] = torch.nn.Parameter(value.reshape(-1, *params[name].shape[1:]).to(params[name].device))
+        self._gathered = True
+
+
+def rebalance_plan(sizes: List[int], rank: int) -> Tuple[List[int], List[int]]:
+    """(send_counts, recv_counts) of `rank` that bring every shard to floor/ceil of the mean.
+
+    Surplus ranks give their last Gaussians, in rank order, to deficit ranks in rank order; every
+    rank computes the same plan from the same sizes."""
+    world, total = len(sizes), sum(sizes)
+    target = [total // world + (1 if r < total % world else 0) for r in range(world)]
+    surplus = [[r, sizes[r] - target[r]] for r in range(world) if sizes[r] > target[r]]
+    deficit = [[r, target[r] - sizes[r]] for r in range(world) if sizes[r] < target[r]]
+    moves = []
+    while surplus and deficit:
+        amount = min(surplus[0][1], deficit[0][1])
+        moves.append((surplus[0][0], deficit[0][0], amount))
+        surplus[0][1] -= amount
+        deficit[0][1] -= amount
+        if surplus[0][1] == 0:
+            surplus.pop(0)
+        if deficit[0][1] == 0:
+            deficit.pop(0)
+    send = [sum(a for s, d, a in moves if s == rank and d == r) for r in range(world)]
+    recv = [sum(a for s, d, a in moves if d == rank and s == r) for r in range(world)]
+    return send, recv
