@@ -176,17 +176,19 @@ def comm_rank_from_env() -> int:
 def parse(argv: List[str]) -> TrainerConfig:
     """ns-train's command line (METHOD, then its options) as a config.
 
-    When METHOD is splatfacto-dist, only its config is parsed against: ns-train's union of all
+    When METHOD is one of ours, only its config is parsed against: ns-train's union of all
     methods imports every installed method and plugin first, the longest part of the command-line
     process's start-up, which pre-spawned ranks wait for. Help, and any other method, go through
     the full union, so the result is the same either way.
     """
     tyro.extras.set_accent_color("bright_yellow")
-    if argv and argv[0] == "splatfacto-dist" and not any(token in ("-h", "--help") for token in argv):
-        from splatfacto_dist.method import splatfacto_dist
+    ours = ("splatfacto-dist", "splatfacto-dist-big")
+    if argv and argv[0] in ours and not any(token in ("-h", "--help") for token in argv):
+        from splatfacto_dist.method import splatfacto_dist, splatfacto_dist_big
 
-        config_type = tyro.conf.SuppressFixed[tyro.conf.FlagConversionOff[type(splatfacto_dist.config)]]
-        return tyro.cli(config_type, default=splatfacto_dist.config, args=argv[1:], description=__doc__)
+        method = splatfacto_dist if argv[0] == "splatfacto-dist" else splatfacto_dist_big
+        config_type = tyro.conf.SuppressFixed[tyro.conf.FlagConversionOff[type(method.config)]]
+        return tyro.cli(config_type, default=method.config, args=argv[1:], description=__doc__)
     from nerfstudio.configs.method_configs import AnnotatedBaseConfigUnion  # heavy: the CLI process only
 
     return tyro.cli(AnnotatedBaseConfigUnion, args=argv, description=__doc__)

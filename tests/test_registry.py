@@ -61,3 +61,25 @@ def test_our_launchers_short_parse_of_splatfacto_dist_equals_ns_trains_parse():
         assert isinstance(ours, DistTrainerConfig)
         assert ours == tyro.cli(AnnotatedBaseConfigUnion, args=["splatfacto-dist", *options])
     assert parse(["splatfacto", "colmap", "--data", "scene"]).method_name == "splatfacto"  # other methods: full union
+
+
+def test_splatfacto_dist_big_has_stock_splatfacto_bigs_settings():
+    """Users of splatfacto-big switch by name: every model field and optimizer setting equals stock's."""
+    import dataclasses
+
+    from nerfstudio.configs.method_configs import method_configs
+
+    from splatfacto_dist.launch import parse
+
+    methods, _ = discover_methods()
+    ours, stock = methods["splatfacto-dist-big"], method_configs["splatfacto-big"]
+    for field in dataclasses.fields(stock.pipeline.model):
+        if field.name != "_target":
+            assert getattr(ours.pipeline.model, field.name) == getattr(stock.pipeline.model, field.name), field.name
+    assert ours.optimizers.keys() == stock.optimizers.keys()
+    for name, group in stock.optimizers.items():
+        assert ours.optimizers[name]["optimizer"] == group["optimizer"], name
+        assert ours.optimizers[name]["scheduler"] == group["scheduler"], name
+    assert methods["splatfacto-dist"].pipeline.model.densify_grad_thresh != ours.pipeline.model.densify_grad_thresh
+    parsed = parse(["splatfacto-dist-big", "colmap", "--data", "scene"])
+    assert parsed.pipeline.model == ours.pipeline.model and parsed.optimizers == ours.optimizers
