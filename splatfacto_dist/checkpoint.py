@@ -48,7 +48,7 @@ def save_atomic(state: Any, path: Path) -> None:
 def save(trainer: DistTrainer, step: int) -> None:
     """Every rank calls this (a sharded model is gathered collectively); rank 0 writes."""
     layout = trainer.pipeline.model.layout
-    pipeline_state, optimizer_states = layout.full_state(trainer.pipeline, trainer.optimizers)
+    pipeline_state, optimizer_states, ids = layout.full_state(trainer.pipeline, trainer.optimizers)
     if not comm.is_main():
         return
     trainer.checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -60,6 +60,7 @@ def save(trainer: DistTrainer, step: int) -> None:
         "optimizers": optimizer_states,
         "schedulers": {k: v.state_dict() for k, v in trainer.optimizers.schedulers.items()},
         "scalers": trainer.grad_scaler.state_dict(),
+        "gaussian_ids": ids,  # random draws are keyed by them (ops.py); stock tools ignore the key
     }
     save_atomic(state, path)
     if trainer.config.save_only_latest_checkpoint:
@@ -114,7 +115,7 @@ def resume(trainer: DistTrainer) -> None:
         start = start * saved_images_per_step // trainer.images_per_step  # the same images seen
     trainer._start_step = start
     model = trainer.pipeline.model
-    model.layout.load_full_state(trainer.pipeline, loaded["pipeline"], loaded["step"])
+    model.layout.load_full_state(trainer.pipeline, loaded["pipeline"], loaded["step"], loaded.get("gaussian_ids"))
     trainer.optimizers = trainer.setup_optimizers()  # around the loaded Parameters
     optimizer_states = model.layout.local_optimizer_states(loaded["optimizers"], trainer.optimizers)
     for name, saved in optimizer_states.items():

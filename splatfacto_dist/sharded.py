@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 from gsplat.cuda._torch_impl import _fully_fused_projection, _quat_scale_to_covar_preci
 from gsplat.cuda._wrapper import fully_fused_projection
+from nerfstudio.utils.rich_utils import CONSOLE
 
 from splatfacto_dist import comm
 from splatfacto_dist.layout import GAUSSIAN_NAMES, ReplicatedLayout, _named_tensors
@@ -176,6 +177,9 @@ class ShardedLayout(ReplicatedLayout):
         rows = codec.pack(params, optimizers, state, torch.arange(n - leaving, n, device=params["means"].device))
         arrived = comm.all_to_all_rows(rows, send_counts, recv_counts)
         codec.replace(params, optimizers, state, torch.arange(n - leaving, device=rows.device), arrived)
+        after = comm.all_gather_ints(len(params["means"]), params["means"].device)
+        if comm.is_main():
+            CONSOLE.print(f"rebalanced Gaussian shards: {sizes} -> {after}")
 
     def verify_total(self, local: int) -> None:
         (total,) = comm.all_reduce_ints([local])
@@ -184,17 +188,18 @@ class ShardedLayout(ReplicatedLayout):
 
     # -- checkpoints -----------------------------------------------------------------------------
 
-    def full_state(self, pipeline: torch.nn.Module, optimizers: Any) -> Tuple[Dict, Dict]:
+    def full_state(self, pipeline: torch.nn.Module, optimizers: Any) -> Tuple[Dict, Dict, torch.Tensor]:
         model = pipeline.model
         params = model.gauss_params
         groups = {name: optimizers.optimizers[name] for name in GAUSSIAN_NAMES}
-        codec = RowCodec(params, groups, {}, with_state=False)
-        rows = codec.pack(params, groups, {}, torch.arange(len(params["means"]), device=params["means"].device))
+        ids = {"ids": model.strategy_state["ids"]}
+        codec = RowCodec(params, groups, ids)
+        rows = codec.pack(params, groups, ids, torch.arange(len(params["means"]), device=params["means"].device))
         gathered = comm.gather_rows_to_main(rows)
         state = {k: v for k, v in pipeline.state_dict().items() if not k.startswith("_model.gauss_params.")}
         optimizer_states = {k: v.state_dict() for k, v in optimizers.optimizers.items()}
         if gathered is None:
-            return state, optimizer_states
+            return state, optimizer_states, ids["ids"]
         arrived = codec.unpack(gathered)
         for name in GAUSSIAN_NAMES:
             state[f"_model.gauss_params.{name}"] = arrived[("param", name)]
@@ -202,7 +207,7 @@ class ShardedLayout(ReplicatedLayout):
             for key in list(moments or {}):
                 if key != "step":
                     moments[key] = arrived[("moment", f"{name}/{key}")]
-        return state, optimizer_states
+        return state, optimizer_states, arrived[("state", "ids")]
 
     def local_optimizer_states(self, saved: Dict[str, Dict], optimizers: Any) -> Dict[str, Dict]:
         out = {}
