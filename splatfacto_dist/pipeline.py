@@ -73,7 +73,12 @@ class DistPipeline(VanillaPipeline):
         for (height, width), members in groups.items():
             group = cameras[torch.tensor(members, device=cameras.device)]
             ids = [cam_idx[i] for i in members]
-            group.metadata = {"cam_idx": ids[0] if len(ids) == 1 else ids, "image_size": (width, height)}
+            group.metadata = {
+                "cam_idx": ids[0] if len(ids) == 1 else ids,
+                "image_size": (width, height),
+                "batch_positions": members,
+                "batch_size": n,
+            }
             sub = {key: stack_images([values[i] for i in members]) for key, values in batch.items()}
             outputs = self.model(group)
             self.model.info["views_in_loss"] = n
