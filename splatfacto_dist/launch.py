@@ -25,14 +25,15 @@ import torch.multiprocessing as mp
 import tyro
 import yaml
 from nerfstudio.engine.trainer import TrainerConfig
-from nerfstudio.utils import comms
+from nerfstudio.utils import comms, profiler
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from splatfacto_dist import comm
 from splatfacto_dist.datamanager import CameraSchedule, ConfigError
+from splatfacto_dist.options import refusal
 from splatfacto_dist.prespawn import Prespawned
 from splatfacto_dist.profiling import STARTUP
-from splatfacto_dist.trainer import too_many_gpus
+from splatfacto_dist.trainer import DistTrainerConfig, too_many_gpus
 
 DEFAULT_TIMEOUT = timedelta(minutes=10)
 
@@ -82,6 +83,9 @@ def _data_path(config: TrainerConfig) -> Optional[Path]:
 
 def check_config(config: TrainerConfig, job: Job) -> None:
     """Fail early, in one line, on what cannot work."""
+    error = refusal(config) if isinstance(config, DistTrainerConfig) else None  # a --load-config skips parsing
+    if error:
+        raise LaunchError(error)
     machine = config.machine
     if machine.device_type == "cuda":
         if not torch.cuda.is_available():
@@ -129,7 +133,10 @@ def _train(local_rank: int, world_size: int, config: TrainerConfig, global_rank:
     torch.manual_seed(seed)
     trainer = config.setup(local_rank=local_rank, world_size=world_size)
     trainer.setup()
-    trainer.train()
+    try:
+        trainer.train()
+    finally:
+        profiler.flush_profiler(config.logging)  # as ns-train's launcher does; rank 0 only holds one
 
 
 def run_rank(local_rank: int, config: TrainerConfig, job: Job) -> None:

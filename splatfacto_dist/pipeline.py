@@ -16,6 +16,7 @@ from typing import Dict, List, Literal, Optional, Type
 import torch
 import torchvision.utils as vutils
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
+from nerfstudio.utils import profiler
 from torch.cuda.amp.grad_scaler import GradScaler
 
 from splatfacto_dist import comm
@@ -46,6 +47,7 @@ class DistPipeline(VanillaPipeline):
         self.world_size = world_size
         comm.broadcast_module_state(self.model)
 
+    @profiler.time_function
     def get_train_loss_dict(self, step: int):
         with PHASES.phase("data"):
             cameras, batch = self.datamanager.next_train(step)
@@ -92,6 +94,7 @@ class DistPipeline(VanillaPipeline):
                     target[key] = target.get(key, 0) + weight * value
         return outputs, loss_dict, metrics_dict
 
+    @profiler.time_function
     @torch.no_grad()
     def get_average_eval_image_metrics(
         self, step: Optional[int] = None, output_path: Optional[Path] = None, get_std: bool = False

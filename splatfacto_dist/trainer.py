@@ -14,13 +14,13 @@ import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Literal, Optional, Tuple, Type
+from typing import Dict, List, Literal, Optional, Tuple, Type
 
 import psutil
 import torch
 from nerfstudio.engine.callbacks import TrainingCallbackLocation
 from nerfstudio.engine.trainer import TRAIN_INTERATION_OUTPUT, Trainer, TrainerConfig
-from nerfstudio.utils import writer
+from nerfstudio.utils import profiler, writer
 from nerfstudio.utils.decorators import check_eval_enabled
 from nerfstudio.utils.misc import step_check
 from nerfstudio.utils.rich_utils import CONSOLE
@@ -29,6 +29,7 @@ from nerfstudio.utils.writer import EventName, TimeWriter
 from splatfacto_dist import comm
 from splatfacto_dist.checkpoint import save_atomic
 from splatfacto_dist.model import SplatfactoDistModelConfig
+from splatfacto_dist.options import refusal
 from splatfacto_dist.profiling import PHASES, STARTUP
 from splatfacto_dist.scaling import ScalingRule, convert_images_to_steps, fuse_adam, scale_optimizers
 
@@ -64,14 +65,15 @@ class DistTrainerConfig(TrainerConfig):
     interval (e.g. a prime), or the sampled steps over-represent refinement."""
 
     def __post_init__(self) -> None:
-        """Refuse more CUDA devices than are visible while the command line is parsed: before
-        ns-train's own launcher spawns anything, and in one line instead of a traceback per rank."""
+        """Refuse what cannot work while the command line is parsed: before ns-train's own launcher
+        spawns anything, and in one line instead of a traceback per rank."""
         machine = self.machine
-        if machine.device_type == "cuda" and machine.num_devices > 1 and "RANK" not in os.environ:
+        error = refusal(self)
+        if not error and machine.device_type == "cuda" and machine.num_devices > 1 and "RANK" not in os.environ:
             error = too_many_gpus(machine.num_devices)
-            if error:
-                CONSOLE.print(f"[bold red]error:[/bold red] {error}")
-                raise SystemExit(2)
+        if error:
+            CONSOLE.print(f"[bold red]error:[/bold red] {error}", soft_wrap=True)
+            raise SystemExit(2)
 
 
 def too_many_gpus(requested: int) -> Optional[str]:
@@ -205,6 +207,7 @@ class DistTrainer(Trainer):
         are what gsplat keeps current), in the same order on every rank."""
         return [p for opt in self.optimizers.optimizers.values() for group in opt.param_groups for p in group["params"]]
 
+    @profiler.time_function
     def train_iteration(self, step: int) -> TRAIN_INTERATION_OUTPUT:
         """Forward, backward, gradient all-reduce and optimizer step for this rank's cameras."""
         accumulation = self.gradient_accumulation_steps
@@ -225,9 +228,23 @@ class DistTrainer(Trainer):
             self.grad_scaler.update()
             if scale <= self.grad_scaler.get_scale():
                 self.optimizers.scheduler_step_all(step)
+        if self.config.log_gradients:
+            metrics_dict.update(self._gradient_norms())
         return loss, loss_dict, metrics_dict  # type: ignore[return-value]
 
+    def _gradient_norms(self) -> Dict[str, torch.Tensor]:
+        """Stock --log-gradients metrics, read like stock after the optimizer step (unscaled), here of
+        the all-reduced gradients every rank stepped with."""
+        norms = {
+            f"Gradients/{name}": p.grad.norm()
+            for name, p in self.pipeline.model.named_parameters()
+            if p.grad is not None
+        }
+        norms["Gradients/Total"] = functools.reduce(torch.add, norms.values(), torch.zeros((), device=self.device))
+        return norms
+
     @check_eval_enabled
+    @profiler.time_function
     def eval_iteration(self, step: int) -> None:
         """Single-image evals on rank 0 only; the all-images eval is shared by every rank."""
         if comm.is_main() and step_check(step, self.config.steps_per_eval_batch):
