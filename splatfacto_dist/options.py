@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 from nerfstudio.configs.base_config import LoggingConfig, MachineConfig, ViewerConfig
 from nerfstudio.engine.trainer import TrainerConfig
@@ -85,14 +85,14 @@ def _groups_with(config: Any, bad: Callable[[str, Dict[str, Any]], bool]) -> Ite
             yield name
 
 
-def _non_adam_gaussian_groups(config: Any) -> list:
+def _non_adam_gaussian_groups(config: Any) -> List[str]:
     """Gaussian groups whose optimizer `scale_optimizers` would have to rewrite as Adam."""
     if config.batch_optimizer_scaling == "off":
         return []
     return list(_groups_with(config, lambda name, g: name in GAUSSIAN_GROUPS and not is_adam(g["optimizer"])))
 
 
-def _unconvertible_schedulers(config: Any) -> list:
+def _unconvertible_schedulers(config: Any) -> List[str]:
     """Groups whose scheduler counts cannot be read as images, or whose rates cannot be scaled."""
 
     def bad(name: str, group: Dict[str, Any]) -> bool:
@@ -305,7 +305,8 @@ def section_of(config: Any, path: Tuple[str, ...]) -> Any:
 
 
 def refusal(config: Any) -> Optional[str]:
-    """The first refused option of a splatfacto-dist trainer config, as one line, or None."""
+    """The first refused option of a splatfacto-dist trainer config (`DistTrainerConfig`: the trainer
+    table reads its fields), as one line, or None."""
     for section in SECTIONS:
         obj = section_of(config, section.path)
         if not isinstance(obj, section.config_type):
