@@ -33,7 +33,7 @@ from splatfacto_dist.datamanager import CameraSchedule, ConfigError
 from splatfacto_dist.options import refusal
 from splatfacto_dist.prespawn import Prespawned
 from splatfacto_dist.profiling import STARTUP
-from splatfacto_dist.trainer import DistTrainerConfig, too_many_gpus
+from splatfacto_dist.trainer import too_many_gpus
 
 DEFAULT_TIMEOUT = timedelta(minutes=10)
 
@@ -83,7 +83,7 @@ def _data_path(config: TrainerConfig) -> Optional[Path]:
 
 def check_config(config: TrainerConfig, job: Job) -> None:
     """Fail early, in one line, on what cannot work."""
-    error = refusal(config) if isinstance(config, DistTrainerConfig) else None  # a --load-config skips parsing
+    error = refusal(config)  # again: a --load-config is read from YAML, which never ran __post_init__
     if error:
         raise LaunchError(error)
     machine = config.machine

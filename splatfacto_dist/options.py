@@ -305,8 +305,13 @@ def section_of(config: Any, path: Tuple[str, ...]) -> Any:
 
 
 def refusal(config: Any) -> Optional[str]:
-    """The first refused option of a splatfacto-dist trainer config (`DistTrainerConfig`: the trainer
-    table reads its fields), as one line, or None."""
+    """The first refused option of a splatfacto-dist run, as one line, or None.
+
+    Runs of other methods (our launcher takes any) are not judged: their trainer config lacks the
+    fields the trainer table reads, and a splatfacto-dist pipeline is what marks ours.
+    """
+    if not isinstance(section_of(config, ("pipeline",)), DistPipelineConfig):
+        return None
     for section in SECTIONS:
         obj = section_of(config, section.path)
         if not isinstance(obj, section.config_type):

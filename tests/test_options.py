@@ -19,6 +19,7 @@ from nerfstudio.engine.schedulers import (
     MultiStepSchedulerConfig,
     SchedulerConfig,
 )
+from nerfstudio.engine.trainer import TrainerConfig
 from test_model import build
 
 from splatfacto_dist import launch
@@ -98,6 +99,10 @@ def test_every_refusal_has_a_case_here():
 
 def test_the_default_config_is_refused_nothing():
     assert refusal(splatfacto_dist_config()) is None
+
+
+def test_other_methods_are_not_judged():
+    assert refusal(TrainerConfig(prompt="a fox")) is None
 
 
 @pytest.mark.parametrize("key", REFUSED, ids=lambda k: ".".join((*k[0], k[1])))
