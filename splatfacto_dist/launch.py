@@ -23,7 +23,7 @@ import torch.multiprocessing as mp
 import tyro
 import yaml
 from nerfstudio.engine.trainer import TrainerConfig
-from nerfstudio.utils import comms
+from nerfstudio.utils import comms, profiler
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from splatfacto_dist import comm
@@ -80,7 +80,10 @@ def _train(local_rank: int, world_size: int, config: TrainerConfig, global_rank:
     torch.manual_seed(seed)
     trainer = config.setup(local_rank=local_rank, world_size=world_size)
     trainer.setup()
-    trainer.train()
+    try:
+        trainer.train()
+    finally:
+        profiler.flush_profiler(config.logging)  # as ns-train's launcher does; rank 0 only holds one
 
 
 def run_rank(local_rank: int, config: TrainerConfig, job: Job) -> None:

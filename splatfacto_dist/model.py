@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass, field
-from typing import Dict, List, Literal, Optional, Tuple, Type, Union
+from typing import Dict, List, Literal, Optional, Sequence, Tuple, Type, Union
 
 import torch
 import torch.nn.functional as F
@@ -166,15 +166,24 @@ class SplatfactoDistModel(SplatfactoModel):
             poses.append(self.camera_optimizer.apply_to_camera(single))
         return torch.cat(poses)
 
-    def _training_backgrounds(self, n: int) -> torch.Tensor:
-        """[n, 3] backgrounds for this rank's images: its rows of one draw for the global batch."""
+    def _training_backgrounds(
+        self, n: int, positions: Optional[Sequence[int]] = None, batch_size: Optional[int] = None
+    ) -> torch.Tensor:
+        """[n, 3] backgrounds for this rank's images: their rows of one draw for the global batch.
+
+        A batch of mixed image sizes is rendered in groups; `positions` are the group's places in
+        this rank's batch of `batch_size` images, so each image keeps its own row of the step's one
+        draw instead of every group re-drawing the same first rows.
+        """
         if self.config.background_color != "random":
             return self._get_background_color().expand(n, 3)
+        batch_size = batch_size or n
         if self._background_generator is None or self._background_generator.device != self.device:
             self._background_generator = torch.Generator(device=self.device)
         self._background_generator.manual_seed(self.seed * 1_000_003 + self.step)
-        rows = torch.rand((comm.world_size() * n, 3), generator=self._background_generator, device=self.device)
-        return rows[comm.rank() * n : (comm.rank() + 1) * n]
+        rows = torch.rand((comm.world_size() * batch_size, 3), generator=self._background_generator, device=self.device)
+        mine = rows[comm.rank() * batch_size : (comm.rank() + 1) * batch_size]
+        return mine if positions is None else mine[list(positions)]
 
     @staticmethod
     def _render_size(camera: Cameras, scale: int) -> Tuple[int, int]:
@@ -284,7 +293,8 @@ class SplatfactoDistModel(SplatfactoModel):
             self._step_infos.append(self.info)
 
         if self.training:
-            background = self._training_backgrounds(n_views)
+            meta = camera.metadata or {}
+            background = self._training_backgrounds(n_views, meta.get("batch_positions"), meta.get("batch_size"))
         else:
             background = self._get_background_color().expand(n_views, 3)
         rgb = torch.clamp(render[..., :3] + (1 - alpha) * background[:, None, None, :], 0.0, 1.0)

@@ -16,6 +16,7 @@ from typing import Dict, List, Literal, Optional, Type
 import torch
 import torchvision.utils as vutils
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
+from nerfstudio.utils import profiler
 from torch.cuda.amp.grad_scaler import GradScaler
 
 from splatfacto_dist import comm
@@ -46,6 +47,7 @@ class DistPipeline(VanillaPipeline):
         self.world_size = world_size
         self.model.layout.broadcast_initial(self.model)
 
+    @profiler.time_function
     def get_train_loss_dict(self, step: int):
         with PHASES.phase("data"):
             cameras, batch = self.datamanager.next_train(step)
@@ -73,7 +75,12 @@ class DistPipeline(VanillaPipeline):
         for (height, width), members in groups.items():
             group = cameras[torch.tensor(members, device=cameras.device)]
             ids = [cam_idx[i] for i in members]
-            group.metadata = {"cam_idx": ids[0] if len(ids) == 1 else ids, "image_size": (width, height)}
+            group.metadata = {
+                "cam_idx": ids[0] if len(ids) == 1 else ids,
+                "image_size": (width, height),
+                "batch_positions": members,
+                "batch_size": n,
+            }
             sub = {key: stack_images([values[i] for i in members]) for key, values in batch.items()}
             outputs = self.model(group)
             self.model.info["views_in_loss"] = n
@@ -87,6 +94,7 @@ class DistPipeline(VanillaPipeline):
                     target[key] = target.get(key, 0) + weight * value
         return outputs, loss_dict, metrics_dict
 
+    @profiler.time_function
     @torch.no_grad()
     def get_average_eval_image_metrics(
         self, step: Optional[int] = None, output_path: Optional[Path] = None, get_std: bool = False

@@ -17,6 +17,7 @@ import torch
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from splatfacto_dist.datamanager import CameraSchedule, ConfigError
+from splatfacto_dist.options import refusal
 
 
 class LaunchError(SystemExit):
@@ -37,6 +38,9 @@ def too_many_gpus(requested: int) -> Optional[str]:
 
 def refusal_at_parse(config: Any) -> Optional[str]:
     """What must be refused as soon as the command line is parsed, or None."""
+    error = refusal(config)
+    if error:
+        return error
     machine = config.machine
     if machine.device_type == "cuda" and machine.num_devices > 1 and "RANK" not in os.environ:
         return too_many_gpus(machine.num_devices)
@@ -59,6 +63,9 @@ def data_path(config: Any) -> Optional[Path]:
 
 def check_job(config: Any, job: Any) -> None:
     """Fail early, in one line (`LaunchError`), on what cannot work for this job's shape."""
+    error = refusal(config)  # again: a --load-config is read from YAML, which never ran __post_init__
+    if error:
+        raise LaunchError(error)
     machine = config.machine
     if machine.device_type == "cuda":
         if not torch.cuda.is_available():

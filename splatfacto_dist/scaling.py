@@ -13,14 +13,25 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Literal
+from typing import Any, Literal
 
+import torch
 from nerfstudio.engine.optimizers import AdamOptimizerConfig
-from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
+from nerfstudio.engine.schedulers import (
+    CosineDecaySchedulerConfig,
+    ExponentialDecaySchedulerConfig,
+    MultiStepSchedulerConfig,
+)
 from nerfstudio.engine.trainer import TrainerConfig
 
 GAUSSIAN_GROUPS = ("means", "scales", "quats", "features_dc", "features_rest", "opacities")
+# The optimizer groups a splatfacto model can have; nerfstudio builds no optimizer for any other entry.
+SPLATFACTO_GROUPS = (*GAUSSIAN_GROUPS, "camera_opt", "bilateral_grid")
 ScalingRule = Literal["sqrt", "linear", "off"]
+# Every scheduler whose step counts `convert_images_to_steps` rewrites, and whose learning rates stay
+# right under `scale_optimizers` (all are factors of the optimizer's lr, but exponential decay's
+# lr_final and lr_pre_warmup, which are scaled with it).
+CONVERTIBLE_SCHEDULERS = (ExponentialDecaySchedulerConfig, MultiStepSchedulerConfig, CosineDecaySchedulerConfig)
 
 _TRAINER_COUNTS = (
     "max_num_iterations",
@@ -52,6 +63,11 @@ class AdamConfig(AdamOptimizerConfig):
     fused: bool = False
 
 
+def is_adam(optimizer: Any) -> bool:
+    """Whether an optimizer config builds torch's Adam with the arguments `scale_optimizers` adapts."""
+    return isinstance(optimizer, AdamOptimizerConfig) and optimizer._target is torch.optim.Adam
+
+
 def fuse_adam(config: TrainerConfig) -> None:
     """Use torch's fused Adam (one kernel per parameter group and step) for every Adam group."""
     for group in config.optimizers.values():
@@ -71,11 +87,23 @@ def convert_images_to_steps(config: TrainerConfig, effective_batch: int) -> None
     for name in _MODEL_COUNTS:
         setattr(model, name, _per_batch(getattr(model, name), effective_batch))
     model.images_per_step = effective_batch  # type: ignore[attr-defined]
-    for group in config.optimizers.values():
-        scheduler = group.get("scheduler")
-        if isinstance(scheduler, ExponentialDecaySchedulerConfig):
-            scheduler.max_steps = _per_batch(scheduler.max_steps, effective_batch)
-            scheduler.warmup_steps = _per_batch(scheduler.warmup_steps, effective_batch)
+    for name, group in config.optimizers.items():
+        if name in SPLATFACTO_GROUPS:
+            _convert_scheduler(group.get("scheduler"), effective_batch)
+
+
+def _convert_scheduler(scheduler: Any, effective_batch: int) -> None:
+    if isinstance(scheduler, ExponentialDecaySchedulerConfig):
+        scheduler.max_steps = _per_batch(scheduler.max_steps, effective_batch)
+        scheduler.warmup_steps = _per_batch(scheduler.warmup_steps, effective_batch)
+    elif isinstance(scheduler, MultiStepSchedulerConfig):
+        scheduler.max_steps = _per_batch(scheduler.max_steps, effective_batch)
+        scheduler.milestones = tuple(_per_batch(m, effective_batch) for m in scheduler.milestones)
+    elif isinstance(scheduler, CosineDecaySchedulerConfig):
+        scheduler.max_steps = _per_batch(scheduler.max_steps, effective_batch)
+        scheduler.warm_up_end = _per_batch(scheduler.warm_up_end, effective_batch)
+    elif scheduler is not None:
+        raise ValueError(f"cannot count {type(scheduler).__name__} in images; use --schedule-unit steps")
 
 
 def scale_optimizers(config: TrainerConfig, effective_batch: int, rule: ScalingRule) -> None:
@@ -88,6 +116,10 @@ def scale_optimizers(config: TrainerConfig, effective_batch: int, rule: ScalingR
         if group is None:
             continue
         adam = group["optimizer"]
+        if not is_adam(adam):
+            raise ValueError(
+                f"the '{name}' group's {type(adam).__name__} is not Adam; use --batch-optimizer-scaling off"
+            )
         beta1, beta2 = getattr(adam, "betas", (0.9, 0.999))
         group["optimizer"] = AdamConfig(
             lr=adam.lr * factor,
@@ -100,3 +132,8 @@ def scale_optimizers(config: TrainerConfig, effective_batch: int, rule: ScalingR
         scheduler = group.get("scheduler")
         if isinstance(scheduler, ExponentialDecaySchedulerConfig):
             scheduler.lr_final = scheduler.lr_final * factor if scheduler.lr_final is not None else None
+            scheduler.lr_pre_warmup = scheduler.lr_pre_warmup * factor
+        elif scheduler is not None and not isinstance(scheduler, CONVERTIBLE_SCHEDULERS):
+            raise ValueError(
+                f"cannot scale the '{name}' group's {type(scheduler).__name__}; use --batch-optimizer-scaling off"
+            )

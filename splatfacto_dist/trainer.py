@@ -20,7 +20,7 @@ import psutil
 import torch
 from nerfstudio.engine.callbacks import TrainingCallbackLocation
 from nerfstudio.engine.trainer import TRAIN_INTERATION_OUTPUT, Trainer, TrainerConfig
-from nerfstudio.utils import writer
+from nerfstudio.utils import profiler, writer
 from nerfstudio.utils.decorators import check_eval_enabled
 from nerfstudio.utils.misc import step_check
 from nerfstudio.utils.rich_utils import CONSOLE
@@ -187,6 +187,7 @@ class DistTrainer(Trainer):
             for name, opt in self.optimizers.optimizers.items()
         }
 
+    @profiler.time_function
     def train_iteration(self, step: int) -> TRAIN_INTERATION_OUTPUT:
         """Forward, backward, gradient all-reduce and optimizer step for this rank's cameras."""
         accumulation = self.gradient_accumulation_steps
@@ -207,9 +208,23 @@ class DistTrainer(Trainer):
             self.grad_scaler.update()
             if scale <= self.grad_scaler.get_scale():
                 self.optimizers.scheduler_step_all(step)
+        if self.config.log_gradients:
+            metrics_dict.update(self._gradient_norms())
         return loss, loss_dict, metrics_dict  # type: ignore[return-value]
 
+    def _gradient_norms(self) -> Dict[str, torch.Tensor]:
+        """Stock --log-gradients metrics, read like stock after the optimizer step (unscaled), here of
+        the all-reduced gradients every rank stepped with."""
+        norms = {
+            f"Gradients/{name}": p.grad.norm()
+            for name, p in self.pipeline.model.named_parameters()
+            if p.grad is not None
+        }
+        norms["Gradients/Total"] = functools.reduce(torch.add, norms.values(), torch.zeros((), device=self.device))
+        return norms
+
     @check_eval_enabled
+    @profiler.time_function
     def eval_iteration(self, step: int) -> None:
         """Single-image evals on rank 0 (the other ranks serve its render when sharded); the
         all-images eval is shared by every rank."""
