@@ -68,18 +68,23 @@ class ReplicatedLayout:
         """Account for a refine's new and removed Gaussians (`grown`, `pruned`: this rank's)."""
         self.total = len(params["means"])
 
-    def full_state(self, pipeline: torch.nn.Module, optimizers: Any) -> Tuple[Dict, Dict]:
-        """The pipeline's and optimizers' state dicts with every Gaussian (rank 0's are what counts)."""
-        return pipeline.state_dict(), {k: v.state_dict() for k, v in optimizers.optimizers.items()}
+    def full_state(self, pipeline: torch.nn.Module, optimizers: Any) -> Tuple[Dict, Dict, torch.Tensor]:
+        """The pipeline's and optimizers' state dicts with every Gaussian, and the Gaussians' ids
+        (rank 0's are what counts)."""
+        ids = pipeline.model.strategy_state["ids"].cpu()
+        return pipeline.state_dict(), {k: v.state_dict() for k, v in optimizers.optimizers.items()}, ids
 
-    def load_full_state(self, pipeline: Any, state: Dict[str, torch.Tensor], step: int) -> None:
-        """Load a checkpoint holding the whole model (either layout wrote it); ids restart from its order."""
+    def load_full_state(
+        self, pipeline: Any, state: Dict[str, torch.Tensor], step: int, ids: Optional[torch.Tensor]
+    ) -> None:
+        """Load a checkpoint holding the whole model (either layout wrote it), and its Gaussians' ids
+        (numbered in its order when it has none: a checkpoint of stock splatfacto)."""
         n = len(state["_model.gauss_params.means"])
         block = self.block(n)
-        pipeline.load_pipeline(
-            {k: (v[block] if k.startswith("_model.gauss_params.") else v) for k, v in state.items()}, step
-        )
-        pipeline.model.strategy_state["ids"] = torch.arange(n, dtype=torch.int64)[block]
+        gaussians = {k: (v[block] if k.startswith("_model.gauss_params.") else v) for k, v in state.items()}
+        pipeline.load_pipeline(gaussians, step)
+        ids = torch.arange(n, dtype=torch.int64) if ids is None else ids
+        pipeline.model.strategy_state["ids"] = ids[block].to(pipeline.model.device)
         self.total = n
 
     def block(self, n: int) -> slice:
