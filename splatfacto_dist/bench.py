@@ -4,7 +4,9 @@ Every job trains on the same dataset with the same image budget, as its own proc
 `ns-train`, or `splatfacto-dist-train`), so start-up, image loading and saving are measured as a
 user waits for them. All test images are evaluated every --eval-every images and after the last
 step, which gives the time-to-PSNR curves. Jobs whose GPU sets are disjoint may run side by side
-(--parallel). Arguments the benchmark does not know are passed to every splatfacto-dist job.
+(--parallel). Arguments the benchmark does not know are passed to every splatfacto-dist job, as
+is the Gaussian layout (--layout). Each rank's peak GPU memory is kept, so a sharded layout shows
+its fullest and emptiest rank.
 Progress is printed while jobs run; `results.json` is rewritten as each job ends, and
 `results.md` and `scaling.png` (see `bench_report`) are written at the end.
 """
@@ -46,6 +48,7 @@ class Job:
     gpus: List[int] = field(default_factory=list)
     result: Dict[str, float] = field(default_factory=dict)
     curve: List[List[float]] = field(default_factory=list)  # [seconds since job start, images seen, test PSNR]
+    rank_peak_gpu_mb: List[float] = field(default_factory=list)  # by rank, from the ranks' own lines
 
     @property
     def images_per_step(self) -> int:
@@ -94,9 +97,16 @@ def _command(job: Job, args: argparse.Namespace, extra: List[str], out: Path) ->
             "True",
             "--profile-phases-every",
             str(args.profile_every),
+            *layout_args(args.layout),
             *extra,
         ]
     return cmd + [*args.dataparser, "--data", str(args.data)]
+
+
+def layout_args(layout: str) -> List[str]:
+    """The trainer options selecting a Gaussian layout; none for the default, replicated, so the
+    benchmark runs on trainers that predate the option."""
+    return [] if layout == "replicated" else ["--pipeline.model.gaussian-layout", layout]
 
 
 def read_events(run: Path, images_per_step: int, started_at: float) -> tuple:
@@ -146,6 +156,14 @@ def read_rank_lines(log: Path) -> Dict[str, float]:
     return res
 
 
+def read_rank_gpu_memory(log: Path) -> List[float]:
+    """Peak GPU memory (MB) of each rank that reported one, in rank order (none on CPU). A sharded
+    layout is judged by its fullest rank, and by how evenly the ranks share the load."""
+    text = log.read_text(errors="replace")
+    peaks = {int(m.group(1)): float(m.group(5)) for m in _RANK_LINE.finditer(text) if m.group(5)}
+    return [peaks[rank] for rank in sorted(peaks)]
+
+
 def _progress(log: Path) -> str:
     found = _PROGRESS.findall(log.read_text(errors="replace")[-20000:]) if log.exists() else []
     return f"step {found[-1][0]} ({found[-1][1]}%)" if found else "starting"
@@ -159,6 +177,7 @@ def _finish(job: Job, returncode: int, wall_s: float, started_at: float, out: Pa
         res, job.curve = read_events(run, job.images_per_step, started_at)
         job.result.update(res)
     job.result.update(read_rank_lines(out / f"{job.name}.log"))
+    job.rank_peak_gpu_mb = read_rank_gpu_memory(out / f"{job.name}.log")
     if "loop_s" in job.result:
         job.result["outside_loop_s"] = wall_s - job.result["loop_s"]
         job.result["loop_ms_per_step"] = 1000 * job.result["loop_s"] / steps
@@ -223,6 +242,7 @@ def _environment(args: argparse.Namespace) -> Dict[str, str]:
         "nerfstudio": getattr(nerfstudio, "__version__", "1.1.5"),
         "python": sys.version.split()[0],
         "cpus": str(os.cpu_count()),
+        "layout": args.layout,
     }
     if torch.cuda.is_available():
         env["gpus"] = f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
@@ -243,6 +263,12 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--eval-every", type=int, default=2500, help="evaluate all test images every this many images")
     parser.add_argument("--gpus", type=int, nargs="+", default=[1, 2, 4], help="GPU counts for splatfacto-dist")
     parser.add_argument("--batch", type=int, default=1, help="cameras per rank per step")
+    parser.add_argument(
+        "--layout",
+        choices=["replicated", "sharded"],
+        default="replicated",
+        help="Gaussian layout of every splatfacto-dist job (--pipeline.model.gaussian-layout)",
+    )
     parser.add_argument(
         "--seeds",
         type=int,

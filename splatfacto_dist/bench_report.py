@@ -98,6 +98,16 @@ def _seed_summary(jobs: List[dict], base: Optional[Dict[str, float]]) -> List[st
     return lines
 
 
+def gpu_memory_per_rank(job: dict) -> str:
+    """Peak GPU memory of the fullest and the emptiest rank ("max / min" MB): a sharded layout is
+    only as large as its fullest rank allows. Results written before ranks were listed give the max."""
+    ranks = job.get("rank_peak_gpu_mb") or []
+    if len(ranks) > 1:
+        return f"{max(ranks):.0f} / {min(ranks):.0f}"
+    peak = job["result"].get("peak_mem_mb")
+    return "-" if peak is None or np.isnan(peak) else f"{peak:.0f}"
+
+
 def markdown(jobs: List[dict], environment: Dict[str, str], title: str) -> str:
     base = derive(jobs)
     target = f"{base['psnr'] - PSNR_TOLERANCE_DB:.2f} dB" if base else "-"
@@ -105,12 +115,14 @@ def markdown(jobs: List[dict], environment: Dict[str, str], title: str) -> str:
         f"### {title}: {environment.get('budget_images', '?')}-image budget",
         "",
         f"Machine: {environment.get('gpus', 'CPU')}, {environment.get('cpus', '?')} CPUs; torch {environment.get('torch')}, "
-        f"nerfstudio {environment.get('nerfstudio')}, gsplat {environment.get('gsplat')}, Python {environment.get('python')}.",
+        f"nerfstudio {environment.get('nerfstudio')}, gsplat {environment.get('gsplat')}, Python {environment.get('python')}; "
+        f"Gaussian layout {environment.get('layout', 'replicated')}.",
         f"Time to PSNR: seconds from process start to the first evaluation at or above stock's final test PSNR "
         f"(mean over its runs) - {PSNR_TOLERANCE_DB} dB ({target}).",
         "",
         "| job | GPUs | batch | steps | images/s | loop s | outside loop s | wall s | loop speedup | wall speedup | "
-        "time to PSNR s | test PSNR | vs stock dB | SSIM | LPIPS | Gaussians | peak GPU MB/rank | peak host MB/rank | "
+        "time to PSNR s | test PSNR | vs stock dB | SSIM | LPIPS | Gaussians | peak GPU MB/rank (max / min) | "
+        "peak host MB/rank | "
         "rank start-up s |",
         "|---" * 19 + "|",
     ]
@@ -125,7 +137,7 @@ def markdown(jobs: List[dict], environment: Dict[str, str], title: str) -> str:
             f"| {job['name']}{failed} | {job['n_gpus']} | {job['batch']} | {f('steps', '{:.0f}')} | {f('images_per_s', '{:.0f}')} | "
             f"{f('loop_s')} | {f('outside_loop_s')} | {f('wall_s')} | {f('loop_speedup', '{:.2f}x')} | "
             f"{f('wall_speedup', '{:.2f}x')} | {f('time_to_psnr_s')} | {f('psnr', '{:.2f}')} | {f('psnr_vs_stock_db', '{:+.2f}')} | "
-            f"{f('ssim', '{:.4f}')} | {f('lpips', '{:.3f}')} | {f('gaussians', '{:,.0f}')} | {f('peak_mem_mb', '{:.0f}')} | "
+            f"{f('ssim', '{:.4f}')} | {f('lpips', '{:.3f}')} | {f('gaussians', '{:,.0f}')} | {gpu_memory_per_rank(job)} | "
             f"{f('peak_host_mb', '{:.0f}')} | {f('startup_s')} |"
         )
     lines += _seed_summary(jobs, base)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from splatfacto_dist.colmap_writer import PointsWriter, write_images, write_pinhole_camera
 from splatfacto_dist.raster import reference_rasterization
 
 SH_C0 = 0.28209479177387814
@@ -86,14 +87,6 @@ def ring_cameras(n_views: int, radius: float = 4.0) -> torch.Tensor:
     return torch.stack(viewmats)
 
 
-def _rotmat_to_qvec(R: np.ndarray) -> np.ndarray:
-    w = math.sqrt(max(0.0, 1 + R[0, 0] + R[1, 1] + R[2, 2])) / 2
-    x = math.copysign(math.sqrt(max(0.0, 1 + R[0, 0] - R[1, 1] - R[2, 2])) / 2, R[2, 1] - R[1, 2])
-    y = math.copysign(math.sqrt(max(0.0, 1 - R[0, 0] + R[1, 1] - R[2, 2])) / 2, R[0, 2] - R[2, 0])
-    z = math.copysign(math.sqrt(max(0.0, 1 - R[0, 0] - R[1, 1] + R[2, 2])) / 2, R[1, 0] - R[0, 1])
-    return np.array([w, x, y, z])
-
-
 def generate_scene(out_dir: Path, n_views: int = 32, width: int = 80, height: int = 60, seed: int = 0) -> Path:
     """Render the scene into `out_dir` (images/ + colmap/sparse/0/*.txt); returns `out_dir`."""
     out_dir = Path(out_dir)
@@ -123,23 +116,16 @@ def generate_scene(out_dir: Path, n_views: int = 32, width: int = 80, height: in
             pixels = (rgb[0].clamp(0, 1).numpy() * 255).round().astype(np.uint8)
             Image.fromarray(pixels).save(images_dir / f"frame_{i:04d}.png")
 
-    (sparse_dir / "cameras.txt").write_text(f"1 PINHOLE {width} {height} {focal} {focal} {width / 2} {height / 2}\n")
-    lines = []
-    for i, viewmat in enumerate(viewmats.numpy()):
-        q, t = _rotmat_to_qvec(viewmat[:3, :3]), viewmat[:3, 3]
-        lines.append(f"{i + 1} {' '.join(f'{x:.9f}' for x in (*q, *t))} 1 frame_{i:04d}.png\n\n")
-    (sparse_dir / "images.txt").write_text("".join(lines))
+    write_pinhole_camera(sparse_dir, width, height, focal)
+    write_images(sparse_dir, viewmats.numpy(), [f"frame_{i:04d}.png" for i in range(n_views)])
 
     g = torch.Generator().manual_seed(seed + 1)
     surface = torch.arange(2400)  # sphere and floor, not the sky dome
     pick = surface[torch.randperm(len(surface), generator=g)[:800]]
     xyz = gt["means"][pick] + 0.03 * torch.randn(len(pick), 3, generator=g)
     rgb = (gt["rgb"][pick] * 255).round().to(torch.uint8)
-    points = [
-        f"{j + 1} {x:.6f} {y:.6f} {z:.6f} {r} {gg} {b} 0.5 1 0\n"
-        for j, ((x, y, z), (r, gg, b)) in enumerate(zip(xyz.tolist(), rgb.tolist()))
-    ]
-    (sparse_dir / "points3D.txt").write_text("".join(points))
+    with PointsWriter(sparse_dir, len(pick)) as points:
+        points.write(xyz.numpy(), rgb.numpy())
     return out_dir
 
 

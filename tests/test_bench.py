@@ -159,7 +159,9 @@ def test_every_job_runs_once_per_seed_with_that_seed():
 
     from splatfacto_dist.bench import Job, _command
 
-    args = argparse.Namespace(budget=100, eval_every=50, profile_every=53, dataparser=["colmap"], data="scene")
+    args = argparse.Namespace(
+        budget=100, eval_every=50, profile_every=53, dataparser=["colmap"], data="scene", layout="replicated"
+    )
     for job in (Job("stock-1gpu-s7", "splatfacto", 1, seed=7), Job("dist-2gpu-s7", "splatfacto-dist", 2, seed=7)):
         cmd = _command(job, args, [], Path("out"))
         assert cmd[cmd.index("--machine.seed") + 1] == "7"
@@ -182,3 +184,37 @@ def test_rank_lines_give_the_slowest_ranks_start_up_stages(tmp_path):
         "peak_host_mb": 120.0,
         "peak_mem_mb": 50.0,
     }
+
+
+def test_layout_reaches_every_dist_job_and_replicated_passes_nothing():
+    import argparse
+    from pathlib import Path
+
+    from splatfacto_dist.bench import Job, _command
+
+    args = argparse.Namespace(budget=100, eval_every=50, profile_every=53, dataparser=["colmap"], data="scene")
+    dist, stock = Job("dist-2gpu", "splatfacto-dist", 2), Job("stock-1gpu", "splatfacto", 1)
+    args.layout = "sharded"
+    cmd = _command(dist, args, [], Path("out"))
+    assert cmd[cmd.index("--pipeline.model.gaussian-layout") + 1] == "sharded"
+    assert "--pipeline.model.gaussian-layout" not in _command(stock, args, [], Path("out"))
+    args.layout = "replicated"
+    assert not any("gaussian-layout" in token for token in _command(dist, args, [], Path("out")))
+
+
+def test_report_shows_the_fullest_and_emptiest_ranks_gpu_memory(tmp_path):
+    from splatfacto_dist.bench import read_rank_gpu_memory
+
+    log = tmp_path / "job.log"
+    log.write_text(
+        "rank 1: start-up 2.0 s, peak host 90 MB, peak GPU 610 MB\n"
+        "rank 0: start-up 1.0 s, peak host 100 MB, peak GPU 702 MB\nrank 2: peak host 80 MB\n"
+    )
+    assert read_rank_gpu_memory(log) == [702.0, 610.0]
+    sharded = _job("dist-2gpu", "splatfacto-dist", 2, 50.0, 70.0, 25.0, [])
+    sharded["rank_peak_gpu_mb"] = [702.0, 610.0]
+    sharded["result"]["peak_mem_mb"] = 702.0
+    old = _job("dist-1gpu", "splatfacto-dist", 1, 90.0, 110.0, 25.0, [])
+    old["result"]["peak_mem_mb"] = 640.0  # a results.json from before the per-rank list
+    table = bench_report.markdown([old, sharded], {"layout": "sharded"}, "memory")
+    assert "| 702 / 610 |" in table and "| 640 |" in table and "Gaussian layout sharded" in table

@@ -1,0 +1,303 @@
+"""Capacity benchmark: the largest synthetic scene that trains to the end under a per-GPU memory
+cap, for a Gaussian layout and a GPU count; and each rank's peak GPU memory at every size.
+
+A sharded layout exists to train scenes a replicated one cannot hold, so it is judged on what
+fits: with every process capped at --cap-gib (24: a 24 GB card, emulated on a larger one), the
+sizes are tried from the smallest up; a configuration stops at its first failure (a larger scene
+would fail too) unless --keep-going. Runs into the same --out accumulate in one report, so the
+layouts can be measured in separate calls:
+
+    python benchmarks/capacity.py --layout replicated --gpus 1 --sizes 4e6 6e6 8e6 12e6 16e6
+    python benchmarks/capacity.py --layout sharded --gpus 2 --sizes 8e6 12e6 16e6 24e6 32e6
+
+Each size is a `splatfacto_dist.synthetic` scene whose points3D holds exactly that many points
+(generated once, cached under --cache). splatfacto starts from one Gaussian per point, and
+densification is off (--pipeline.model.stop-split-at 0: no split, duplicate, prune or opacity
+reset; the culling thresholds only act inside a refine), so a run holds exactly that many
+Gaussians from start to end. Training renders at full resolution from the first step
+(--pipeline.model.num-downscales 0) and reaches SH degree 3 by 3/8 of the --images budget, so
+the memory measured is that of a real step. The cap reaches every rank as the environment
+variable SPLATFACTO_DIST_MEMORY_CAP_GIB, which the trainer applies (`splatfacto_dist.memcap`);
+a log without the cap's line marks the run "uncapped". Arguments the benchmark does not know go
+to every training run. Writes results.json (every run, each rank's peak) and results.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from splatfacto_dist.bench import layout_args, read_events, read_rank_gpu_memory, read_rank_lines
+from splatfacto_dist.memcap import ENV as CAP_ENV
+from splatfacto_dist.synthetic import SceneSpec, generate, is_complete, parse_count
+
+CAP_LINE = re.compile(r"GPU \d+: memory capped at")
+OOM = re.compile(r"out of memory|OutOfMemoryError", re.IGNORECASE)
+CAPACITY_TARGET = 1.8  # sharded on N GPUs must hold at least this many times replicated's largest scene
+MEMORY_TARGET = 0.6  # sharded per-rank peak at most this fraction of replicated on 1 GPU, same scene
+
+
+def scene_for(size: int, args: argparse.Namespace) -> Path:
+    """The cached scene of `size` points, generated when missing or incomplete."""
+    spec = SceneSpec(size, args.views, args.width, args.height, args.objects, args.seed, "bin")
+    path = args.cache / f"{size}-{args.views}v-{args.width}x{args.height}-{args.objects}o-s{args.seed}"
+    if not is_complete(path, spec):
+        print(f"[capacity] generating {path}", flush=True)
+        stats = generate(path, spec)
+        print(
+            f"[capacity] {size:,} points in {stats['points_s']:.0f} s, images in {stats['images_s']:.0f} s", flush=True
+        )
+    return path
+
+
+def train_command(
+    name: str, layout: str, gpus: int, scene: Path, args: argparse.Namespace, extra: List[str]
+) -> List[str]:
+    """One short training run that keeps its Gaussian count (see the module docstring)."""
+    return [
+        sys.executable,
+        "-m",
+        "splatfacto_dist.cli",
+        "splatfacto-dist",
+        "--vis",
+        "tensorboard",
+        "--output-dir",
+        str(args.out / "runs"),
+        "--experiment-name",
+        "capacity",
+        "--timestamp",
+        name,
+        "--max-num-iterations",
+        str(args.images),
+        "--steps-per-eval-image",
+        "0",
+        "--steps-per-eval-batch",
+        "0",
+        "--steps-per-eval-all-images",
+        "0",
+        "--steps-per-save",
+        "1000000",
+        "--logging.steps-per-log",
+        "10",
+        "--pipeline.model.stop-split-at",
+        "0",
+        "--pipeline.model.num-downscales",
+        "0",
+        "--pipeline.model.sh-degree-interval",
+        str(max(1, args.images // 8)),
+        "--machine.num-devices",
+        str(gpus),
+        "--machine.device-type",
+        args.device,
+        *layout_args(layout),
+        *extra,
+        "colmap",
+        "--data",
+        str(scene),
+    ]
+
+
+def status_of(returncode: Optional[int], log: str, capped: bool) -> str:
+    """'trained', 'OOM', 'timeout' or 'failed (exit N)'; a run that trained without the cap in force
+    says so, since its size proves nothing about a capped card."""
+    if returncode is None:
+        return "timeout"
+    if returncode == 0:
+        return "trained" if capped else "trained (uncapped)"
+    return "OOM" if OOM.search(log) else f"failed (exit {returncode})"
+
+
+def run_one(layout: str, gpus: int, size: int, args: argparse.Namespace, extra: List[str]) -> Dict:
+    """Train one configuration at one size; its record for results.json."""
+    scene = scene_for(size, args)
+    name = f"{layout}-{gpus}gpu-{size}"
+    log_path = args.out / "logs" / f"{name}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, NCCL_NVLS_ENABLE="0")
+    cap = args.cap_gib if args.device == "cuda" and args.cap_gib > 0 else 0.0
+    env.pop(CAP_ENV, None)
+    if cap:
+        env[CAP_ENV] = f"{cap:g}"
+    print(f"[capacity] train {name}", flush=True)
+    started, started_epoch = time.perf_counter(), time.time()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            train_command(name, layout, gpus, scene, args, extra),
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # a timeout ends every rank it started, and nothing else
+        )
+        try:
+            returncode: Optional[int] = proc.wait(timeout=args.timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            returncode = None
+    text = log_path.read_text(errors="replace")
+    capped = not cap or len(CAP_LINE.findall(text)) >= gpus
+    record = {
+        "layout": layout,
+        "gpus": gpus,
+        "size": size,
+        "cap_gib": cap,
+        "images": args.images,
+        "status": status_of(returncode, text, capped),
+        "wall_s": time.perf_counter() - started,
+        "rank_peak_gpu_mb": read_rank_gpu_memory(log_path),
+        "log": str(log_path),
+    }
+    record.update({k: v for k, v in read_rank_lines(log_path).items() if k in ("peak_host_mb", "startup_s")})
+    run = args.out / "runs" / "capacity" / "splatfacto-dist" / name
+    if run.exists():
+        events, _ = read_events(run, gpus, started_epoch)
+        if "gaussians" in events:
+            record["gaussians"] = events["gaussians"]
+        if not args.keep_checkpoints:
+            shutil.rmtree(run / "nerfstudio_models", ignore_errors=True)  # tens of GB at these sizes
+    print(f"[capacity] {name}: {record['status']}, peak GPU MB by rank {record['rank_peak_gpu_mb']}", flush=True)
+    if record["status"] == "trained (uncapped)":
+        print(
+            f"[capacity] the ranks never applied {CAP_ENV}: the trainer must call memcap.apply_memory_cap()", flush=True
+        )
+    return record
+
+
+def _key(record: Dict) -> tuple:
+    return (record["layout"], record["gpus"], record["size"], record["cap_gib"], record["images"])
+
+
+def largest_trained(records: List[Dict]) -> Dict[tuple, Dict]:
+    """Per (layout, GPUs, cap): the largest size that trained to the end, and the smallest that did not."""
+    out: Dict[tuple, Dict] = {}
+    for r in records:
+        entry = out.setdefault((r["layout"], r["gpus"], r["cap_gib"]), {"trained": 0, "failed": None})
+        if r["status"] == "trained":
+            entry["trained"] = max(entry["trained"], r["size"])
+        elif entry["failed"] is None or r["size"] < entry["failed"]:
+            entry["failed"] = r["size"]
+    return out
+
+
+def markdown(records: List[Dict], environment: Dict[str, str]) -> str:
+    """The table of every run, the largest size per configuration, and the two targets."""
+    lines = [
+        "### Capacity: largest synthetic scene that trains to the end",
+        "",
+        f"Machine: {environment.get('gpus', 'CPU')}; torch {environment.get('torch')}, gsplat {environment.get('gsplat')}. "
+        "Densification off (Gaussians = points3D); peak GPU memory is each rank's torch.cuda.max_memory_allocated.",
+        "",
+        "| layout | GPUs | cap GiB | Gaussians | images | status | peak GPU MB/rank (max / min) | peak host MB/rank | wall s |",
+        "|---" * 9 + "|",
+    ]
+    for r in sorted(records, key=_key):
+        ranks = r["rank_peak_gpu_mb"]
+        memory = f"{max(ranks):.0f} / {min(ranks):.0f}" if ranks else "-"
+        host = f"{r['peak_host_mb']:.0f}" if "peak_host_mb" in r else "-"
+        lines.append(
+            f"| {r['layout']} | {r['gpus']} | {r['cap_gib']:g} | {r['size']:,} | {r['images']} | {r['status']} | "
+            f"{memory} | {host} | {r['wall_s']:.0f} |"
+        )
+    summary = largest_trained(records)
+    lines += ["", "| layout | GPUs | cap GiB | largest trained | smallest failed |", "|---" * 5 + "|"]
+    for (layout, gpus, cap), entry in sorted(summary.items()):
+        failed = f"{entry['failed']:,}" if entry["failed"] else "-"
+        lines.append(f"| {layout} | {gpus} | {cap:g} | {entry['trained']:,} | {failed} |")
+    lines += ["", *targets(records, summary)]
+    return "\n".join(lines) + "\n"
+
+
+def targets(records: List[Dict], summary: Dict[tuple, Dict]) -> List[str]:
+    """The issue's two bars, wherever both sides were measured."""
+    lines = []
+    for (layout, gpus, cap), entry in sorted(summary.items()):
+        replicated = [e["trained"] for (lay, _, c), e in summary.items() if lay == "replicated" and c == cap]
+        if layout != "sharded" or not replicated or not max(replicated):
+            continue
+        ratio = entry["trained"] / max(replicated)
+        verdict = "meets" if ratio >= CAPACITY_TARGET else "misses"
+        lines.append(
+            f"- Capacity, sharded on {gpus} GPUs at {cap:g} GiB: {ratio:.2f}x the largest replicated scene "
+            f"({verdict} >= {CAPACITY_TARGET}x; a lower bound on the true ratio at this grid of sizes)."
+        )
+    by_key = {_key(r): r for r in records if r["status"] == "trained" and r["rank_peak_gpu_mb"]}
+    for (layout, gpus, size, cap, images), r in sorted(by_key.items()):
+        base = by_key.get(("replicated", 1, size, cap, images))
+        if layout != "sharded" or base is None:
+            continue
+        ratio = max(r["rank_peak_gpu_mb"]) / max(base["rank_peak_gpu_mb"])
+        verdict = "meets" if ratio <= MEMORY_TARGET else "misses"
+        lines.append(
+            f"- Memory, {size:,} Gaussians: fullest rank sharded on {gpus} GPUs / replicated on 1 GPU = {ratio:.2f} "
+            f"({verdict} <= {MEMORY_TARGET})."
+        )
+    return lines
+
+
+def save(out: Path, records: List[Dict], environment: Dict[str, str]) -> None:
+    """results.json and results.md, merged with the runs already there (a re-run replaces its own)."""
+    path = out / "results.json"
+    merged: Dict[tuple, Dict] = {}
+    if path.exists():
+        previous = json.loads(path.read_text())
+        environment = {**previous["environment"], **environment}
+        merged = {_key(r): r for r in previous["runs"]}
+    merged.update({_key(r): r for r in records})
+    runs = sorted(merged.values(), key=_key)
+    path.write_text(json.dumps({"environment": environment, "runs": runs}, indent=1))
+    (out / "results.md").write_text(markdown(runs, environment))
+
+
+def _environment() -> Dict[str, str]:
+    import gsplat
+    import torch
+
+    env = {"torch": torch.__version__, "gsplat": gsplat.__version__, "python": sys.version.split()[0]}
+    if torch.cuda.is_available():
+        env["gpus"] = f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
+    return env
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layout", nargs="+", choices=["replicated", "sharded"], default=["replicated"])
+    parser.add_argument("--gpus", type=int, nargs="+", default=[1], help="GPU counts (processes on CPU)")
+    parser.add_argument("--sizes", type=parse_count, nargs="+", required=True, help="Gaussians, e.g. 2e6 4e6 8e6")
+    parser.add_argument("--cap-gib", type=float, default=24.0, help="GPU memory per process (0: no cap)")
+    parser.add_argument("--images", type=int, default=300, help="training budget in images")
+    parser.add_argument("--views", type=int, default=200)
+    parser.add_argument("--width", type=int, default=320)
+    parser.add_argument("--height", type=int, default=240)
+    parser.add_argument("--objects", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    parser.add_argument("--keep-going", action="store_true", help="try larger sizes after a failure")
+    parser.add_argument("--keep-checkpoints", action="store_true")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per training run")
+    parser.add_argument("--cache", type=Path, default=Path("outputs/capacity/scenes"))
+    parser.add_argument("--out", type=Path, default=Path("outputs/capacity"))
+    args, extra = parser.parse_known_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    environment = _environment()
+    records: List[Dict] = []
+    for layout in args.layout:
+        for gpus in args.gpus:
+            for size in sorted(set(args.sizes)):
+                records.append(run_one(layout, gpus, size, args, extra))
+                save(args.out, records, environment)
+                if records[-1]["status"] != "trained" and not args.keep_going:
+                    break
+    print((args.out / "results.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""A per-process GPU memory cap from the environment, so a large GPU can stand in for a smaller one.
+
+The capacity benchmark asks what fits on a 24 GB card while running on 80-140 GB ones: every rank
+caps its CUDA caching allocator at SPLATFACTO_DIST_MEMORY_CAP_GIB, and an allocation past the cap
+raises torch's ordinary out-of-memory error. The cap covers tensors only (not the CUDA context,
+about 0.5 GB more on a real card). Each rank calls `apply_memory_cap()` once it has selected its
+device and before it allocates anything.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+ENV = "SPLATFACTO_DIST_MEMORY_CAP_GIB"
+
+
+def apply_memory_cap() -> Optional[float]:
+    """Cap the current CUDA device at the environment's GiB; returns the fraction set, or None when
+    no cap is asked for or there is no CUDA. Prints one line so a log shows the cap was in force."""
+    value = os.environ.get(ENV, "").strip()
+    if not value:
+        return None
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    cap = float(value)
+    if cap <= 0:
+        raise ValueError(f"{ENV}={value}: the cap must be a positive number of GiB")
+    device = torch.cuda.current_device()
+    total = torch.cuda.get_device_properties(device).total_memory
+    fraction = min(1.0, cap * 2**30 / total)
+    torch.cuda.set_per_process_memory_fraction(fraction, device)
+    print(f"GPU {device}: memory capped at {cap:g} GiB ({fraction:.3f} of {total / 2**30:.1f} GiB, {ENV})", flush=True)
+    return fraction
