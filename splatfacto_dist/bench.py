@@ -27,9 +27,9 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from splatfacto_dist import bench_report
-from splatfacto_dist.cli import option
+from splatfacto_dist.argv import option
 
-STUB = Path(__file__).resolve().parent.parent / "configs" / "lpips_stub"
+STUB = Path(__file__).resolve().parent / "lpips_stub"
 _RANK_LINE = re.compile(
     r"rank (\d+): (?:start-up ([\d.]+) s(?: \(([^)]*)\))?, )?peak host (\d+) MB(?:, peak GPU (\d+) MB)?"
 )

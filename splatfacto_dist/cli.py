@@ -10,19 +10,10 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import List, Mapping, Optional
+from typing import List, Mapping
 
+from splatfacto_dist.argv import option
 from splatfacto_dist.prespawn import Prespawned, RankFailed
-
-
-def option(argv: List[str], *names: str) -> Optional[str]:
-    """The last value given to any of `names` (as `--name value` or `--name=value`)."""
-    value = None
-    for i, token in enumerate(argv):
-        key, eq, inline = token.partition("=")
-        if key in names:
-            value = inline if eq else (argv[i + 1] if i + 1 < len(argv) else None)
-    return value
 
 
 def guess_local_ranks(argv: List[str], environ: Mapping[str, str]) -> int:

@@ -59,7 +59,9 @@ def _env_job() -> Optional[Job]:
         rank, world, local = int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env["SLURM_LOCALID"])
         per_machine = world // int(env.get("SLURM_NNODES", "1"))
         if "MASTER_ADDR" not in env:
-            raise LaunchError("under SLURM set MASTER_ADDR (and MASTER_PORT) to the first node, see configs/slurm_*.sh")
+            raise LaunchError(
+                "under SLURM set MASTER_ADDR (and MASTER_PORT) to the first node, see configs/slurm_*.sbatch"
+            )
         url = f"tcp://{env['MASTER_ADDR']}:{env.get('MASTER_PORT', '29500')}"
         return Job(world, per_machine, rank // per_machine, url, local, rank)
     return None

@@ -356,7 +356,7 @@ class SplatfactoDistModel(SplatfactoModel):
             assert mask.shape[:-1] == gt.shape[:-1] == pred.shape[:-1]
             gt, pred = gt * mask, pred * mask
         # Contiguous NCHW copies: cuDNN runs the SSIM's depthwise convolutions (forward and backward)
-        # far faster on them than on channels-last views of the HWC images (configs/ssim_layout.py).
+        # far faster on them than on channels-last views of the HWC images (benchmarks/ssim_layout.py).
         gt_nchw = gt.reshape(-1, *gt.shape[-3:]).permute(0, 3, 1, 2).contiguous()
         pred_nchw = pred.reshape(-1, *pred.shape[-3:]).permute(0, 3, 1, 2).contiguous()
         l1 = torch.abs(gt - pred).mean()

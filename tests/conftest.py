@@ -1,4 +1,5 @@
-"""Shared fixtures: the embedded scene and a helper that runs real multi-process training."""
+"""Shared fixtures and helpers: the embedded scene, the training command line every test builds
+from one place, and what several test modules compare (a short schedule, a run's renders)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import List
+from typing import List, Optional, Sequence
 
 import pytest
 
@@ -61,31 +62,77 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return generate_scene(tmp_path_factory.mktemp("scene"), n_views=24, width=64, height=48)
 
 
-def train(out: Path, scene: Path, nprocs: int, args: List[str], timeout: int = 900) -> Path:
-    """Run `splatfacto-dist-train` in `nprocs` gloo processes; return the run directory."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "splatfacto_dist.cli",
+CLI = (sys.executable, "-m", "splatfacto_dist.cli")
+
+# Counted in steps, no optimizer rescaling: 48 steps span a refine (step 32: splits with random samples,
+# duplicates, prunes) and opacity resets (steps 0 and 40); replicas compared every 8 steps.
+SCHEDULE = [
+    "--schedule-unit",
+    "steps",
+    "--batch-optimizer-scaling",
+    "off",
+    "--max-num-iterations",
+    "48",
+    "--pipeline.model.warmup-length",
+    "8",
+    "--pipeline.model.refine-every",
+    "8",
+    "--pipeline.model.reset-alpha-every",
+    "5",
+    "--verify-replicas-every",
+    "8",
+]
+
+
+def train_command(
+    out: Path,
+    scene: Path,
+    nprocs: Optional[int],
+    args: Sequence[str] = (),
+    dataparser: str = "colmap",
+    launcher: Sequence[str] = CLI,
+) -> List[str]:
+    """A splatfacto-dist training command line on TINY's schedule, writing to `out/*/splatfacto-dist/run`.
+
+    `nprocs` None leaves the process count to an external launcher (torchrun, SLURM); `args` come after
+    TINY's and so override them; an empty `launcher` gives the arguments tyro parses."""
+    processes = [] if nprocs is None else ["--machine.num-devices", str(nprocs)]
+    return [
+        *launcher,
         "splatfacto-dist",
         *TINY,
-        "--machine.num-devices",
-        str(nprocs),
+        *processes,
         "--output-dir",
         str(out),
         "--timestamp",
         "run",
         *args,
-        "colmap",
+        dataparser,
         "--data",
         str(scene),
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def train(out: Path, scene: Path, nprocs: int, args: List[str], timeout: int = 900) -> Path:
+    """Run `splatfacto-dist-train` in `nprocs` gloo processes; return the run directory."""
+    proc = subprocess.run(train_command(out, scene, nprocs, args), capture_output=True, text=True, timeout=timeout)
     log = proc.stdout + proc.stderr
     (out / "train.log").parent.mkdir(parents=True, exist_ok=True)
     (out / "train.log").write_text(log)
     assert proc.returncode == 0, log[-4000:]
     return next(out.glob("*/splatfacto-dist/run"))
+
+
+def renders(run: Path) -> tuple:
+    """Gaussian count and the eval-view images of a finished run, through nerfstudio's eval_setup."""
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    _, pipeline, _, _ = eval_setup(run / "config.yml", test_mode="test")
+    model = pipeline.model
+    images = [
+        model.get_outputs_for_camera(camera)["rgb"] for camera, _ in pipeline.datamanager.fixed_indices_eval_dataloader
+    ]
+    return model.num_points, images
 
 
 @pytest.fixture(scope="session")

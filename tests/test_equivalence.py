@@ -12,35 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import train
-from nerfstudio.utils.eval_utils import eval_setup
-
-SCHEDULE = [
-    "--schedule-unit",
-    "steps",
-    "--batch-optimizer-scaling",
-    "off",
-    "--max-num-iterations",
-    "48",
-    "--pipeline.model.warmup-length",
-    "8",
-    "--pipeline.model.refine-every",
-    "8",
-    "--pipeline.model.reset-alpha-every",
-    "5",
-    "--verify-replicas-every",
-    "8",
-]
-
-
-def renders(run) -> tuple:
-    """Gaussian count and the eval-view images of a finished run, through nerfstudio's eval_setup."""
-    _, pipeline, _, _ = eval_setup(run / "config.yml", test_mode="test")
-    model = pipeline.model
-    images = [
-        model.get_outputs_for_camera(camera)["rgb"] for camera, _ in pipeline.datamanager.fixed_indices_eval_dataloader
-    ]
-    return model.num_points, images
+from conftest import SCHEDULE, renders, train
 
 
 def spread_and_batched(tmp_path, scene, world: int, schedule: list):

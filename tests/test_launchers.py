@@ -6,12 +6,11 @@ import os
 import re
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
-from conftest import TINY, free_port, tool
+from conftest import free_port, tool, train_command
 
-ARGS = [*TINY, "--max-num-iterations", "60", "--verify-replicas-every", "5", "--timestamp", "run"]
+ARGS = ["--max-num-iterations", "60", "--verify-replicas-every", "5"]
 
 
 def _finished(log: str, ranks: int) -> None:
@@ -21,21 +20,8 @@ def _finished(log: str, ranks: int) -> None:
 
 
 def test_torchrun(tmp_path, scene):
-    cmd = [
-        tool("torchrun"),
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        "-m",
-        "splatfacto_dist.cli",
-        "splatfacto-dist",
-        *ARGS,
-        "--output-dir",
-        str(tmp_path),
-        "colmap",
-        "--data",
-        str(scene),
-    ]
+    torchrun = [tool("torchrun"), "--standalone", "--nproc-per-node", "2", "-m", "splatfacto_dist.cli"]
+    cmd = train_command(tmp_path, scene, None, ARGS, launcher=torchrun)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     _finished(proc.stdout + proc.stderr, 2)
@@ -55,18 +41,7 @@ def test_slurm_environment(tmp_path, scene):
             MASTER_ADDR="127.0.0.1",
             MASTER_PORT=str(port),
         )
-        cmd = [
-            sys.executable,
-            "-m",
-            "splatfacto_dist.cli",
-            "splatfacto-dist",
-            *ARGS,
-            "--output-dir",
-            str(tmp_path),
-            "colmap",
-            "--data",
-            str(scene),
-        ]
+        cmd = train_command(tmp_path, scene, None, ARGS)
         procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     logs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n".join(log[-2000:] for log in logs)
@@ -99,19 +74,7 @@ def test_prespawned_ranks_train_the_parsed_job(tmp_path, scene, capfd):
     from splatfacto_dist import launch
     from splatfacto_dist.prespawn import Prespawned
 
-    config = _parsed(
-        [
-            "splatfacto-dist",
-            *ARGS,
-            "--machine.num-devices",
-            "2",
-            "--output-dir",
-            str(tmp_path),
-            "colmap",
-            "--data",
-            str(scene),
-        ]
-    )
+    config = _parsed(train_command(tmp_path, scene, 2, ARGS, launcher=()))
     ranks = Prespawned(2)
     launch.launch(config, ranks)
     out = capfd.readouterr().out
@@ -134,21 +97,7 @@ def test_a_failing_prespawned_rank_stops_the_others(tmp_path, scene):
     broken = tmp_path / "scene"
     subprocess.run(["cp", "-r", str(scene), str(broken)], check=True)
     (broken / "images" / "frame_0005.png").write_bytes(b"not a png")
-    config = _parsed(
-        [
-            "splatfacto-dist",
-            *TINY,
-            "--max-num-iterations",
-            "400",
-            "--machine.num-devices",
-            "2",
-            "--output-dir",
-            str(tmp_path),
-            "colmap",
-            "--data",
-            str(broken),
-        ]
-    )
+    config = _parsed(train_command(tmp_path, broken, 2, ["--max-num-iterations", "400"], launcher=()))
     ranks = Prespawned(2)
     start = time.monotonic()
     with pytest.raises(RankFailed) as failed:

@@ -6,17 +6,15 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import psutil
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import TINY, free_port
+from conftest import free_port, train_command
 
 from splatfacto_dist import comm
 from splatfacto_dist.trainer import DistTrainer
@@ -92,31 +90,16 @@ def test_viewer_pause_and_stop_on_rank_0_reach_every_rank():
     assert r1[0][1] >= 0.8  # rank 1 waited out rank 0's pause
 
 
-def _train_cmd(scene: Path, out: Path, *extra: str) -> list:
-    return [
-        sys.executable,
-        "-m",
-        "splatfacto_dist.cli",
-        "splatfacto-dist",
-        *TINY,
-        "--machine.num-devices",
-        "2",
-        "--output-dir",
-        str(out),
-        *extra,
-        "colmap",
-        "--data",
-        str(scene),
-    ]
-
-
 def test_a_failing_rank_stops_every_rank_promptly_with_its_error(tmp_path, scene):
     broken = tmp_path / "scene"
     subprocess.run(["cp", "-r", str(scene), str(broken)], check=True)
     (broken / "images" / "frame_0005.png").write_bytes(b"not a png")  # one rank's image
     start = time.monotonic()
     proc = subprocess.run(
-        _train_cmd(broken, tmp_path / "out", "--max-num-iterations", "400"), capture_output=True, text=True, timeout=300
+        train_command(tmp_path / "out", broken, 2, ["--max-num-iterations", "400"]),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     log = proc.stdout + proc.stderr
     assert proc.returncode != 0
@@ -127,17 +110,20 @@ def test_a_failing_rank_stops_every_rank_promptly_with_its_error(tmp_path, scene
 
 def test_rank_0_keeps_the_viewer_open_while_the_other_ranks_exit(tmp_path, scene):
     port = free_port()
-    cmd = _train_cmd(
-        scene,
+    cmd = train_command(
         tmp_path / "out",
-        "--max-num-iterations",
-        "60",
-        "--vis",
-        "viewer+tensorboard",
-        "--viewer.websocket-port",
-        str(port),
-        "--viewer.quit-on-train-completion",
-        "False",
+        scene,
+        2,
+        [
+            "--max-num-iterations",
+            "60",
+            "--vis",
+            "viewer+tensorboard",
+            "--viewer.websocket-port",
+            str(port),
+            "--viewer.quit-on-train-completion",
+            "False",
+        ],
     )
     log = open(tmp_path / "log.txt", "w")
     launcher = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import signal
 import socket
 import subprocess
-import sys
 import time
+from pathlib import Path
+from typing import Optional, Sequence
 
 import psutil
 import pytest
 import torch
-from conftest import TINY, tool, train
-from test_equivalence import SCHEDULE, renders
+from conftest import CLI, SCHEDULE, renders, tool, train, train_command
 
 
 @pytest.mark.parametrize("first_procs, then_procs", [(2, 1), (1, 2)])
@@ -53,28 +53,12 @@ def test_resume_counts_images_across_gpu_counts(tmp_path, scene):
 
 def test_killed_rank_stops_the_job_and_the_last_checkpoint_resumes(tmp_path, scene):
     out = tmp_path / "out"
-    cmd = [
-        sys.executable,
-        "-m",
-        "splatfacto_dist.cli",
-        "splatfacto-dist",
-        *TINY,
-        "--machine.num-devices",
-        "2",
-        "--output-dir",
-        str(out),
-        "--timestamp",
-        "run",
-        "--max-num-iterations",
-        "100000",
-        "--steps-per-save",
-        "20",
-        "--save-only-latest-checkpoint",
-        "False",
-        "colmap",
-        "--data",
-        str(scene),
-    ]
+    cmd = train_command(
+        out,
+        scene,
+        2,
+        ["--max-num-iterations", "100000", "--steps-per-save", "20", "--save-only-latest-checkpoint", "False"],
+    )
     log = open(tmp_path / "log.txt", "w")
     launcher = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 300
@@ -97,8 +81,10 @@ def test_killed_rank_stops_the_job_and_the_last_checkpoint_resumes(tmp_path, sce
     train(tmp_path / "resumed", scene, 2, ["--max-num-iterations", "20", "--load-dir", str(checkpoints)])
 
 
-def _launch(*args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "splatfacto_dist.cli", "splatfacto-dist", *TINY, *args]
+def _launch(
+    out: Path, scene: Path, nprocs: Optional[int], *args: str, launcher: Sequence[str] = CLI
+) -> subprocess.CompletedProcess:
+    cmd = train_command(out, scene, nprocs, args, launcher=launcher)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
 
@@ -108,59 +94,36 @@ def _error_line(proc: subprocess.CompletedProcess) -> str:
 
 
 def test_missing_data_fails_in_one_line(tmp_path):
-    proc = _launch("--machine.num-devices", "2", "colmap", "--data", str(tmp_path / "nowhere"))
+    proc = _launch(tmp_path, tmp_path / "nowhere", 2)
     assert "does not exist" in _error_line(proc)
 
 
-def test_busy_port_fails_in_one_line(scene):
+def test_busy_port_fails_in_one_line(tmp_path, scene):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        proc = _launch(
-            "--machine.num-devices",
-            "2",
-            "--machine.dist-url",
-            f"tcp://127.0.0.1:{port}",
-            "colmap",
-            "--data",
-            str(scene),
-        )
+        proc = _launch(tmp_path, scene, 2, "--machine.dist-url", f"tcp://127.0.0.1:{port}")
     assert f"port {port}" in _error_line(proc)
 
 
-def test_cuda_without_a_gpu_fails_in_one_line(scene):
+def test_cuda_without_a_gpu_fails_in_one_line(tmp_path, scene):
     if torch.cuda.is_available():
-        proc = _launch(
-            "--machine.device-type",
-            "cuda",
-            "--machine.num-devices",
-            str(torch.cuda.device_count() + 1),
-            "colmap",
-            "--data",
-            str(scene),
-        )
+        proc = _launch(tmp_path, scene, torch.cuda.device_count() + 1, "--machine.device-type", "cuda")
         assert "GPU(s) are visible" in _error_line(proc)
     else:
-        proc = _launch("--machine.device-type", "cuda", "colmap", "--data", str(scene))
+        proc = _launch(tmp_path, scene, None, "--machine.device-type", "cuda")
         assert "CUDA is not available" in _error_line(proc)
 
 
-def test_incompatible_batch_settings_fail_in_one_line(scene):
-    proc = _launch(
-        "--machine.num-devices", "2", "--pipeline.datamanager.data-shards", "3", "colmap", "--data", str(scene)
-    )
+def test_incompatible_batch_settings_fail_in_one_line(tmp_path, scene):
+    proc = _launch(tmp_path, scene, 2, "--pipeline.datamanager.data-shards", "3")
     assert "multiple of the world size 2" in _error_line(proc)
 
 
-def test_more_gpus_than_visible_fail_in_one_line_under_ns_train_too(scene):
+def test_more_gpus_than_visible_fail_in_one_line_under_ns_train_too(tmp_path, scene):
     """Checked while the command line is parsed, so nerfstudio's own launcher never spawns."""
-    wanted = str(max(2, torch.cuda.device_count() + 1))
-    args = ["--machine.device-type", "cuda", "--machine.num-devices", wanted, "colmap", "--data", str(scene)]
-    for proc in (
-        _launch(*args),
-        subprocess.run(
-            [tool("ns-train"), "splatfacto-dist", *TINY, *args], capture_output=True, text=True, timeout=300
-        ),
-    ):
+    wanted = max(2, torch.cuda.device_count() + 1)
+    for launcher in (CLI, [tool("ns-train")]):
+        proc = _launch(tmp_path, scene, wanted, "--machine.device-type", "cuda", launcher=launcher)
         assert f"--machine.num-devices {wanted} but only {torch.cuda.device_count()} GPU(s)" in _error_line(proc)

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 
 import numpy as np
-from conftest import TINY, free_port
+from conftest import free_port, train_command
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from viewer_probe import HeadlessChromium
@@ -36,30 +35,21 @@ def _scene_share(shot: np.ndarray) -> float:
 def test_viewer_shows_the_training_scene_follows_a_camera_move_and_training_finishes(tmp_path, scene):
     port = free_port()
     out = tmp_path / "out"
-    cmd = [
-        sys.executable,
-        "-m",
-        "splatfacto_dist.cli",
-        "splatfacto-dist",
-        *TINY,
-        "--machine.num-devices",
-        "2",
-        "--vis",
-        "viewer+tensorboard",
-        "--viewer.websocket-port",
-        str(port),
-        "--viewer.quit-on-train-completion",
-        "True",
-        "--max-num-iterations",
-        "1400",
-        "--output-dir",
-        str(out),
-        "--timestamp",
-        "run",
-        "colmap",
-        "--data",
-        str(scene),
-    ]
+    cmd = train_command(
+        out,
+        scene,
+        2,
+        [
+            "--vis",
+            "viewer+tensorboard",
+            "--viewer.websocket-port",
+            str(port),
+            "--viewer.quit-on-train-completion",
+            "True",
+            "--max-num-iterations",
+            "1400",
+        ],
+    )
     log = open(tmp_path / "log.txt", "w")
     launcher = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     browser = None

@@ -3,12 +3,12 @@ layout of its inputs and by cuDNN autotuning (which ns-train turns on and other 
 
 Layouts: "stock" is stock splatfacto's `img.permute(2, 0, 1)[None]`, "batched" is splatfacto-dist's
 `img[None].permute(0, 3, 1, 2)` (the same view with another stride on the batch dim), "nchw" a
-contiguous copy. Usage (GPU machine): python configs/ssim_layout.py [HEIGHT WIDTH]
+contiguous copy. Usage (GPU machine): python benchmarks/ssim_layout.py [--height H --width W]
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
 import time
 
 import torch
@@ -36,7 +36,11 @@ def time_ms(layout, height: int, width: int, iters: int = 40) -> float:
 
 
 def main() -> None:
-    height, width = (int(sys.argv[1]), int(sys.argv[2])) if len(sys.argv) > 2 else (1080, 1920)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--height", type=int, default=1080)
+    parser.add_argument("--width", type=int, default=1920)
+    args = parser.parse_args()
+    height, width = args.height, args.width
     print(f"SSIM loss forward + backward, {width}x{height}, ms per image")
     print("| cudnn.benchmark | " + " | ".join(LAYOUTS) + " |")
     print("|---|" + "---|" * len(LAYOUTS))

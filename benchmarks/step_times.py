@@ -7,12 +7,14 @@ of the GPU, the time between step ends is the GPU's time per step. Writes every 
 every refine's cost to OUT.json and prints: the median step per 1,000 steps, and per refine its own
 time and the excess of it plus the 3 following steps over the median of the 20 steps before.
 
-Usage (GPU machine): cd TREE && python PATH/TO/step_times.py {stock|dist} OUT.json METHOD ARGS...
-TREE's splatfacto_dist is the one imported (so a copy of an older tree can be measured).
+Usage (GPU machine): cd TREE && python PATH/TO/benchmarks/step_times.py {stock|dist} OUT.json METHOD ARGS...
+TREE's splatfacto_dist is the one imported (so a copy of an older tree can be measured). Stock splatfacto
+needs the LPIPS stub on PYTHONPATH (splatfacto_dist/lpips_stub), as in the benchmark.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
@@ -84,7 +86,14 @@ def summarize(ends: List[float], steps: List[int], refines: List[Dict[str, float
 
 
 def main() -> None:
-    mode, out, *args = sys.argv[1:]
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "mode", choices=["stock", "dist"], help="whose launcher trains: ns-train or splatfacto-dist-train"
+    )
+    parser.add_argument("out", help="JSON file for every step's end time and every refine's cost")
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="the training command line: METHOD and its options")
+    parsed = parser.parse_args()
+    mode, out, args = parsed.mode, parsed.out, parsed.args
     DefaultStrategy.step_post_backward = _timed
     if mode == "stock":
         from nerfstudio.scripts.train import entrypoint
