@@ -37,7 +37,10 @@ def test_resume_on_another_count_keeps_the_new_counts_hyperparameters(tmp_path, 
     first = train(tmp_path / "first", scene, before, ["--max-num-iterations", "16"])
     fresh = train(tmp_path / "fresh", scene, after, ["--max-num-iterations", "4"])
     resumed = train(
-        tmp_path / "resumed", scene, after, ["--max-num-iterations", "4", "--load-dir", str(first / "nerfstudio_models")]
+        tmp_path / "resumed",
+        scene,
+        after,
+        ["--max-num-iterations", "4", "--load-dir", str(first / "nerfstudio_models")],
     )
     expected, got = _hyperparameters(_checkpoint(fresh)), _hyperparameters(_checkpoint(resumed))
     assert got == expected

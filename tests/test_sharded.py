@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import train
+from conftest import SCHEDULE, renders, train
 from ecosystem import check_ns_export
-from test_equivalence import SCHEDULE, renders
 
 SHARDED = ["--pipeline.model.gaussian-layout", "sharded"]
 
