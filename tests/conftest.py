@@ -155,3 +155,23 @@ def mixed_scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
             Image.open(image).resize((48, 36), Image.BOX).save(image)
     (sparse / "images.txt").write_text("\n".join(lines) + "\n")
     return root
+
+
+def build_model(random_init: bool, seed: int = 42, n_points: int = 300):
+    """A SplatfactoDistModel on the CPU from random seed points, without data or a trainer."""
+    import torch
+    from nerfstudio.data.scene_box import SceneBox
+
+    from splatfacto_dist.model import SplatfactoDistModelConfig
+
+    g = torch.Generator().manual_seed(0)
+    points = (torch.rand(n_points, 3, generator=g) - 0.5) * 2
+    colors = torch.randint(0, 256, (n_points, 3), generator=g, dtype=torch.uint8)
+    config = SplatfactoDistModelConfig(random_init=random_init, num_random=500, seed=seed)
+    return config.setup(
+        scene_box=SceneBox(aabb=torch.tensor([[-1.0, -1, -1], [1, 1, 1]])),
+        num_train_data=4,
+        metadata={},
+        device="cpu",
+        seed_points=(points, colors),
+    )

@@ -1,30 +1,13 @@
 import pytest
 import torch
 from nerfstudio.cameras.cameras import Cameras
-from nerfstudio.data.scene_box import SceneBox
-
-from splatfacto_dist.model import SplatfactoDistModelConfig
 
 GAUSSIAN_KEYS = ["means", "scales", "quats", "features_dc", "features_rest", "opacities"]
 
 
-def build(random_init: bool, seed: int = 42, n_points: int = 300):
-    g = torch.Generator().manual_seed(0)
-    points = (torch.rand(n_points, 3, generator=g) - 0.5) * 2
-    colors = torch.randint(0, 256, (n_points, 3), generator=g, dtype=torch.uint8)
-    config = SplatfactoDistModelConfig(random_init=random_init, num_random=500, seed=seed)
-    return config.setup(
-        scene_box=SceneBox(aabb=torch.tensor([[-1.0, -1, -1], [1, 1, 1]])),
-        num_train_data=4,
-        metadata={},
-        device="cpu",
-        seed_points=(points, colors),
-    )
-
-
 @pytest.mark.parametrize("random_init", [False, True])
 def test_model_builds_on_cpu_with_contiguous_parameters(random_init):
-    model = build(random_init)
+    model = build_model(random_init)
     n = 500 if random_init else 300
     for key in GAUSSIAN_KEYS:
         param = model.gauss_params[key]
@@ -38,7 +21,7 @@ def test_seed_points_set_colours_and_positions():
     g = torch.Generator().manual_seed(0)
     points = (torch.rand(300, 3, generator=g) - 0.5) * 2
     colors = torch.randint(0, 256, (300, 3), generator=g, dtype=torch.uint8)
-    model = build(random_init=False)
+    model = build_model(random_init=False)
     assert torch.equal(model.gauss_params["means"], points)
     expected_dc = (colors.float() / 255 - 0.5) / 0.28209479177387814
     assert torch.allclose(model.gauss_params["features_dc"], expected_dc, atol=1e-6)
@@ -46,17 +29,17 @@ def test_seed_points_set_colours_and_positions():
 
 def test_initialization_is_a_function_of_the_shared_seed_only():
     torch.manual_seed(1)
-    a = build(random_init=True)
+    a = build_model(random_init=True)
     torch.manual_seed(2)  # a different per-rank global seed must not matter
-    b = build(random_init=True)
-    c = build(random_init=True, seed=7)
+    b = build_model(random_init=True)
+    c = build_model(random_init=True, seed=7)
     for key in GAUSSIAN_KEYS:
         assert torch.equal(a.gauss_params[key], b.gauss_params[key]), key
     assert not torch.equal(a.gauss_params["means"], c.gauss_params["means"])
 
 
 def test_renders_a_batch_of_cameras_like_one_by_one():
-    model = build(random_init=False)
+    model = build_model(random_init=False)
     model.eval()
     c2w = torch.eye(4)[None, :3, :].repeat(2, 1, 1)
     c2w[:, 2, 3] = torch.tensor([3.0, 3.5])

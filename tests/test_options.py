@@ -10,7 +10,7 @@ from typing import Any, Callable, Dict, Tuple
 
 import pytest
 import torch
-from conftest import TINY, tool
+from conftest import TINY, build_model, tool
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.engine.optimizers import RAdamOptimizerConfig
 from nerfstudio.engine.schedulers import (
@@ -20,7 +20,6 @@ from nerfstudio.engine.schedulers import (
     SchedulerConfig,
 )
 from nerfstudio.engine.trainer import TrainerConfig
-from test_model import build
 
 from splatfacto_dist import launch
 from splatfacto_dist.datamanager import ShardedFullImageDatamanagerConfig
@@ -195,7 +194,7 @@ def test_logged_gradient_norms_are_stock_names_of_the_reduced_gradients():
 
 
 def test_each_image_of_a_step_gets_its_own_background_row():
-    model = build(random_init=False)
+    model = build_model(random_init=False)
     model.train()
     model.step = 7
     whole = model._training_backgrounds(3)
