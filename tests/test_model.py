@@ -1,5 +1,6 @@
 import pytest
 import torch
+from conftest import build_model
 from nerfstudio.cameras.cameras import Cameras
 
 GAUSSIAN_KEYS = ["means", "scales", "quats", "features_dc", "features_rest", "opacities"]
