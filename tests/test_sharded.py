@@ -25,14 +25,18 @@ def gaussians(run: Path) -> dict:
 
 
 def assert_same_set(a: dict, b: dict) -> None:
-    """Every Gaussian of `a` has its twin in `b` (nearest mean, same colour and opacity), one to one."""
+    """Every Gaussian of `a` has its own twin in `b`: the nearest in position, colour, opacity and
+    scale, within 1e-2 (rounding differs between layouts, and Adam's eps=1e-15 makes steps of
+    rounding-sized gradients full-sized: differences stay far below what a render shows)."""
     assert len(a["means"]) == len(b["means"])
-    nearest = torch.cdist(a["means"], b["means"]).min(dim=1)
-    assert float(nearest.values.max()) < 1e-3, float(nearest.values.max())
+
+    def vector(g: dict) -> torch.Tensor:
+        return torch.cat([g["means"], g["features_dc"], g["opacities"], g["scales"]], dim=1)
+
+    nearest = torch.cdist(vector(a), vector(b)).min(dim=1)
     assert len(set(nearest.indices.tolist())) == len(a["means"]), "two Gaussians matched one twin"
-    twin = nearest.indices
-    assert torch.allclose(a["features_dc"], b["features_dc"][twin], atol=1e-3)
-    assert torch.allclose(a["opacities"], b["opacities"][twin], atol=1e-2)
+    for name in ("means", "features_dc", "opacities", "scales", "features_rest"):
+        assert torch.allclose(a[name], b[name][nearest.indices], atol=1e-2), name
 
 
 def assert_renders_match(a: Path, b: Path) -> None:
