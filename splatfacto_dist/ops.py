@@ -149,7 +149,7 @@ class RowCodec:
         """[len(rows), width] float32 rows of the Gaussians at `rows`."""
         columns = []
         for t in self._tensors(params, optimizers, state):
-            part = t.detach()[rows].reshape(len(rows), -1)
+            part = t.detach()[rows].reshape(len(rows), math.prod(t.shape[1:]))
             columns.append(part.contiguous().view(torch.float32) if part.dtype == torch.int64 else part.float())
         return torch.cat(columns, dim=1) if columns else torch.zeros((len(rows), 0))
 
@@ -158,7 +158,7 @@ class RowCodec:
         out, start = {}, 0
         for kind, key, shape, dtype in self.fields:
             width = self._width(shape, dtype)
-            part = packed[:, start : start + width].contiguous()
+            part = torch.empty((len(packed), width), device=packed.device).copy_(packed[:, start : start + width])
             start += width
             out[(kind, key)] = (part.view(torch.int64) if dtype == torch.int64 else part.to(dtype)).reshape(-1, *shape)
         return out

@@ -20,7 +20,7 @@ from nerfstudio.utils import profiler
 from torch.cuda.amp.grad_scaler import GradScaler
 
 from splatfacto_dist import comm
-from splatfacto_dist.datamanager import stack_images
+from splatfacto_dist.datamanager import ConfigError, stack_images
 from splatfacto_dist.profiling import PHASES
 
 
@@ -45,7 +45,19 @@ class DistPipeline(VanillaPipeline):
             config, device, test_mode=test_mode, world_size=1, local_rank=local_rank, grad_scaler=grad_scaler
         )
         self.world_size = world_size
+        self._refuse_mixed_sizes_in_sharded_batches()
         self.model.layout.broadcast_initial(self.model)
+
+    def _refuse_mixed_sizes_in_sharded_batches(self) -> None:
+        """A sharded step exchanges Gaussians once per render, so every rank must render its batch at
+        once; a batch of several image sizes renders once per size. Known only once data is read."""
+        cameras = self.datamanager.train_dataset.cameras
+        sizes = set(zip(cameras.width.flatten().tolist(), cameras.height.flatten().tolist()))
+        if self.model.layout.sharded and self.datamanager.config.cameras_per_rank > 1 and len(sizes) > 1:
+            raise ConfigError(
+                f"--pipeline.model.gaussian-layout sharded with --pipeline.datamanager.cameras-per-rank > 1 needs one "
+                f"image size; this data has {len(sizes)}: use cameras-per-rank 1"
+            )
 
     @profiler.time_function
     def get_train_loss_dict(self, step: int):

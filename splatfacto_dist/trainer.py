@@ -283,11 +283,12 @@ class DistTrainer(Trainer):
         """Keep rank 0's viewer open after training without holding the other ranks.
 
         Every rank leaving the training function enters one final barrier (nerfstudio's launcher and
-        ours both do); rank 0 enters it before it parks in the viewer loop, so the others exit.
+        ours both do); rank 0 enters it before it parks in the viewer loop, so the others exit. A
+        sharded model is first gathered on rank 0 (every rank takes part), which then renders alone.
         """
+        self.pipeline.model.layout.gather_for_viewer(self.pipeline.model)
         if self.viewer_state is None:
             return
-        self.pipeline.model.layout.gather_for_viewer(self.pipeline.model)
         comm.barrier()
         super()._train_complete_viewer()
 

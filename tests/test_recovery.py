@@ -51,13 +51,17 @@ def test_resume_counts_images_across_gpu_counts(tmp_path, scene):
     assert ckpt.name == "step-000000079.ckpt"
 
 
-def test_killed_rank_stops_the_job_and_the_last_checkpoint_resumes(tmp_path, scene):
+@pytest.mark.parametrize("layout", ["replicated", "sharded"])
+def test_killed_rank_stops_the_job_and_the_last_checkpoint_resumes(tmp_path, scene, layout):
+    """Sharded, the newest checkpoint still holds every Gaussian with its Adam moments."""
     out = tmp_path / "out"
+    layout_args = ["--pipeline.model.gaussian-layout", layout]
     cmd = train_command(
         out,
         scene,
         2,
-        ["--max-num-iterations", "100000", "--steps-per-save", "20", "--save-only-latest-checkpoint", "False"],
+        ["--max-num-iterations", "100000", "--steps-per-save", "20", "--save-only-latest-checkpoint", "False"]
+        + layout_args,
     )
     log = open(tmp_path / "log.txt", "w")
     launcher = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
@@ -77,8 +81,10 @@ def test_killed_rank_stops_the_job_and_the_last_checkpoint_resumes(tmp_path, sce
     assert "terminated with signal SIGKILL" in text, text[-2000:]
     assert not list(checkpoints.glob(".*.tmp"))  # no half-written checkpoint left behind
     newest = sorted(checkpoints.glob("*.ckpt"))[-1]
-    torch.load(newest, map_location="cpu")  # complete, and loadable with weights_only
-    train(tmp_path / "resumed", scene, 2, ["--max-num-iterations", "20", "--load-dir", str(checkpoints)])
+    state = torch.load(newest, map_location="cpu")  # complete, and loadable with weights_only
+    n = len(state["pipeline"]["_model.gauss_params.means"])
+    assert len(state["optimizers"]["means"]["state"][0]["exp_avg"]) == n == len(state["gaussian_ids"])
+    train(tmp_path / "resumed", scene, 2, ["--max-num-iterations", "20", "--load-dir", str(checkpoints)] + layout_args)
 
 
 def _launch(

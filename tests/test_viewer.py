@@ -6,6 +6,7 @@ import subprocess
 import time
 
 import numpy as np
+import pytest
 from conftest import free_port, train_command
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -32,7 +33,9 @@ def _scene_share(shot: np.ndarray) -> float:
     return float(((view.max(axis=-1) - view.min(axis=-1)) > 100).mean())
 
 
-def test_viewer_shows_the_training_scene_follows_a_camera_move_and_training_finishes(tmp_path, scene):
+@pytest.mark.parametrize("layout", ["replicated", "sharded"])
+def test_viewer_shows_the_training_scene_follows_a_camera_move_and_training_finishes(tmp_path, scene, layout):
+    """Sharded, every render the viewer asks for is served by both ranks on their training threads."""
     port = free_port()
     out = tmp_path / "out"
     cmd = train_command(
@@ -48,6 +51,8 @@ def test_viewer_shows_the_training_scene_follows_a_camera_move_and_training_fini
             "True",
             "--max-num-iterations",
             "1400",
+            "--pipeline.model.gaussian-layout",
+            layout,
         ],
     )
     log = open(tmp_path / "log.txt", "w")
@@ -79,3 +84,6 @@ def test_viewer_shows_the_training_scene_follows_a_camera_move_and_training_fini
     assert 0.002 < _scene_share(moved) < 0.7 * scene_share, (_scene_share(moved), scene_share)
     text = (tmp_path / "log.txt").read_text()
     assert text.count("Training Finished") == 2
+    if layout == "sharded":  # the viewer's renders were served by both ranks on their training threads
+        (run,) = out.glob("*/splatfacto-dist/run")
+        assert "Viewer Render Served (ms)" in EventAccumulator(str(run)).Reload().Tags()["scalars"]
