@@ -192,7 +192,7 @@ class ShardedLayout(ReplicatedLayout):
         model = pipeline.model
         params = model.gauss_params
         groups = {name: optimizers.optimizers[name] for name in GAUSSIAN_NAMES}
-        ids = {"ids": model.strategy_state["ids"]}
+        ids = {"ids": model.strategy_state["ids"].to(params["means"].device)}  # CPU until a refine moves them
         codec = RowCodec(params, groups, ids)
         rows = codec.pack(params, groups, ids, torch.arange(len(params["means"]), device=params["means"].device))
         gathered = comm.gather_rows_to_main(rows)
