@@ -329,6 +329,12 @@ class SplatfactoDistModel(SplatfactoModel):
             packed=False,
         )
 
+    def get_metrics_dict(self, outputs, batch) -> Dict[str, torch.Tensor]:
+        """Stock metrics; the Gaussian count is the whole model's, however it is sharded."""
+        metrics_dict = super().get_metrics_dict(outputs, batch)
+        metrics_dict["gaussian_count"] = self.layout.total
+        return metrics_dict
+
     def _downscale_if_required(self, image: torch.Tensor) -> torch.Tensor:
         """Area-downscale [..., H, W, C] images (one or a batch) to the current training resolution."""
         d = self._get_downscale_factor()
