@@ -48,9 +48,15 @@ class ReplicatedLayout:
         """Start every rank from rank 0's exact state."""
         comm.broadcast_module_state(model)
 
-    def render(self, rasterize: Callable[..., Tuple], gaussians: Dict[str, torch.Tensor], **cameras: Any) -> Tuple:
-        """`rasterize(**gaussians, **cameras)`: every Gaussian is here."""
-        return rasterize(**gaussians, **cameras)
+    def render(
+        self,
+        rasterize: Callable[..., Tuple],
+        rows: Dict[str, torch.Tensor],
+        activate: Callable[[Dict[str, torch.Tensor]], Dict[str, torch.Tensor]],
+        **cameras: Any,
+    ) -> Tuple:
+        """`rasterize(**activate(rows), **cameras)`: every Gaussian (parameter row) is here."""
+        return rasterize(**activate(rows), **cameras)
 
     def average_gradients(self, groups: Dict[str, List[torch.nn.Parameter]]) -> None:
         """One flat all-reduce of the gradients of every optimizer group's parameters."""
@@ -104,7 +110,7 @@ class ReplicatedLayout:
         if local != self.total:
             raise comm.ReplicaMismatch(f"rank {comm.rank()} holds {local} Gaussians, expected {self.total}")
 
-    def serve(self, gaussians: Dict[str, torch.Tensor], **cameras: Any) -> None:
+    def serve(self, rows: Dict[str, torch.Tensor], activate: Callable) -> None:
         """Take part in a render that only another rank asked for: nothing to do when replicated."""
 
     def render_for_viewer(self, render: Callable[[], Any]) -> Any:

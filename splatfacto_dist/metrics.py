@@ -10,7 +10,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 
 
 class LazyLPIPS:
-    """LPIPS built on first use; `None` (with one warning) where its backbone cannot be loaded.
+    """LPIPS built on first use; NaN (after one warning) where its backbone cannot be loaded.
 
     torchmetrics downloads AlexNet weights when LPIPS is constructed, which raises offline (CI,
     the GPU machines, air-gapped clusters). Built outside the module tree, it also stays out of
@@ -21,9 +21,9 @@ class LazyLPIPS:
         self._metric: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None
         self._failed = False
 
-    def __call__(self, a: torch.Tensor, b: torch.Tensor) -> Optional[torch.Tensor]:
+    def __call__(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         if self._failed:
-            return None
+            return torch.tensor(float("nan"))
         if self._metric is None:
             try:
                 from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
@@ -35,6 +35,6 @@ class LazyLPIPS:
                 self._failed = True
                 reason = str(err).splitlines()[0] if str(err) else type(err).__name__
                 CONSOLE.print(f"[yellow]LPIPS unavailable ({reason}); evaluation reports PSNR and SSIM only.")
-                return None
+                return torch.tensor(float("nan"))
         metric = self._metric.to(a.device)  # type: ignore[union-attr]
         return metric(a, b)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.configs.base_config import MachineConfig
-from nerfstudio.model_components.lib_bilagrid import BilateralGrid, color_correct, total_variation_loss
+from nerfstudio.model_components.lib_bilagrid import BilateralGrid, total_variation_loss
 from nerfstudio.models.splatfacto import RGB2SH, SplatfactoModel, SplatfactoModelConfig, num_sh_bases
 from nerfstudio.utils.colors import get_color
 from pytorch_msssim import SSIM
@@ -208,24 +208,32 @@ class SplatfactoDistModel(SplatfactoModel):
         viewmats[:, :3, 3:4] = -torch.bmm(R_inv, T)
         return viewmats
 
-    def _gaussian_inputs(self) -> Tuple[Dict[str, torch.Tensor], Optional[int]]:
-        """The rasterizer's per-Gaussian inputs (activated; SH cut to the active degree) and that degree."""
+    def _gaussian_rows(self) -> Tuple[Dict[str, torch.Tensor], Optional[int]]:
+        """The parameters the rasterizer's inputs are made of (SH cut to the active degree), and that
+        degree. They are activated (`activate`) only after a sharded layout picked the rows some
+        camera sees, so no tensor of activations the size of the whole shard is ever made."""
         params = self.gauss_params
+        rows = {name: params[name] for name in ("means", "quats", "scales", "opacities", "features_dc")}
+        sh_degree: Optional[int] = None
         if self.config.sh_degree > 0:
-            sh_degree: Optional[int] = min(self.step // self.config.sh_degree_interval, self.config.sh_degree)
-            active = (sh_degree + 1) ** 2
-            colors = torch.cat((params["features_dc"][:, None, :], params["features_rest"][:, : active - 1]), dim=1)
+            sh_degree = min(self.step // self.config.sh_degree_interval, self.config.sh_degree)
+            rows["features_rest"] = params["features_rest"][:, : (sh_degree + 1) ** 2 - 1]
+        return rows, sh_degree
+
+    @staticmethod
+    def activate(rows: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Rasterizer inputs (means, quats, scales, opacities, colors) of parameter rows."""
+        if "features_rest" in rows:
+            colors = torch.cat((rows["features_dc"][:, None, :], rows["features_rest"]), dim=1)
         else:
-            colors = torch.sigmoid(params["features_dc"])
-            sh_degree = None
-        gaussians = {
-            "means": params["means"],
-            "quats": params["quats"],
-            "scales": torch.exp(params["scales"]),
-            "opacities": torch.sigmoid(params["opacities"]).squeeze(-1),
+            colors = torch.sigmoid(rows["features_dc"])
+        return {
+            "means": rows["means"],
+            "quats": rows["quats"],
+            "scales": torch.exp(rows["scales"]),
+            "opacities": torch.sigmoid(rows["opacities"]).squeeze(-1),
             "colors": colors,
         }
-        return gaussians, sh_degree
 
     def _rasterize_cropped(self, **kwargs) -> Tuple:
         """`rasterize`, keeping only the Gaussians in the viewer's crop box (outside training)."""
@@ -257,8 +265,8 @@ class SplatfactoDistModel(SplatfactoModel):
     def serve_render(self) -> None:
         """Take part in a render another rank asked for (sharded mode: its eval or viewer camera)."""
         with torch.no_grad():
-            gaussians, _ = self._gaussian_inputs()
-            self.layout.serve(gaussians)
+            rows, _ = self._gaussian_rows()
+            self.layout.serve(rows, self.activate)
 
     def _render(self, camera: Cameras) -> Dict[str, Union[torch.Tensor, List]]:
         n_views = camera.shape[0]
@@ -270,11 +278,12 @@ class SplatfactoDistModel(SplatfactoModel):
         camera.rescale_output_resolution(scale)
         self.last_size = (H, W)
 
-        gaussians, sh_degree = self._gaussian_inputs()
+        rows, sh_degree = self._gaussian_rows()
         render_mode = "RGB+ED" if self.config.output_depth_during_training or not self.training else "RGB"
         render, alpha, self.info = self.layout.render(
             self._rasterize_cropped,
-            gaussians,
+            rows,
+            self.activate,
             viewmats=self._viewmats(camera_to_worlds),
             Ks=Ks,
             width=W,
@@ -387,20 +396,6 @@ class SplatfactoDistModel(SplatfactoModel):
     def get_image_metrics_and_images(
         self, outputs: Dict[str, torch.Tensor], batch: Dict[str, torch.Tensor]
     ) -> Tuple[Dict[str, float], Dict[str, torch.Tensor]]:
-        """PSNR, SSIM and (when its weights can be loaded) LPIPS of one evaluation image."""
-        gt_rgb = self.composite_with_background(self.get_gt_img(batch["image"]), outputs["background"])
-        predicted_rgb = outputs["rgb"]
-        images = {"img": torch.cat([gt_rgb, predicted_rgb], dim=1)}
-        candidates = {"": predicted_rgb}
-        if self.config.color_corrected_metrics:
-            candidates["cc_"] = color_correct(predicted_rgb, gt_rgb)
-        gt_nchw = torch.moveaxis(gt_rgb, -1, 0)[None, ...]
-        metrics: Dict[str, float] = {}
-        for prefix, rgb in candidates.items():
-            rgb_nchw = torch.moveaxis(rgb, -1, 0)[None, ...]
-            metrics[f"{prefix}psnr"] = float(self.psnr(gt_nchw, rgb_nchw).item())
-            metrics[f"{prefix}ssim"] = float(self.ssim(gt_nchw, rgb_nchw))
-            lpips = self.lpips(gt_nchw, rgb_nchw)
-            if lpips is not None:
-                metrics[f"{prefix}lpips"] = float(lpips)
-        return metrics, images
+        """Stock splatfacto's metrics, without the LPIPS ones where its weights cannot be loaded."""
+        metrics, images = super().get_image_metrics_and_images(outputs, batch)
+        return {k: v for k, v in metrics.items() if not math.isnan(v)}, images

@@ -13,6 +13,7 @@ Checkpoints gather every shard to rank 0's CPU in splatfacto's layout.
 
 from __future__ import annotations
 
+import math
 import threading
 from concurrent.futures import Future
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -88,52 +89,57 @@ class ShardedLayout(ReplicatedLayout):
 
     # -- rendering -------------------------------------------------------------------------------
 
-    def render(self, rasterize: Callable[..., Tuple], gaussians: Dict[str, torch.Tensor], **cameras: Any):
+    def render(
+        self,
+        rasterize: Callable[..., Tuple],
+        rows: Dict[str, torch.Tensor],
+        activate: Callable[[Dict[str, torch.Tensor]], Dict[str, torch.Tensor]],
+        **cameras: Any,
+    ):
         """Render this rank's cameras (possibly none: it then only serves the others) from every
-        rank's visible Gaussians; returns None when this rank has no camera."""
+        rank's visible Gaussians; returns None when this rank has no camera. Only the parameter
+        rows some camera sees are activated and sent."""
         if self._gathered or not comm.is_distributed():
-            return rasterize(**gaussians, **cameras)
+            return rasterize(**activate(rows), **cameras)
         viewmats, Ks = cameras["viewmats"], cameras["Ks"]
-        device = gaussians["means"].device
+        device = rows["means"].device
         n_views = viewmats.shape[0]
-        local = torch.cat(
-            [viewmats.reshape(n_views, 16), Ks.reshape(n_views, 9),
-             torch.tensor([[cameras["width"], cameras["height"]]] * n_views, dtype=viewmats.dtype, device=device)],
-            dim=1,
-        ) if n_views else torch.zeros((0, 27), device=device)  # fmt: skip
-        every = comm.all_gather_rows(local.float())
-        with torch.no_grad():
-            detached = {k: v.detach() for k, v in gaussians.items()}
-            send_idx = []
-            for rows in every:
-                if len(rows) == 0:
-                    send_idx.append(torch.zeros(0, dtype=torch.long, device=device))
-                    continue
-                width, height = int(rows[0, 25]), int(rows[0, 26])
-                radii = _radii(
-                    detached, rows[:, :16].reshape(-1, 4, 4), rows[:, 16:25].reshape(-1, 3, 3), width, height
-                )
-                send_idx.append(torch.nonzero((radii > 0).any(dim=0)).squeeze(1))
-        n_local = len(gaussians["means"])
-        columns = [gaussians[k].reshape(n_local, -1) for k in _INPUTS]
-        widths = [c.shape[1] for c in columns]
-        packed = torch.cat(columns, dim=1)
+        size = torch.tensor([[cameras["width"], cameras["height"]]] * n_views, dtype=torch.float32, device=device)
+        local = torch.cat([viewmats.reshape(n_views, 16).float(), Ks.reshape(n_views, 9).float(), size], dim=1)
+        send_idx = [self._visible(rows, cameras_of_rank) for cameras_of_rank in comm.all_gather_rows(local)]
         order = torch.cat(send_idx)
+        inputs = activate({k: v[order] for k, v in rows.items()})
+        shapes = {k: inputs[k].shape[1:] for k in _INPUTS}
+        packed = torch.cat([inputs[k].reshape(len(order), math.prod(shapes[k])) for k in _INPUTS], dim=1)
         send_counts = [len(i) for i in send_idx]
         recv_counts = comm.exchange_counts(send_counts, device)
-        received = _Exchange.apply(packed[order], send_counts, recv_counts)
+        received = _Exchange.apply(packed, send_counts, recv_counts)
         self._plan = (order, send_counts, recv_counts)
         if n_views == 0:
             return None
-        parts = torch.split(received, widths, dim=1)
-        inputs = {k: part.reshape(-1, *gaussians[k].shape[1:]) for k, part in zip(_INPUTS, parts)}
-        return rasterize(**inputs, **cameras)
+        parts = torch.split(received, [math.prod(shapes[k]) for k in _INPUTS], dim=1)
+        return rasterize(**{k: part.reshape(-1, *shapes[k]) for k, part in zip(_INPUTS, parts)}, **cameras)
 
-    def serve(self, gaussians: Dict[str, torch.Tensor], **cameras: Any) -> None:
+    @staticmethod
+    @torch.no_grad()
+    def _visible(rows: Dict[str, torch.Tensor], cameras: torch.Tensor) -> torch.Tensor:
+        """Indices of the rows visible in any of one rank's cameras ([C, 27]: viewmat, K, width, height)."""
+        if len(cameras) == 0:
+            return torch.zeros(0, dtype=torch.long, device=rows["means"].device)
+        gaussians = {
+            "means": rows["means"].detach(),
+            "quats": rows["quats"].detach(),
+            "scales": rows["scales"].detach().exp(),
+        }
+        viewmats, Ks = cameras[:, :16].reshape(-1, 4, 4), cameras[:, 16:25].reshape(-1, 3, 3)
+        radii = _radii(gaussians, viewmats, Ks, int(cameras[0, 25]), int(cameras[0, 26]))
+        return torch.nonzero((radii > 0).any(dim=0)).squeeze(1)
+
+    def serve(self, rows: Dict[str, torch.Tensor], activate: Callable) -> None:
         """Take part in a render for which this rank has no camera (another rank's eval or viewer)."""
         empty = {"viewmats": torch.zeros((0, 4, 4)), "Ks": torch.zeros((0, 3, 3)), "width": 0, "height": 0}
         with torch.no_grad():
-            self.render(lambda **_: None, gaussians, **{**cameras, **empty})
+            self.render(lambda **_: None, rows, activate, **empty)
 
     def stats_to_owners(self, rows: torch.Tensor, reduce_max: Optional[torch.Tensor], n: int):
         """Per received row statistics ([M, k] sums, [M] maxima) -> the owners' [n, k] and [n]."""
