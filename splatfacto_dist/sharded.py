@@ -104,8 +104,12 @@ class ShardedLayout(ReplicatedLayout):
         viewmats, Ks = cameras["viewmats"], cameras["Ks"]
         device = rows["means"].device
         n_views = viewmats.shape[0]
-        size = torch.tensor([[cameras["width"], cameras["height"]]] * n_views, dtype=torch.float32, device=device)
-        local = torch.cat([viewmats.reshape(n_views, 16).float(), Ks.reshape(n_views, 9).float(), size], dim=1)
+        size = torch.tensor([cameras["width"], cameras["height"]], dtype=torch.float32, device=device).expand(
+            n_views, 2
+        )
+        local = torch.cat(
+            [viewmats.reshape(n_views, 16).float().to(device), Ks.reshape(n_views, 9).float().to(device), size], 1
+        )
         send_idx = [self._visible(rows, cameras_of_rank) for cameras_of_rank in comm.all_gather_rows(local)]
         order = torch.cat(send_idx)
         inputs = activate({k: v[order] for k, v in rows.items()})

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import SCHEDULE, SHARDED, assert_renders_match, assert_same_set, gaussians, train
-from ecosystem import check_ns_export
+from ecosystem import check_ns_eval, check_ns_export
 
 
 @pytest.mark.parametrize("world", [2, 3])
@@ -61,3 +61,10 @@ def test_sharded_checkpoint_exports_every_gaussian_and_resumes_replicated(tmp_pa
     )
     assert "continuing at step 40" in (tmp_path / "resumed" / "train.log").read_text()
     assert_renders_match(straight, resumed)
+
+
+def test_sharded_eval_of_uneven_shares_equals_stock_ns_eval(tmp_path, scene):
+    """3 test views over 2 ranks: the rank with one view serves the other's second render, and the
+    metrics logged at the end equal stock ns-eval's on the gathered checkpoint."""
+    run = train(tmp_path / "run", scene, 2, SCHEDULE + SHARDED + ["--eval-all-images-at-end", "True"])
+    check_ns_eval(run, tmp_path, last_step=47)
