@@ -10,10 +10,9 @@ all-reduce until NCCL's timeout), and a viewer render waits at most `every` step
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
-from nerfstudio.utils import writer
 
 from splatfacto_dist import comm
 
@@ -24,9 +23,12 @@ _POLL_S = 0.05
 class RankControl:
     """One training thread's side of the agreement (see the module docstring)."""
 
-    def __init__(self, every: int, device: torch.device) -> None:
+    def __init__(
+        self, every: int, device: torch.device, on_served: Optional[Callable[[int, float], None]] = None
+    ) -> None:
         self.every = max(every, 1)
         self.device = device
+        self.on_served = on_served  # (step, ms the longest-waiting served viewer render waited)
 
     def agree_to_continue(
         self, step: int, local_state: Callable[[], int], layout, serve_empty: Callable[[], None]
@@ -42,9 +44,9 @@ class RankControl:
         while True:
             state, renders = comm.broadcast_ints([local_state(), layout.pending_renders()], device=self.device)
             if renders:
-                started = time.perf_counter()
-                layout.serve_viewer(renders, serve_empty)
-                writer.put_scalar("Viewer Render Served (ms)", 1000 * (time.perf_counter() - started), step)
+                waited_ms = layout.serve_viewer(renders, serve_empty)
+                if self.on_served is not None and comm.is_main():
+                    self.on_served(step, waited_ms)
             if state != PAUSE:
                 return state == RUN
             time.sleep(_POLL_S)

@@ -120,6 +120,10 @@ class ReplicatedLayout:
     def pending_renders(self) -> int:
         return 0
 
+    def serve_viewer(self, count: int, serve_empty: Callable[[], None]) -> float:
+        """Nothing is ever pending here: the viewer renders rank 0's whole model itself."""
+        return 0.0
+
     def gather_for_viewer(self, model: torch.nn.Module) -> None:
         """After training, give rank 0 (which keeps the viewer) the whole model: it already has it."""
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from concurrent.futures import Future
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -72,7 +73,7 @@ class ShardedLayout(ReplicatedLayout):
         super().__init__()
         self._plan: Optional[Tuple[torch.Tensor, List[int], List[int]]] = None
         self._gathered = False
-        self._requests: List[Tuple[Callable[[], Any], Future]] = []
+        self._requests: List[Tuple[Callable[[], Any], Future, float]] = []
         self._requests_lock = threading.Lock()
         self.train_lock: Optional[Any] = None
 
@@ -248,7 +249,7 @@ class ShardedLayout(ReplicatedLayout):
             return render()
         future: Future = Future()
         with self._requests_lock:
-            self._requests.append((render, future))
+            self._requests.append((render, future, time.perf_counter()))
         lock = self.train_lock
         held = lock is not None and lock.locked()
         if held:
@@ -263,18 +264,22 @@ class ShardedLayout(ReplicatedLayout):
         with self._requests_lock:
             return len(self._requests)
 
-    def serve_viewer(self, count: int, serve_empty: Callable[[], None]) -> None:
-        """Every rank, on the training thread: serve rank 0's `count` oldest viewer renders."""
+    def serve_viewer(self, count: int, serve_empty: Callable[[], None]) -> float:
+        """Every rank, on the training thread: serve rank 0's `count` oldest viewer renders. Returns,
+        on rank 0, the longest a served render waited from its request to its result (ms)."""
+        longest = 0.0
         for _ in range(count):
             if not comm.is_main():
                 serve_empty()
                 continue
             with self._requests_lock:
-                render, future = self._requests.pop(0)
+                render, future, requested = self._requests.pop(0)
             try:
                 future.set_result(render())
             except Exception as err:  # noqa: BLE001 - the viewer thread re-raises it
                 future.set_exception(err)
+            longest = max(longest, 1000 * (time.perf_counter() - requested))
+        return longest
 
     def gather_for_viewer(self, model: torch.nn.Module) -> None:
         """After training: rank 0 keeps the viewer alone, so it receives every Gaussian."""

@@ -93,7 +93,11 @@ class DistTrainer(Trainer):
             fuse_adam(config)
         scale_optimizers(config, self.images_per_step, config.batch_optimizer_scaling)
         PHASES.reset(config.profile_phases_every)
-        self.control = RankControl(config.control_every, torch.device(self.device))
+        self.control = RankControl(
+            config.control_every,
+            torch.device(self.device),
+            on_served=lambda step, ms: writer.put_scalar("Viewer Render Delay (ms)", ms, step),
+        )
 
     def setup(self, test_mode: Literal["test", "val", "inference"] = "val") -> None:
         super().setup(test_mode)

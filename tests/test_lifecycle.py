@@ -17,7 +17,9 @@ import torch.multiprocessing as mp
 from conftest import free_port, train_command
 
 from splatfacto_dist import comm
-from splatfacto_dist.trainer import DistTrainer
+from splatfacto_dist.control import PAUSE, RUN, STOP, RankControl
+from splatfacto_dist.layout import ReplicatedLayout
+from splatfacto_dist.sharded import ShardedLayout
 
 
 def _in_group(rank: int, world: int, port: int, fn, results) -> None:
@@ -57,24 +59,27 @@ def test_non_finite_gradient_on_one_rank_skips_the_step_on_every_rank():
 
 def _pause_then_stop(rank: int):
     """Rank 0's viewer pauses for ~1 s at step 3, then stops training at step 6."""
-    trainer = SimpleNamespace(
-        config=SimpleNamespace(control_every=1), training_state="training", stop_training=False, device="cpu"
-    )
+    viewer_state = SimpleNamespace(training_state="training", stop_training=False)
     if rank == 0:
 
         def viewer():
             time.sleep(0.3)
-            trainer.training_state = "paused"
+            viewer_state.training_state = "paused"
             time.sleep(1.0)
-            trainer.training_state = "training"
+            viewer_state.training_state = "training"
             time.sleep(0.3)
-            trainer.stop_training = True
+            viewer_state.stop_training = True
 
         threading.Thread(target=viewer, daemon=True).start()
+
+    def local_state() -> int:
+        return STOP if viewer_state.stop_training else PAUSE if viewer_state.training_state == "paused" else RUN
+
+    control = RankControl(every=1, device=torch.device("cpu"))
     events = []
     for step in range(10_000):
         start = time.monotonic()
-        if not DistTrainer._agree_to_continue(trainer, step):
+        if not control.agree_to_continue(step, local_state, ReplicatedLayout(), lambda: None):
             events.append(("stopped", step))
             break
         if time.monotonic() - start > 0.5:
@@ -88,6 +93,36 @@ def test_viewer_pause_and_stop_on_rank_0_reach_every_rank():
     assert [e[0] for e in r0] == [e[0] for e in r1] == ["paused", "stopped"]
     assert r0[-1] == r1[-1]  # stopped at the same step
     assert r1[0][1] >= 0.8  # rank 1 waited out rank 0's pause
+
+
+def _viewer_render_served_by_every_rank(rank: int):
+    """Rank 0's viewer thread asks for a render that needs every rank (here: a sum over ranks); the
+    training threads serve it at their next agreement, while the viewer thread holds the train lock."""
+    layout = ShardedLayout()
+    layout.train_lock = threading.Lock()
+    result = {}
+    if rank == 0:
+
+        def viewer():
+            with layout.train_lock:  # nerfstudio's viewer renders under the trainer's lock
+                result["sum"] = layout.render_for_viewer(lambda: comm.all_reduce_ints([1])[0])
+
+        threading.Thread(target=viewer, daemon=True).start()
+    control = RankControl(every=5, device=torch.device("cpu"))
+    served_at = None
+    for step in range(200):
+        with layout.train_lock:  # a training step
+            time.sleep(0.01)
+        control.agree_to_continue(step, lambda: RUN, layout, lambda: comm.all_reduce_ints([1]))
+        if rank == 1 or "sum" in result:
+            served_at = step if served_at is None else served_at
+    return result.get("sum"), served_at
+
+
+def test_a_viewer_render_is_served_by_every_rank_without_deadlock():
+    (total, served_at), _ = run_ranks(_viewer_render_served_by_every_rank)
+    assert total == 2
+    assert served_at is not None and served_at < 200
 
 
 def test_a_failing_rank_stops_every_rank_promptly_with_its_error(tmp_path, scene):

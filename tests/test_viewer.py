@@ -86,4 +86,4 @@ def test_viewer_shows_the_training_scene_follows_a_camera_move_and_training_fini
     assert text.count("Training Finished") == 2
     if layout == "sharded":  # the viewer's renders were served by both ranks on their training threads
         (run,) = out.glob("*/splatfacto-dist/run")
-        assert "Viewer Render Served (ms)" in EventAccumulator(str(run)).Reload().Tags()["scalars"]
+        assert "Viewer Render Delay (ms)" in EventAccumulator(str(run)).Reload().Tags()["scalars"]
