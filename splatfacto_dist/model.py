@@ -120,6 +120,14 @@ class SplatfactoDistModel(SplatfactoModel):
         self.strategy_state = self.strategy.initialize_state(scene_scale=1.0)
         self.strategy_state["ids"] = ids
 
+    def load_state_dict(self, state_dict, **kwargs):  # type: ignore[override]
+        """Stock's load (it resizes the Gaussians to the checkpoint's); alone (ns-eval, ns-export, a
+        1-process run) the loaded Gaussians are the whole model, whose count the layout keeps."""
+        result = super().load_state_dict(state_dict, **kwargs)
+        if not comm.is_distributed():
+            self.layout.total = self.num_points
+        return result
+
     @property
     def seed(self) -> int:
         """The model's seed. The trainer sets it from --machine.seed; a model built without one
