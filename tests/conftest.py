@@ -28,6 +28,16 @@ def tool(name: str) -> str:
 
 # A tiny but complete schedule: refines every 16 images after 32, no screen-size splitting
 # (every Gaussian is "large" in a 64x48 image), nothing written that a test does not read.
+TINY_DENSIFICATION = [
+    "--pipeline.model.warmup-length",
+    "32",
+    "--pipeline.model.refine-every",
+    "16",
+    "--pipeline.model.stop-screen-size-at",
+    "0",
+    "--pipeline.model.sh-degree-interval",
+    "64",
+]
 TINY = [
     "--vis",
     "tensorboard",
@@ -41,14 +51,7 @@ TINY = [
     "0",
     "--steps-per-save",
     "100000",
-    "--pipeline.model.warmup-length",
-    "32",
-    "--pipeline.model.refine-every",
-    "16",
-    "--pipeline.model.stop-screen-size-at",
-    "0",
-    "--pipeline.model.sh-degree-interval",
-    "64",
+    *TINY_DENSIFICATION,
 ]
 
 

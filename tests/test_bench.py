@@ -6,20 +6,11 @@ import json
 import subprocess
 import sys
 
+from conftest import TINY_DENSIFICATION
+
 from splatfacto_dist import bench_report
 
-SCHEDULE = [
-    "--machine.device-type",
-    "cpu",
-    "--pipeline.model.warmup-length",
-    "32",
-    "--pipeline.model.refine-every",
-    "16",
-    "--pipeline.model.stop-screen-size-at",
-    "0",
-    "--pipeline.model.sh-degree-interval",
-    "64",
-]
+SCHEDULE = ["--machine.device-type", "cpu", *TINY_DENSIFICATION]
 
 
 def test_bench_trains_every_job_and_writes_json_table_and_plot(tmp_path, scene):
