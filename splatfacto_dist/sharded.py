@@ -20,8 +20,9 @@ from concurrent.futures import Future
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
-from gsplat.cuda._torch_impl import _fully_fused_projection, _quat_scale_to_covar_preci
-from gsplat.cuda._wrapper import fully_fused_projection
+import torch.nn.functional as F
+from gsplat.cuda._torch_impl import _fully_fused_projection, _quat_scale_to_covar_preci, _spherical_harmonics
+from gsplat.cuda._wrapper import fully_fused_projection, spherical_harmonics
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from splatfacto_dist import comm
@@ -62,6 +63,22 @@ def _radii(gaussians: Dict[str, torch.Tensor], viewmats: torch.Tensor, Ks: torch
         gaussians["means"], covars, viewmats, Ks, width, height, eps2d=0.3, near_plane=0.01, far_plane=1e10
     )
     return radii
+
+
+def _view_colors(
+    means: torch.Tensor, coeffs: torch.Tensor, cameras: torch.Tensor, sh_degree: int, widest: int
+) -> torch.Tensor:
+    """[S, widest, 3] colours of S Gaussians seen from each of one rank's cameras ([C, 27] rows),
+    zero-padded to `widest` cameras: the rasterizer's own SH evaluation (clamped at 0 after +0.5),
+    made where the coefficients live, as gsplat's distributed rasterization does."""
+    if len(means) == 0 or len(cameras) == 0:
+        return means.new_zeros((len(means), widest, 3))
+    centers = torch.inverse(cameras[:, :16].reshape(-1, 4, 4))[:, :3, 3]  # [C, 3]
+    dirs = means[None, :, :] - centers[:, None, :]  # [C, S, 3]
+    shs = coeffs.expand(len(cameras), -1, -1, -1)  # [C, S, K, 3]
+    sh = spherical_harmonics(sh_degree, dirs, shs) if means.is_cuda else _spherical_harmonics(sh_degree, dirs, shs)
+    colors = torch.clamp_min(sh + 0.5, 0.0).transpose(0, 1)  # [S, C, 3]
+    return F.pad(colors, (0, 0, 0, widest - len(cameras)))
 
 
 class ShardedLayout(ReplicatedLayout):
@@ -111,9 +128,20 @@ class ShardedLayout(ReplicatedLayout):
         local = torch.cat(
             [viewmats.reshape(n_views, 16).float().to(device), Ks.reshape(n_views, 9).float().to(device), size], 1
         )
-        send_idx = [self._visible(rows, cameras_of_rank) for cameras_of_rank in comm.all_gather_rows(local)]
+        every = comm.all_gather_rows(local)
+        send_idx = [self._visible(rows, cameras_of_rank) for cameras_of_rank in every]
         order = torch.cat(send_idx)
         inputs = activate({k: v[order] for k, v in rows.items()})
+        sh_degree = cameras.get("sh_degree")
+        if sh_degree is not None:  # send colours, not SH coefficients: 3 floats per camera instead of 48
+            widest = max(len(c) for c in every)
+            blocks = torch.split(torch.arange(len(order), device=device), [len(i) for i in send_idx])
+            inputs["colors"] = torch.cat(
+                [
+                    _view_colors(inputs["means"][b], inputs["colors"][b], cams, sh_degree, widest)
+                    for b, cams in zip(blocks, every)
+                ]
+            )
         shapes = {k: inputs[k].shape[1:] for k in _INPUTS}
         packed = torch.cat([inputs[k].reshape(len(order), math.prod(shapes[k])) for k in _INPUTS], dim=1)
         send_counts = [len(i) for i in send_idx]
@@ -123,7 +151,10 @@ class ShardedLayout(ReplicatedLayout):
         if n_views == 0:
             return None
         parts = torch.split(received, [math.prod(shapes[k]) for k in _INPUTS], dim=1)
-        return rasterize(**{k: part.reshape(-1, *shapes[k]) for k, part in zip(_INPUTS, parts)}, **cameras)
+        arrived = {k: part.reshape(-1, *shapes[k]) for k, part in zip(_INPUTS, parts)}
+        if sh_degree is not None:  # [M, widest, 3] -> this rank's cameras' [C, M, 3]
+            arrived["colors"] = arrived["colors"][:, :n_views].transpose(0, 1).contiguous()
+        return rasterize(**arrived, **{**cameras, "sh_degree": None})
 
     @staticmethod
     @torch.no_grad()
