@@ -110,7 +110,7 @@ class ReplicatedLayout:
         if local != self.total:
             raise comm.ReplicaMismatch(f"rank {comm.rank()} holds {local} Gaussians, expected {self.total}")
 
-    def serve(self, rows: Dict[str, torch.Tensor], activate: Callable) -> None:
+    def serve(self, rows: Dict[str, torch.Tensor], activate: Callable, sh_degree: Optional[int]) -> None:
         """Take part in a render that only another rank asked for: nothing to do when replicated."""
 
     def render_for_viewer(self, render: Callable[[], Any]) -> Any:

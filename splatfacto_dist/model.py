@@ -273,8 +273,8 @@ class SplatfactoDistModel(SplatfactoModel):
     def serve_render(self) -> None:
         """Take part in a render another rank asked for (sharded mode: its eval or viewer camera)."""
         with torch.no_grad():
-            rows, _ = self._gaussian_rows()
-            self.layout.serve(rows, self.activate)
+            rows, sh_degree = self._gaussian_rows()
+            self.layout.serve(rows, self.activate, sh_degree)
 
     def _render(self, camera: Cameras) -> Dict[str, Union[torch.Tensor, List]]:
         n_views = camera.shape[0]

@@ -171,9 +171,11 @@ class ShardedLayout(ReplicatedLayout):
         radii = _radii(gaussians, viewmats, Ks, int(cameras[0, 25]), int(cameras[0, 26]))
         return torch.nonzero((radii > 0).any(dim=0)).squeeze(1)
 
-    def serve(self, rows: Dict[str, torch.Tensor], activate: Callable) -> None:
-        """Take part in a render for which this rank has no camera (another rank's eval or viewer)."""
+    def serve(self, rows: Dict[str, torch.Tensor], activate: Callable, sh_degree: Optional[int]) -> None:
+        """Take part in a render for which this rank has no camera (another rank's eval or viewer);
+        its rows must be made as the renderer's are (colours or coefficients: `sh_degree`)."""
         empty = {"viewmats": torch.zeros((0, 4, 4)), "Ks": torch.zeros((0, 3, 3)), "width": 0, "height": 0}
+        empty["sh_degree"] = sh_degree
         with torch.no_grad():
             self.render(lambda **_: None, rows, activate, **empty)
 
