@@ -22,7 +22,7 @@ GAUSSIAN_NAMES = ("means", "scales", "quats", "features_dc", "features_rest", "o
 def make_layout(kind: str) -> "ReplicatedLayout":
     """The layout named by `--pipeline.model.gaussian-layout`."""
     if kind == "sharded":
-        from splatfacto_dist.sharded import ShardedLayout
+        from splatfacto_dist.sharded import ShardedLayout  # it builds on this module
 
         return ShardedLayout()
     return ReplicatedLayout()
@@ -34,8 +34,9 @@ class ReplicatedLayout:
     sharded = False
 
     def __init__(self) -> None:
-        self.total = 0
+        self.total = 0  # Gaussians in the whole model, on every rank
         self.training_thread = threading.current_thread()
+        self.train_lock: Optional[Any] = None  # the trainer's; the viewer holds it while rendering
 
     def take_initial(self, gaussians: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
         """This rank's part of the initial Gaussians (drawn identically on every rank), and their ids."""

@@ -92,7 +92,6 @@ class ShardedLayout(ReplicatedLayout):
         self._gathered = False
         self._requests: List[Tuple[Callable[[], Any], Future, float]] = []
         self._requests_lock = threading.Lock()
-        self.train_lock: Optional[Any] = None
 
     # -- where each Gaussian starts --------------------------------------------------------------
 
