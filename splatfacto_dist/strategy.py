@@ -56,8 +56,9 @@ class SynchronizedDefaultStrategy(DefaultStrategy):
             return None
         assert not packed, "splatfacto-dist renders unpacked"
         n = len(params["means"])
-        if state["ids"].device != params["means"].device:  # made on the CPU with the model
-            state["ids"] = state["ids"].to(params["means"].device)
+        ids = state.get("ids")  # the model's (made on the CPU with it); split and duplicate need them
+        if ids is not None and ids.device != params["means"].device:
+            state["ids"] = ids.to(params["means"].device)
         track_radii = self.refine_scale2d_stop_iter > 0
         for key in ("grad2d", "count") + (("radii",) if track_radii else ()):
             if state[key] is None:
