@@ -323,6 +323,7 @@ class ShardedLayout(ReplicatedLayout):
         if comm.is_main():
             for name, value in gathered.items():
                 params[name] = torch.nn.Parameter(value.reshape(-1, *params[name].shape[1:]).to(params[name].device))
+            CONSOLE.print(f"viewer: rank 0 gathered every Gaussian ({len(params['means'])}) and renders alone")
         self._gathered = True
 
 

@@ -11,6 +11,7 @@ import time
 from types import SimpleNamespace
 
 import psutil
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -143,7 +144,9 @@ def test_a_failing_rank_stops_every_rank_promptly_with_its_error(tmp_path, scene
     assert time.monotonic() - start < 120  # not the collective timeout (10 min)
 
 
-def test_rank_0_keeps_the_viewer_open_while_the_other_ranks_exit(tmp_path, scene):
+@pytest.mark.parametrize("layout", ["replicated", "sharded"])
+def test_rank_0_keeps_the_viewer_open_while_the_other_ranks_exit(tmp_path, scene, layout):
+    """Sharded, rank 0 first receives every Gaussian: it renders alone once the others are gone."""
     port = free_port()
     cmd = train_command(
         tmp_path / "out",
@@ -158,6 +161,8 @@ def test_rank_0_keeps_the_viewer_open_while_the_other_ranks_exit(tmp_path, scene
             str(port),
             "--viewer.quit-on-train-completion",
             "False",
+            "--pipeline.model.gaussian-layout",
+            layout,
         ],
     )
     log = open(tmp_path / "log.txt", "w")
@@ -177,6 +182,7 @@ def test_rank_0_keeps_the_viewer_open_while_the_other_ranks_exit(tmp_path, scene
         assert len(alive) == 1 and launcher.poll() is None, (tmp_path / "log.txt").read_text()[-3000:]
         text = (tmp_path / "log.txt").read_text()
         assert text.count("Training Finished") == 2
+        assert ("gathered every Gaussian" in text) == (layout == "sharded")
         with socket.create_connection(("127.0.0.1", port), timeout=5):
             pass  # rank 0's viewer still serves
     finally:
