@@ -14,10 +14,13 @@ from conftest import SCHEDULE, SHARDED, assert_renders_match, assert_same_set, g
 from ecosystem import check_ns_eval, check_ns_export
 
 
-@pytest.mark.parametrize("world", [2, 3])
-def test_union_of_shards_equals_replicated(tmp_path, scene, world):
-    replicated = train(tmp_path / "replicated", scene, world, SCHEDULE)
-    sharded = train(tmp_path / "sharded", scene, world, SCHEDULE + SHARDED)
+@pytest.mark.parametrize("world, sh_interval", [(2, 8), (3, 64)])
+def test_union_of_shards_equals_replicated(tmp_path, scene, world, sh_interval):
+    """With 2 ranks the SH degree reaches 3 by step 24: owners send colours for the renderers'
+    cameras, evaluated from every coefficient; with 3 ranks it stays 0."""
+    schedule = SCHEDULE + ["--pipeline.model.sh-degree-interval", str(sh_interval)]
+    replicated = train(tmp_path / "replicated", scene, world, schedule)
+    sharded = train(tmp_path / "sharded", scene, world, schedule + SHARDED)
     log = (tmp_path / "sharded" / "train.log").read_text()
     assert "Step 32:" in log and "GSs split" in log, log[-2000:]
     assert_same_set(gaussians(replicated), gaussians(sharded))
