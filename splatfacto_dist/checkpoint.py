@@ -117,7 +117,7 @@ def resume(trainer: DistTrainer) -> None:
     model = trainer.pipeline.model
     model.layout.load_full_state(trainer.pipeline, loaded["pipeline"], loaded["step"], loaded.get("gaussian_ids"))
     trainer.optimizers = trainer.setup_optimizers()  # around the loaded Parameters
-    optimizer_states = model.layout.local_optimizer_states(loaded["optimizers"], trainer.optimizers)
+    optimizer_states = model.layout.local_optimizer_states(loaded["optimizers"])
     for name, saved in optimizer_states.items():
         load_moments(trainer.optimizers.optimizers[name], saved)
     if config.load_scheduler:

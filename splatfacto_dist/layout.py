@@ -98,7 +98,7 @@ class ReplicatedLayout:
         """The rows of a whole model of `n` Gaussians that this rank holds."""
         return slice(0, n)
 
-    def local_optimizer_states(self, saved: Dict[str, Dict], optimizers: Any) -> Dict[str, Dict]:
+    def local_optimizer_states(self, saved: Dict[str, Dict]) -> Dict[str, Dict]:
         """The saved optimizer states of this rank's parameters."""
         return saved
 

@@ -244,9 +244,15 @@ class SplatfactoDistModel(SplatfactoModel):
         }
 
     def _rasterize_cropped(self, **kwargs) -> Tuple:
-        """`rasterize`, keeping only the Gaussians in the viewer's crop box (outside training)."""
+        """`rasterize`, keeping only the Gaussians in the viewer's crop box (outside training); an
+        empty crop renders nothing (no Gaussian reaches the rasterizer), as stock's empty outputs."""
         if self.crop_box is not None and not self.training:
             inside = self.crop_box.within(kwargs["means"]).squeeze(-1)
+            if not bool(inside.any()):
+                views, height, width = kwargs["viewmats"].shape[0], kwargs["height"], kwargs["width"]
+                channels = 4 if kwargs["render_mode"] == "RGB+ED" else 3
+                empty = kwargs["means"].new_zeros((views, height, width, channels))
+                return empty, empty[..., :1], {}
             kwargs.update({k: kwargs[k][inside] for k in ("means", "quats", "scales", "opacities", "colors")})
         return rasterize(**kwargs)
 

@@ -113,25 +113,20 @@ class RowCodec:
     """Packs every per-Gaussian tensor (parameters, their Adam moments, strategy state, ids) into one
     float32 row per Gaussian, so moving Gaussians between ranks is one collective."""
 
-    def __init__(self, params: Params, optimizers: Dict, state: Dict, with_state: bool = True) -> None:
+    def __init__(self, params: Params, optimizers: Dict, state: Dict) -> None:
         self.fields: List[Tuple[str, str, Tuple[int, ...], torch.dtype]] = []
         for name, p in params.items():
             self.fields.append(("param", name, tuple(p.shape[1:]), p.dtype))
             for key, v in optimizers[name].state.get(p, {}).items():
                 if key != "step":
                     self.fields.append(("moment", f"{name}/{key}", tuple(v.shape[1:]), v.dtype))
-        if with_state:
-            for key, v in state.items():
-                if isinstance(v, torch.Tensor):
-                    self.fields.append(("state", key, tuple(v.shape[1:]), v.dtype))
+        for key, v in state.items():
+            if isinstance(v, torch.Tensor):
+                self.fields.append(("state", key, tuple(v.shape[1:]), v.dtype))
 
     @staticmethod
     def _width(shape: Tuple[int, ...], dtype: torch.dtype) -> int:
         return math.prod(shape) * (2 if dtype == torch.int64 else 1)
-
-    @property
-    def width(self) -> int:
-        return sum(self._width(shape, dtype) for _, _, shape, dtype in self.fields)
 
     def _tensors(self, params: Params, optimizers: Dict, state: Dict) -> List[torch.Tensor]:
         out = []

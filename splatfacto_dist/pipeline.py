@@ -51,9 +51,11 @@ class DistPipeline(VanillaPipeline):
     def _refuse_mixed_sizes_in_sharded_batches(self) -> None:
         """A sharded step exchanges Gaussians once per render, so every rank must render its batch at
         once; a batch of several image sizes renders once per size. Known only once data is read."""
+        if not self.model.layout.sharded or self.datamanager.config.cameras_per_rank == 1:
+            return
         cameras = self.datamanager.train_dataset.cameras
         sizes = set(zip(cameras.width.flatten().tolist(), cameras.height.flatten().tolist()))
-        if self.model.layout.sharded and self.datamanager.config.cameras_per_rank > 1 and len(sizes) > 1:
+        if len(sizes) > 1:
             raise ConfigError(
                 f"--pipeline.model.gaussian-layout sharded with --pipeline.datamanager.cameras-per-rank > 1 needs one "
                 f"image size; this data has {len(sizes)}: use cameras-per-rank 1"

@@ -117,7 +117,7 @@ class ShardedLayout(ReplicatedLayout):
         rank's visible Gaussians; returns None when this rank has no camera. Only the parameter
         rows some camera sees are activated and sent."""
         if self._gathered or not comm.is_distributed():
-            return rasterize(**activate(rows), **cameras)
+            return super().render(rasterize, rows, activate, **cameras)
         viewmats, Ks = cameras["viewmats"], cameras["Ks"]
         device = rows["means"].device
         n_views = viewmats.shape[0]
@@ -181,7 +181,7 @@ class ShardedLayout(ReplicatedLayout):
     def stats_to_owners(self, rows: torch.Tensor, reduce_max: Optional[torch.Tensor], n: int):
         """Per received row statistics ([M, k] sums, [M] maxima) -> the owners' [n, k] and [n]."""
         if self._gathered or not comm.is_distributed():
-            return rows, reduce_max
+            return super().stats_to_owners(rows, reduce_max, n)
         order, send_counts, recv_counts = self._plan  # type: ignore[misc]
         packed = rows if reduce_max is None else torch.cat([rows, reduce_max[:, None]], dim=1)
         back = comm.all_to_all_rows(packed.contiguous(), recv_counts, send_counts)
@@ -252,7 +252,7 @@ class ShardedLayout(ReplicatedLayout):
                     moments[key] = arrived[("moment", f"{name}/{key}")]
         return state, optimizer_states, arrived[("state", "ids")]
 
-    def local_optimizer_states(self, saved: Dict[str, Dict], optimizers: Any) -> Dict[str, Dict]:
+    def local_optimizer_states(self, saved: Dict[str, Dict]) -> Dict[str, Dict]:
         out = {}
         for name, value in saved.items():
             if name not in GAUSSIAN_NAMES:
@@ -277,7 +277,7 @@ class ShardedLayout(ReplicatedLayout):
         The viewer holds the trainer's lock while it renders; it is let go while waiting, so the
         training thread can reach its next rank agreement (where every rank serves the request).
         """
-        if self._gathered or threading.current_thread() is self.training_thread or not comm.is_distributed():
+        if self._gathered or not comm.is_distributed():
             return render()
         future: Future = Future()
         with self._requests_lock:
