@@ -31,8 +31,14 @@ def test_one_rank_sharded_equals_replicated(tmp_path, scene):
     replicated = train(tmp_path / "replicated", scene, 1, SCHEDULE)
     sharded = train(tmp_path / "sharded", scene, 1, SCHEDULE + SHARDED)
     a, b = gaussians(replicated), gaussians(sharded)
-    for name in a:  # the same rows in the same order; float rounding of threaded CPU kernels aside
-        assert torch.allclose(a[name], b[name], atol=1e-4), name
+    for name in a:
+        # The same rows in the same order (same densification decisions). Threaded CPU reductions
+        # round differently from run to run, and Adam's eps=1e-15 turns that into full steps on
+        # rows whose gradient is near zero (seen: 9e-4 on an opacity), so the tolerance is
+        # assert_same_set's, and the renders must agree.
+        assert a[name].shape == b[name].shape, name
+        assert torch.allclose(a[name], b[name], atol=1e-2), name
+    assert_renders_match(replicated, sharded)
 
 
 def test_batches_of_cameras_train_equal_to_replicated(tmp_path, scene):
