@@ -23,11 +23,13 @@ from nerfstudio.data.datamanagers.full_images_datamanager import (
     FullImageDatamanagerConfig,
     _undistort_image,
 )
+from nerfstudio.data.dataparsers.colmap_dataparser import ColmapDataParserConfig
 from nerfstudio.data.datasets.base_dataset import InputDataset
 from nerfstudio.utils.rich_utils import CONSOLE
 from rich.progress import track
 
 from splatfacto_dist import comm
+from splatfacto_dist.colmap_points import BulkPointsColmapDataParser
 
 
 class ConfigError(ValueError):
@@ -132,6 +134,8 @@ class ShardedFullImageDatamanager(FullImageDatamanager):
     config: ShardedFullImageDatamanagerConfig
 
     def __init__(self, config: ShardedFullImageDatamanagerConfig, *args, **kwargs) -> None:
+        if type(config.dataparser) is ColmapDataParserConfig:  # large scenes: minutes of parsing otherwise
+            config.dataparser._target = BulkPointsColmapDataParser
         super().__init__(config, *args, **kwargs)
         self.schedule = CameraSchedule(
             num_cameras=len(self.train_dataset),

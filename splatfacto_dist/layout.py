@@ -38,12 +38,10 @@ class ReplicatedLayout:
         self.training_thread = threading.current_thread()
         self.train_lock: Optional[Any] = None  # the trainer's; the viewer holds it while rendering
 
-    def take_initial(self, gaussians: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
-        """This rank's part of the initial Gaussians (drawn identically on every rank), and their ids."""
-        n = len(gaussians["means"])
+    def take_initial(self, n: int) -> slice:
+        """The rows of the `n` initial Gaussians (drawn identically on every rank) that this rank keeps."""
         self.total = n
-        block = self.block(n)
-        return {k: v[block].contiguous() for k, v in gaussians.items()}, torch.arange(n, dtype=torch.int64)[block]
+        return self.block(n)
 
     def broadcast_initial(self, model: torch.nn.Module) -> None:
         """Start every rank from rank 0's exact state."""
