@@ -42,6 +42,7 @@ from splatfacto_dist.synthetic import SceneSpec, generate, is_complete, parse_co
 
 CAP_LINE = re.compile(r"GPU \d+: memory capped at")
 OOM = re.compile(r"out of memory|OutOfMemoryError", re.IGNORECASE)
+RENDERED = re.compile(r"rendered up to (\d+) in one step")  # a sharded rank's end-of-run line
 CAPACITY_TARGET = 1.8  # sharded on N GPUs must hold at least this many times replicated's largest scene
 MEMORY_TARGET = 0.6  # sharded per-rank peak at most this fraction of replicated on 1 GPU, same scene
 
@@ -157,6 +158,9 @@ def run_one(layout: str, gpus: int, size: int, args: argparse.Namespace, extra: 
         "log": str(log_path),
     }
     record.update({k: v for k, v in read_rank_lines(log_path).items() if k in ("peak_host_mb", "startup_s")})
+    rendered = [int(n) for n in RENDERED.findall(text)]
+    if rendered:  # what the fullest rank's render buffers held, against the model's size
+        record["most_rendered"] = max(rendered)
     run = args.out / "runs" / "capacity" / "splatfacto-dist" / name
     if run.exists():
         events, _ = read_events(run, gpus, started_epoch)
@@ -196,16 +200,19 @@ def markdown(records: List[Dict], environment: Dict[str, str]) -> str:
         f"Machine: {environment.get('gpus', 'CPU')}; torch {environment.get('torch')}, gsplat {environment.get('gsplat')}. "
         "Densification off (Gaussians = points3D); peak GPU memory is each rank's torch.cuda.max_memory_allocated.",
         "",
-        "| layout | GPUs | cap GiB | Gaussians | images | status | peak GPU MB/rank (max / min) | peak host MB/rank | wall s |",
-        "|---" * 9 + "|",
+        "| layout | GPUs | cap GiB | Gaussians | images | status | peak GPU MB/rank (max / min) | most rendered "
+        "in one step (% of model) | peak host MB/rank | start-up s | wall s |",
+        "|---" * 11 + "|",
     ]
     for r in sorted(records, key=_key):
         ranks = r["rank_peak_gpu_mb"]
         memory = f"{max(ranks):.0f} / {min(ranks):.0f}" if ranks else "-"
+        rendered = f"{100 * r['most_rendered'] / r['size']:.0f}" if "most_rendered" in r else "100"
         host = f"{r['peak_host_mb']:.0f}" if "peak_host_mb" in r else "-"
+        startup = f"{r['startup_s']:.0f}" if "startup_s" in r else "-"
         lines.append(
             f"| {r['layout']} | {r['gpus']} | {r['cap_gib']:g} | {r['size']:,} | {r['images']} | {r['status']} | "
-            f"{memory} | {host} | {r['wall_s']:.0f} |"
+            f"{memory} | {rendered} | {host} | {startup} | {r['wall_s']:.0f} |"
         )
     summary = largest_trained(records)
     lines += ["", "| layout | GPUs | cap GiB | largest trained | smallest failed |", "|---" * 5 + "|"]

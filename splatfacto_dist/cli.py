@@ -13,6 +13,7 @@ import sys
 from typing import List, Mapping
 
 from splatfacto_dist.argv import option
+from splatfacto_dist.gpu_count import too_many_gpus_message, visible_gpus
 from splatfacto_dist.prespawn import Prespawned, RankFailed
 
 
@@ -30,8 +31,13 @@ def guess_local_ranks(argv: List[str], environ: Mapping[str, str]) -> int:
 
 
 def entrypoint() -> None:
-    """Start the ranks if the arguments call for several CUDA devices, then parse and launch."""
+    """Refuse more GPUs than there are, or start the ranks if the arguments call for several CUDA
+    devices; then parse and launch."""
     count = guess_local_ranks(sys.argv[1:], os.environ)
+    visible = visible_gpus(os.environ) if count else None
+    if visible is not None and count > visible:
+        print(f"error: {too_many_gpus_message(count, visible)}", flush=True)
+        raise SystemExit(2)
     ranks = Prespawned(count) if count else None
     try:
         from splatfacto_dist import launch

@@ -104,6 +104,10 @@ class ReplicatedLayout:
         """Every tensor that must be bitwise equal on all ranks: here, all parameters and Adam states."""
         return _named_tensors(model, optimizers, skip=())
 
+    def report(self, local: int) -> str:
+        """What the rank's end-of-run line adds about this layout (nothing: every rank holds all)."""
+        return ""
+
     def verify_total(self, local: int) -> None:
         """Raise `comm.ReplicaMismatch` unless the Gaussians add up to the count every rank expects."""
         if local != self.total:

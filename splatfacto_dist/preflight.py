@@ -17,6 +17,7 @@ import torch
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from splatfacto_dist.datamanager import CameraSchedule, ConfigError
+from splatfacto_dist.gpu_count import too_many_gpus_message
 from splatfacto_dist.options import refusal
 
 
@@ -31,9 +32,7 @@ class LaunchError(SystemExit):
 def too_many_gpus(requested: int) -> Optional[str]:
     """The one-line refusal of more CUDA devices per machine than this machine shows, or None."""
     visible = torch.cuda.device_count()
-    if requested <= visible:
-        return None
-    return f"--machine.num-devices {requested} but only {visible} GPU(s) are visible on this machine"
+    return None if requested <= visible else too_many_gpus_message(requested, visible)
 
 
 def refusal_at_parse(config: Any) -> Optional[str]:

@@ -92,6 +92,7 @@ class ShardedLayout(ReplicatedLayout):
         self._gathered = False
         self._requests: List[Tuple[Callable[[], Any], Future, float]] = []
         self._requests_lock = threading.Lock()
+        self._most_received = (0, 1)  # (rows, model total then): the render buffers' largest share
 
     # -- where each Gaussian starts --------------------------------------------------------------
 
@@ -145,6 +146,8 @@ class ShardedLayout(ReplicatedLayout):
         packed = torch.cat([inputs[k].reshape(len(order), math.prod(shapes[k])) for k in _INPUTS], dim=1)
         send_counts = [len(i) for i in send_idx]
         recv_counts = comm.exchange_counts(send_counts, device)
+        if sum(recv_counts) > self._most_received[0]:
+            self._most_received = (sum(recv_counts), max(self.total, 1))
         received = _Exchange.apply(packed, send_counts, recv_counts)
         self._plan = (order, send_counts, recv_counts)
         if n_views == 0:
@@ -223,6 +226,15 @@ class ShardedLayout(ReplicatedLayout):
         after = comm.all_gather_ints(len(params["means"]), params["means"].device)
         if comm.is_main():
             CONSOLE.print(f"rebalanced Gaussian shards: {sizes} -> {after}")
+
+    def report(self, local: int) -> str:
+        """The rank's shard, and the most Gaussians one of its renders received (its own included):
+        beyond the shard, a rank's memory grows with what its cameras see, not with the model."""
+        rows, total = self._most_received
+        return (
+            f", owns {local} of {self.total} Gaussians, rendered up to {rows} in one step"
+            f" ({100 * rows / total:.0f}% of the model then)"
+        )
 
     def verify_total(self, local: int) -> None:
         (total,) = comm.all_reduce_ints([local])

@@ -168,8 +168,11 @@ class DistTrainer(Trainer):
         startup = STARTUP.marks[-1][1] - created if STARTUP.marks else 0.0
         host_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         gpu = f", peak GPU {torch.cuda.max_memory_allocated() / 2**20:.0f} MB" if "cuda" in self.device else ""
+        model = self.pipeline.model
+        layout = model.layout.report(len(model.gauss_params["means"]))
         CONSOLE.print(  # one line, however long: the benchmark reads it back from the log
-            f"rank {comm.rank()}: start-up {startup:.1f} s ({STARTUP.breakdown(created)}), peak host {host_mb:.0f} MB{gpu}",
+            f"rank {comm.rank()}: start-up {startup:.1f} s ({STARTUP.breakdown(created)}), peak host {host_mb:.0f} MB"
+            f"{gpu}{layout}",
             soft_wrap=True,
         )
 

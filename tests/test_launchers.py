@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 from conftest import free_port, tool, train_command
@@ -60,6 +61,34 @@ def test_guess_local_ranks_reads_cuda_device_counts_off_the_raw_arguments():
     assert guess_local_ranks(["splatfacto-dist", "--machine.num-devices", "4"], {"RANK": "0"}) == 0
     assert guess_local_ranks(["splatfacto-dist", "--machine.num-devices", "4"], {"SLURM_NTASKS": "8"}) == 0
     assert guess_local_ranks(["splatfacto-dist", "--machine.num-devices", "four"], {}) == 0
+
+
+def test_visible_gpus_follow_cuda_visible_devices_or_say_unsure():
+    from splatfacto_dist.gpu_count import count_visible
+
+    assert count_visible(4, None) == 4
+    assert count_visible(4, "") == 0
+    assert count_visible(4, "1,3") == 2
+    assert count_visible(2, "0,1,2,3") == 2  # CUDA stops at the first index that does not exist
+    assert count_visible(4, "-1,0") == 0
+    assert count_visible(4, "GPU-8d2f0e1a-5c3b") is None
+    assert count_visible(4, "0,MIG-1") is None
+
+
+def test_more_gpus_than_the_driver_lists_are_refused_before_torch_is_imported(tmp_path):
+    """The commonest impossible launch fails at once: no import of torch or nerfstudio, no rank
+    spawned (the driver's count is stubbed to 2: the CPU machines have none)."""
+    code = (
+        "import sys\nimport splatfacto_dist.gpu_count as g\ng.physical_gpus = lambda: 2\n"
+        f"sys.argv = ['splatfacto-dist-train', 'splatfacto-dist', '--machine.num-devices', '4', '--data', {str(tmp_path)!r}]\n"
+        "from splatfacto_dist import cli\ntry:\n    cli.entrypoint()\nexcept SystemExit as e:\n"
+        "    print('exit', e.code, 'torch' in sys.modules, 'multiprocessing.popen_spawn_posix' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.splitlines() == [
+        "error: --machine.num-devices 4 but only 2 GPU(s) are visible on this machine",
+        "exit 2 False False",
+    ], proc.stdout + proc.stderr
 
 
 def _parsed(args: list):

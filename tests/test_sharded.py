@@ -8,6 +8,8 @@ compared with the replicated model as a set of Gaussians (order-free), and throu
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from conftest import SCHEDULE, SHARDED, assert_renders_match, assert_same_set, gaussians, train
@@ -23,6 +25,13 @@ def test_union_of_shards_equals_replicated(tmp_path, scene, world, sh_interval):
     sharded = train(tmp_path / "sharded", scene, world, schedule + SHARDED)
     log = (tmp_path / "sharded" / "train.log").read_text()
     assert "Step 32:" in log and "GSs split" in log, log[-2000:]
+    shards = [
+        re.search(rf"rank {r}: .*, owns (\d+) of (\d+) Gaussians, rendered up to (\d+)", log) for r in range(world)
+    ]
+    assert all(shards), log[-2000:]
+    owned, totals, rendered = zip(*[(int(m[1]), int(m[2]), int(m[3])) for m in shards])
+    assert sum(owned) == totals[0] == len(gaussians(replicated)["means"]) and len(set(totals)) == 1
+    assert all(0 < n for n in rendered)
     assert_same_set(gaussians(replicated), gaussians(sharded))
     assert_renders_match(replicated, sharded)
 

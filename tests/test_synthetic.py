@@ -120,7 +120,7 @@ def test_capacity_report_finds_the_largest_size_and_judges_both_targets():
     records = [
         run("replicated", 1, 4_000_000, "trained", [10000.0]),
         run("replicated", 1, 8_000_000, "OOM", []),
-        run("sharded", 2, 4_000_000, "trained", [5600.0, 5000.0]),
+        {**run("sharded", 2, 4_000_000, "trained", [5600.0, 5000.0]), "most_rendered": 1_200_000},
         run("sharded", 2, 8_000_000, "trained", [11000.0, 10500.0]),
         run("sharded", 2, 16_000_000, "OOM", []),
     ]
@@ -130,12 +130,14 @@ def test_capacity_report_finds_the_largest_size_and_judges_both_targets():
     table = capacity.markdown(records, {})
     assert "2.00x the largest replicated scene (meets >= 1.8x" in table
     assert "4,000,000 Gaussians: fullest rank sharded on 2 GPUs / replicated on 1 GPU = 0.56 (meets <= 0.6)" in table
-    assert "| sharded | 2 | 24 | 4,000,000 | 300 | trained | 5600 / 5000 | - | 1 |" in table
+    assert "| sharded | 2 | 24 | 4,000,000 | 300 | trained | 5600 / 5000 | 30 | - | - | 1 |" in table
+    assert "| replicated | 1 | 24 | 4,000,000 | 300 | trained | 10000 / 10000 | 100 | - | - | 1 |" in table
 
 
 def test_capacity_benchmark_runs_a_tiny_scene_on_cpu(tmp_path):
     out = tmp_path / "capacity"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "capacity.py"), "--device", "cpu", "--sizes", "3e3"]
+    cmd += ["--layout", "sharded", "--gpus", "2"]
     cmd += ["--views", "8", "--width", "48", "--height", "36", "--objects", "4", "--images", "8"]
     cmd += ["--out", str(out), "--cache", str(tmp_path / "scenes")]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
@@ -144,6 +146,7 @@ def test_capacity_benchmark_runs_a_tiny_scene_on_cpu(tmp_path):
     )  # a script: this checkout's package
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (record,) = json.loads((out / "results.json").read_text())["runs"]
-    assert record["status"] == "trained" and record["gaussians"] == 3000 and record["layout"] == "replicated"
-    assert not (out / "runs" / "capacity" / "splatfacto-dist" / "replicated-1gpu-3000" / "nerfstudio_models").exists()
-    assert "| replicated | 1 | 0 | 3,000 |" in (out / "results.md").read_text()
+    assert record["status"] == "trained" and record["gaussians"] == 3000 and record["layout"] == "sharded"
+    assert 0 < record["most_rendered"] <= 3000 and record["startup_s"] > 0
+    assert not (out / "runs" / "capacity" / "splatfacto-dist" / "sharded-2gpu-3000" / "nerfstudio_models").exists()
+    assert "| sharded | 2 | 0 | 3,000 |" in (out / "results.md").read_text()
