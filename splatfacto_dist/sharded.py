@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from gsplat.cuda._torch_impl import _fully_fused_projection, _quat_scale_to_covar_preci, _spherical_harmonics
 from gsplat.cuda._wrapper import fully_fused_projection, spherical_harmonics
 from nerfstudio.utils.rich_utils import CONSOLE
+from torch.utils.checkpoint import checkpoint
 
 from splatfacto_dist import comm
 from splatfacto_dist.layout import GAUSSIAN_NAMES, ReplicatedLayout, _named_tensors
@@ -81,6 +82,43 @@ def _view_colors(
     return F.pad(colors, (0, 0, 0, widest - len(cameras)))
 
 
+def pack_for_renderers(
+    rows: Dict[str, torch.Tensor],
+    order: torch.Tensor,
+    counts: List[int],
+    every: List[torch.Tensor],
+    activate: Callable[[Dict[str, torch.Tensor]], Dict[str, torch.Tensor]],
+    sh_degree: Optional[int],
+    shapes: Dict[str, torch.Size],
+) -> torch.Tensor:
+    """[len(order), F] rasterizer inputs of the parameter rows `order`, the first counts[0] for rank
+    0's cameras `every[0]`, and so on; colours from SH evaluated per receiving camera (3 floats
+    each, not 48 coefficients). Fills `shapes` with each input's per-row shape.
+
+    Recomputed in backward instead of kept: the activated copies and SH coefficients of every sent
+    row (~0.5 KB each at degree 3) would otherwise live from the forward to the backward, on top of
+    the receiving side's render buffers; only `order` is kept. Nothing here draws random numbers.
+    """
+
+    def pack(*values: torch.Tensor) -> torch.Tensor:
+        inputs = activate({k: v[order] for k, v in zip(rows, values)})
+        if sh_degree is not None:
+            widest = max(len(c) for c in every)
+            blocks = torch.split(torch.arange(len(order), device=order.device), counts)
+            inputs["colors"] = torch.cat(
+                [
+                    _view_colors(inputs["means"][b], inputs["colors"][b], cams, sh_degree, widest)
+                    for b, cams in zip(blocks, every)
+                ]
+            )
+        shapes.update({k: inputs[k].shape[1:] for k in _INPUTS})
+        return torch.cat([inputs[k].reshape(len(order), math.prod(shapes[k])) for k in _INPUTS], dim=1)
+
+    if not torch.is_grad_enabled():
+        return pack(*rows.values())
+    return checkpoint(pack, *rows.values(), use_reentrant=False, preserve_rng_state=False)
+
+
 class ShardedLayout(ReplicatedLayout):
     """See the module docstring."""
 
@@ -131,20 +169,10 @@ class ShardedLayout(ReplicatedLayout):
         every = comm.all_gather_rows(local)
         send_idx = [self._visible(rows, cameras_of_rank) for cameras_of_rank in every]
         order = torch.cat(send_idx)
-        inputs = activate({k: v[order] for k, v in rows.items()})
-        sh_degree = cameras.get("sh_degree")
-        if sh_degree is not None:  # send colours, not SH coefficients: 3 floats per camera instead of 48
-            widest = max(len(c) for c in every)
-            blocks = torch.split(torch.arange(len(order), device=device), [len(i) for i in send_idx])
-            inputs["colors"] = torch.cat(
-                [
-                    _view_colors(inputs["means"][b], inputs["colors"][b], cams, sh_degree, widest)
-                    for b, cams in zip(blocks, every)
-                ]
-            )
-        shapes = {k: inputs[k].shape[1:] for k in _INPUTS}
-        packed = torch.cat([inputs[k].reshape(len(order), math.prod(shapes[k])) for k in _INPUTS], dim=1)
         send_counts = [len(i) for i in send_idx]
+        sh_degree = cameras.get("sh_degree")
+        shapes: Dict[str, torch.Size] = {}
+        packed = pack_for_renderers(rows, order, send_counts, every, activate, sh_degree, shapes)
         recv_counts = comm.exchange_counts(send_counts, device)
         if sum(recv_counts) > self._most_received[0]:
             self._most_received = (sum(recv_counts), max(self.total, 1))

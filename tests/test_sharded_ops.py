@@ -9,7 +9,7 @@ import torch.multiprocessing as mp
 from conftest import free_port
 
 from splatfacto_dist import comm, ops
-from splatfacto_dist.sharded import ShardedLayout, rebalance_plan
+from splatfacto_dist.sharded import ShardedLayout, _view_colors, pack_for_renderers, rebalance_plan
 
 
 def test_split_draws_depend_on_ids_not_on_storage_order():
@@ -21,6 +21,64 @@ def test_split_draws_depend_on_ids_not_on_storage_order():
     assert abs(float(samples.mean())) < 0.05 and abs(float(samples.std()) - 1) < 0.05
     children = torch.cat([ops.child_ids(ids, 3, k) for k in range(3)])
     assert len(set(children.tolist()) | set(ids.tolist())) == 4 * len(ids)
+
+
+def test_rows_sent_to_renderers_are_recomputed_in_backward_not_kept():
+    """Between forward and backward the owner keeps nothing per sent row (the activated copies and
+    SH coefficients are recomputed); the values and gradients are those of the rows themselves."""
+    from splatfacto_dist.model import SplatfactoDistModel
+
+    generator = torch.Generator().manual_seed(0)
+    n = 400
+    rows = {
+        "means": torch.randn((n, 3), generator=generator) + torch.tensor([0.0, 0.0, 4.0]),
+        "quats": torch.randn((n, 4), generator=generator),
+        "scales": torch.randn((n, 3), generator=generator) - 3,
+        "opacities": torch.randn((n, 1), generator=generator),
+        "features_dc": torch.randn((n, 3), generator=generator),
+        "features_rest": torch.randn((n, 15, 3), generator=generator),
+    }
+    rows = {k: v.requires_grad_() for k, v in rows.items()}
+    camera = torch.cat(
+        [torch.eye(4).reshape(16), torch.tensor([50.0, 0, 32, 0, 50, 24, 0, 0, 1]), torch.tensor([64.0, 48])]
+    )
+    every = [camera[None], torch.stack([camera, camera + 0.01])]
+    order = torch.randperm(n, generator=generator)[:300]
+    saved = []
+    parameters = {v.untyped_storage().data_ptr() for v in rows.values()}
+
+    def keep(tensor: torch.Tensor) -> torch.Tensor:  # what stays alive for backward, beyond the parameters
+        if tensor.untyped_storage().data_ptr() not in parameters:
+            saved.append(tensor.numel() * tensor.element_size())
+        return tensor
+
+    shapes: dict = {}
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+        packed = pack_for_renderers(rows, order, [100, 200], every, SplatfactoDistModel.activate, 3, shapes)
+    assert sum(saved) < 1024, saved  # without the recomputation: ~300 rows x 0.5 KB
+    assert packed.shape == (300, 3 + 4 + 3 + 1 + 2 * 3) and shapes["colors"] == (2, 3)
+    weights = torch.randn(packed.shape, generator=generator)
+    grads = torch.autograd.grad((packed * weights).sum(), list(rows.values()))
+
+    direct = {k: v.detach().clone().requires_grad_() for k, v in rows.items()}
+    inputs = SplatfactoDistModel.activate({k: v[order] for k, v in direct.items()})
+    colors = [
+        _view_colors(inputs["means"][part], inputs["colors"][part], cams, 3, 2)
+        for part, cams in zip((slice(0, 100), slice(100, 300)), every)
+    ]
+    expected = torch.cat(
+        [
+            inputs["means"],
+            inputs["quats"],
+            inputs["scales"],
+            inputs["opacities"][:, None],
+            torch.cat(colors).flatten(1),
+        ],
+        1,
+    )
+    assert torch.equal(packed, expected)
+    for got, want in zip(grads, torch.autograd.grad((expected * weights).sum(), list(direct.values()))):
+        assert torch.allclose(got, want, atol=1e-6)
 
 
 def test_rebalance_plan_evens_out_shards():
