@@ -2,7 +2,7 @@
 
 Asking more GPUs than there are is the commonest impossible launch; `splatfacto-dist-train`
 refuses it from the raw command line, before seconds of imports and before any rank is spawned.
-Standard library only. When unsure (no driver entries, device UUIDs or MIG in
+Standard library only. When unsure (no driver answers, MIG instances, device UUIDs in
 CUDA_VISIBLE_DEVICES), it says None and the check after parsing (torch's own count) decides.
 """
 
@@ -37,22 +37,23 @@ def count_visible(physical: int, cuda_visible_devices: Optional[str]) -> Optiona
 
 
 def physical_gpus() -> Optional[int]:
-    """NVIDIA GPUs of this machine per the driver (its /proc entries, else `nvidia-smi -L`); None
-    when neither answers."""
+    """NVIDIA GPUs of this machine per the driver: `nvidia-smi -L` (it lists what a container was
+    given), else the driver's /proc entries; None when neither answers or a GPU is split into MIG
+    instances (CUDA then counts instances, not GPUs)."""
+    smi = shutil.which("nvidia-smi")
+    if smi is not None:
+        try:
+            listed = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        lines = listed.stdout.splitlines()
+        if listed.returncode != 0 or any("MIG" in line for line in lines):
+            return None
+        return sum(line.startswith("GPU ") for line in lines)
     try:
         return len(os.listdir(PROC_GPUS))
     except OSError:
-        pass
-    smi = shutil.which("nvidia-smi")
-    if smi is None:
         return None
-    try:
-        listed = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if listed.returncode != 0:
-        return None
-    return sum(line.startswith("GPU ") for line in listed.stdout.splitlines())
 
 
 def visible_gpus(environ: Mapping[str, str]) -> Optional[int]:

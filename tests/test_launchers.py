@@ -75,6 +75,19 @@ def test_visible_gpus_follow_cuda_visible_devices_or_say_unsure():
     assert count_visible(4, "0,MIG-1") is None
 
 
+def test_the_drivers_gpu_list_is_counted_unless_a_gpu_is_split_into_mig_instances(monkeypatch):
+    from splatfacto_dist import gpu_count
+
+    listing = "GPU 0: NVIDIA H200 (UUID: GPU-1)\nGPU 1: NVIDIA H200 (UUID: GPU-2)\n"
+    monkeypatch.setattr(gpu_count.shutil, "which", lambda name: "/usr/bin/nvidia-smi")
+    monkeypatch.setattr(
+        gpu_count.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0, stdout=listing, stderr="")
+    )
+    assert gpu_count.physical_gpus() == 2
+    listing += "  MIG 1g.18gb     Device  0: (UUID: MIG-3)\n"
+    assert gpu_count.physical_gpus() is None
+
+
 def test_more_gpus_than_the_driver_lists_are_refused_before_torch_is_imported(tmp_path):
     """The commonest impossible launch fails at once: no import of torch or nerfstudio, no rank
     spawned (the driver's count is stubbed to 2: the CPU machines have none)."""
