@@ -11,9 +11,16 @@ from typing import List, Optional
 
 def option(argv: List[str], *names: str) -> Optional[str]:
     """The last value given to any of `names` (as `--name value` or `--name=value`), as tyro keeps it."""
-    value = None
+    given = values(argv, *names)
+    return given[-1] if given else None
+
+
+def values(argv: List[str], *names: str) -> List[str]:
+    """Every value given to any of `names`, in order (one option may appear at several levels of
+    the command, as --data does for the trainer and for the dataparser)."""
+    found = []
     for i, token in enumerate(argv):
         key, eq, inline = token.partition("=")
-        if key in names:
-            value = inline if eq else (argv[i + 1] if i + 1 < len(argv) else None)
-    return value
+        if key in names and (eq or i + 1 < len(argv)):
+            found.append(inline if eq else argv[i + 1])
+    return found

@@ -1,19 +1,22 @@
 """`splatfacto-dist-train`: ns-train's command line, on CPU, on GPUs, under torchrun and SLURM.
 
 This module imports only the standard library. Parsing the command line means importing
-nerfstudio (seconds; every installed method, unless the method is splatfacto-dist); when the
-arguments say this machine will run several CUDA ranks, they are started first (`prespawn`), so
-that their own imports overlap the parse.
+nerfstudio (seconds; every installed method, unless the method is splatfacto-dist), so what the
+raw arguments already show to be impossible is refused first; when they say this machine will run
+several CUDA ranks, those are started before the parse (`prespawn`), so that their own imports
+overlap it.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from typing import List, Mapping
+from pathlib import Path
+from typing import List, Mapping, Optional
 
-from splatfacto_dist.argv import option
-from splatfacto_dist.gpu_count import too_many_gpus_message, visible_gpus
+from splatfacto_dist import refusals
+from splatfacto_dist.argv import option, values
+from splatfacto_dist.gpu_count import visible_gpus
 from splatfacto_dist.prespawn import Prespawned, RankFailed
 
 
@@ -30,13 +33,29 @@ def guess_local_ranks(argv: List[str], environ: Mapping[str, str]) -> int:
     return int(devices) if devices.isdigit() and int(devices) > 1 else 0
 
 
+def refusal_before_parsing(argv: List[str], environ: Mapping[str, str], local_ranks: int) -> Optional[str]:
+    """The commonest impossible launches, refused from the raw arguments in well under a second
+    (parsing means seconds of imports): more GPUs than this machine shows, a data path that does
+    not exist. None when the raw arguments cannot tell; the checks after parsing still run."""
+    if any(token in ("-h", "--help") or token.startswith("--load-config") for token in argv):
+        return None
+    visible = visible_gpus(environ) if local_ranks else None
+    if visible is not None:
+        error = refusals.too_many_gpus(local_ranks, visible)
+        if error:
+            return error
+    given = values(argv, "--data", "--pipeline.datamanager.data")  # whichever nerfstudio would use
+    errors = [refusals.missing_data(Path(path)) for path in given]
+    return errors[0] if given and all(errors) else None
+
+
 def entrypoint() -> None:
-    """Refuse more GPUs than there are, or start the ranks if the arguments call for several CUDA
-    devices; then parse and launch."""
+    """Refuse what the raw arguments show to be impossible, start the ranks if they call for
+    several CUDA devices, then parse and launch."""
     count = guess_local_ranks(sys.argv[1:], os.environ)
-    visible = visible_gpus(os.environ) if count else None
-    if visible is not None and count > visible:
-        print(f"error: {too_many_gpus_message(count, visible)}", flush=True)
+    error = refusal_before_parsing(sys.argv[1:], os.environ, count)
+    if error:
+        print(f"error: {error}", flush=True)
         raise SystemExit(2)
     ranks = Prespawned(count) if count else None
     try:

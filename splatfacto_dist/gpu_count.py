@@ -16,10 +16,6 @@ from typing import Mapping, Optional
 PROC_GPUS = "/proc/driver/nvidia/gpus"
 
 
-def too_many_gpus_message(requested: int, visible: int) -> str:
-    return f"--machine.num-devices {requested} but only {visible} GPU(s) are visible on this machine"
-
-
 def count_visible(physical: int, cuda_visible_devices: Optional[str]) -> Optional[int]:
     """The devices CUDA shows out of `physical`: CUDA_VISIBLE_DEVICES's indices up to the first
     invalid one (CUDA ignores the rest); None for entries this cannot judge (UUIDs, MIG)."""

@@ -16,8 +16,8 @@ from urllib.parse import urlparse
 import torch
 from nerfstudio.utils.rich_utils import CONSOLE
 
+from splatfacto_dist import refusals
 from splatfacto_dist.datamanager import CameraSchedule, ConfigError
-from splatfacto_dist.gpu_count import too_many_gpus_message
 from splatfacto_dist.options import refusal
 
 
@@ -31,8 +31,7 @@ class LaunchError(SystemExit):
 
 def too_many_gpus(requested: int) -> Optional[str]:
     """The one-line refusal of more CUDA devices per machine than this machine shows, or None."""
-    visible = torch.cuda.device_count()
-    return None if requested <= visible else too_many_gpus_message(requested, visible)
+    return refusals.too_many_gpus(requested, torch.cuda.device_count())
 
 
 def refusal_at_parse(config: Any) -> Optional[str]:
@@ -79,9 +78,9 @@ def check_job(config: Any, job: Any) -> None:
             CameraSchedule(max(shards, 1), shards, 0, job.world_size, datamanager.cameras_per_rank, 0)
         except ConfigError as err:
             raise LaunchError(str(err)) from None
-    data = data_path(config)
-    if config.load_config is None and (data is None or not data.exists()):
-        raise LaunchError(f"data path {data} does not exist (pass --data DIR or the dataparser's --data)")
+    error = None if config.load_config else refusals.missing_data(data_path(config))
+    if error:
+        raise LaunchError(error)
     if job.world_size > 1 and job.init_method.startswith("tcp://") and job.machine_rank == 0 and job.local_rank is None:
         url = urlparse(job.init_method)
         if url.hostname in ("127.0.0.1", "localhost", "0.0.0.0", socket.gethostname()) and not _port_free(url.port):

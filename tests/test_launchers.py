@@ -88,6 +88,22 @@ def test_the_drivers_gpu_list_is_counted_unless_a_gpu_is_split_into_mig_instance
     assert gpu_count.physical_gpus() is None
 
 
+def test_what_the_raw_arguments_show_impossible_is_refused_from_them(tmp_path, monkeypatch):
+    from splatfacto_dist import cli
+
+    monkeypatch.setattr(cli, "visible_gpus", lambda environ: 2)
+    here, nowhere = str(tmp_path), str(tmp_path / "nowhere")
+    assert cli.refusal_before_parsing(["splatfacto-dist", "colmap", "--data", here], {}, 2) is None
+    assert "only 2 GPU(s)" in cli.refusal_before_parsing(["splatfacto-dist", "--data", here], {}, 4)
+    assert f"data path {nowhere} does not exist" in cli.refusal_before_parsing(
+        ["m", "colmap", "--data", nowhere], {}, 0
+    )
+    assert cli.refusal_before_parsing(["m", "--data", here, "colmap", f"--data={nowhere}"], {}, 0) is None  # one exists
+    assert cli.refusal_before_parsing(["m", "--pipeline.datamanager.data", nowhere], {}, 0) is not None
+    assert cli.refusal_before_parsing(["m", "--load-config", "c.yml", "--data", nowhere], {}, 0) is None
+    assert cli.refusal_before_parsing(["m", "--help", "--data", nowhere], {}, 0) is None
+
+
 def test_more_gpus_than_the_driver_lists_are_refused_before_torch_is_imported(tmp_path):
     """The commonest impossible launch fails at once: no import of torch or nerfstudio, no rank
     spawned (the driver's count is stubbed to 2: the CPU machines have none)."""

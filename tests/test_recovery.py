@@ -101,7 +101,7 @@ def _error_line(proc: subprocess.CompletedProcess) -> str:
 
 def test_missing_data_fails_in_one_line(tmp_path):
     proc = _launch(tmp_path, tmp_path / "nowhere", 2)
-    assert "does not exist" in _error_line(proc)
+    assert f"data path {tmp_path / 'nowhere'} does not exist" in _error_line(proc)
 
 
 def test_busy_port_fails_in_one_line(tmp_path, scene):
