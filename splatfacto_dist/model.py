@@ -74,6 +74,10 @@ def nearest_distances(points: torch.Tensor, queries: torch.Tensor, k: int) -> to
     single-threaded, ~3 us per point: a minute at 20 M points)."""
     from scipy.spatial import cKDTree
 
+    if len(points) <= k:
+        raise ValueError(
+            f"{len(points)} initial points: splatfacto sizes each from its {k} nearest, so it needs {k + 1}"
+        )
     tree = cKDTree(points.numpy())
     distances, _ = tree.query(queries.numpy(), k=k + 1, workers=torch.get_num_threads())
     return torch.from_numpy(distances[:, 1:].astype(np.float32))

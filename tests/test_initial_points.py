@@ -74,3 +74,5 @@ def test_neighbour_distances_equal_stock_for_all_points_and_for_one_shard():
     assert torch.equal(nearest_distances(points, points, 3), torch.from_numpy(expected))
     shard = slice(1700, 3400)
     assert torch.equal(nearest_distances(points, points[shard], 3), torch.from_numpy(expected[shard]))
+    with pytest.raises(ValueError, match="3 initial points"):
+        nearest_distances(points[:3], points[:3], 3)
