@@ -42,7 +42,7 @@ from splatfacto_dist.synthetic import SceneSpec, generate, is_complete, parse_co
 
 CAP_LINE = re.compile(r"GPU \d+: memory capped at")
 OOM = re.compile(r"out of memory|OutOfMemoryError", re.IGNORECASE)
-RENDERED = re.compile(r"rendered up to (\d+) in one step")  # a sharded rank's end-of-run line
+RENDERED = re.compile(r"rendered up to (\d+) in one render")  # a sharded rank's end-of-run line
 CAPACITY_TARGET = 1.8  # sharded on N GPUs must hold at least this many times replicated's largest scene
 MEMORY_TARGET = 0.6  # sharded per-rank peak at most this fraction of replicated on 1 GPU, same scene
 
@@ -201,7 +201,7 @@ def markdown(records: List[Dict], environment: Dict[str, str]) -> str:
         "Densification off (Gaussians = points3D); peak GPU memory is each rank's torch.cuda.max_memory_allocated.",
         "",
         "| layout | GPUs | cap GiB | Gaussians | images | status | peak GPU MB/rank (max / min) | most rendered "
-        "in one step (% of model) | peak host MB/rank | start-up s | wall s |",
+        "in one render (% of model) | peak host MB/rank | start-up s | wall s |",
         "|---" * 11 + "|",
     ]
     for r in sorted(records, key=_key):

@@ -96,7 +96,7 @@ def pack_for_renderers(
     each, not 48 coefficients). Fills `shapes` with each input's per-row shape.
 
     Recomputed in backward instead of kept: the activated copies and SH coefficients of every sent
-    row (~0.5 KB each at degree 3) would otherwise live from the forward to the backward, on top of
+    row (0.8 KB each at SH degree 3, on CPU) would otherwise live from the forward to the backward, on top of
     the receiving side's render buffers; only `order` is kept. Nothing here draws random numbers.
     """
 
@@ -260,7 +260,7 @@ class ShardedLayout(ReplicatedLayout):
         beyond the shard, a rank's memory grows with what its cameras see, not with the model."""
         rows, total = self._most_received
         return (
-            f", owns {local} of {self.total} Gaussians, rendered up to {rows} in one step"
+            f", owns {local} of {self.total} Gaussians, rendered up to {rows} in one render"
             f" ({100 * rows / total:.0f}% of the model then)"
         )
 
