@@ -20,12 +20,17 @@ from splatfacto_dist.gpu_count import visible_gpus
 from splatfacto_dist.prespawn import Prespawned, RankFailed
 
 
+def _parse_decides(argv: List[str]) -> bool:
+    """Help, or a config file the raw arguments do not show: only the parsed config can tell."""
+    return any(token in ("-h", "--help") or token.startswith("--load-config") for token in argv)
+
+
 def guess_local_ranks(argv: List[str], environ: Mapping[str, str]) -> int:
     """How many CUDA ranks this command will spawn here, judged from the raw arguments; 0 when none
     or unsure (an external launcher, a config file, help). A wrong guess is corrected after parsing."""
     if "RANK" in environ or int(environ.get("SLURM_NTASKS", "1")) > 1:
         return 0
-    if any(token in ("-h", "--help") or token.startswith("--load-config") for token in argv):
+    if _parse_decides(argv):
         return 0
     if (option(argv, "--machine.device-type", "--machine.device_type") or "cuda") != "cuda":
         return 0
@@ -37,7 +42,7 @@ def refusal_before_parsing(argv: List[str], environ: Mapping[str, str], local_ra
     """The commonest impossible launches, refused from the raw arguments in well under a second
     (parsing means seconds of imports): more GPUs than this machine shows, a data path that does
     not exist. None when the raw arguments cannot tell; the checks after parsing still run."""
-    if any(token in ("-h", "--help") or token.startswith("--load-config") for token in argv):
+    if _parse_decides(argv):
         return None
     visible = visible_gpus(environ) if local_ranks else None
     if visible is not None:
