@@ -207,7 +207,10 @@ def markdown(records: List[Dict], environment: Dict[str, str]) -> str:
     for r in sorted(records, key=_key):
         ranks = r["rank_peak_gpu_mb"]
         memory = f"{max(ranks):.0f} / {min(ranks):.0f}" if ranks else "-"
-        rendered = f"{100 * r['most_rendered'] / r['size']:.0f}" if "most_rendered" in r else "100"
+        if "most_rendered" in r:
+            rendered = f"{100 * r['most_rendered'] / r['size']:.0f}"
+        else:  # a replicated rank renders every Gaussian; a sharded run that failed never said
+            rendered = "100" if r["layout"] == "replicated" else "-"
         host = f"{r['peak_host_mb']:.0f}" if "peak_host_mb" in r else "-"
         startup = f"{r['startup_s']:.0f}" if "startup_s" in r else "-"
         lines.append(

@@ -132,6 +132,7 @@ def test_capacity_report_finds_the_largest_size_and_judges_both_targets():
     assert "4,000,000 Gaussians: fullest rank sharded on 2 GPUs / replicated on 1 GPU = 0.56 (meets <= 0.6)" in table
     assert "| sharded | 2 | 24 | 4,000,000 | 300 | trained | 5600 / 5000 | 30 | - | - | 1 |" in table
     assert "| replicated | 1 | 24 | 4,000,000 | 300 | trained | 10000 / 10000 | 100 | - | - | 1 |" in table
+    assert "| sharded | 2 | 24 | 16,000,000 | 300 | OOM | - | - | - | - | 1 |" in table
 
 
 def test_capacity_benchmark_runs_a_tiny_scene_on_cpu(tmp_path):
