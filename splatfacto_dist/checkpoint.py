@@ -19,8 +19,6 @@ import numpy as np
 import torch
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from splatfacto_dist import comm
-
 if TYPE_CHECKING:
     from splatfacto_dist.trainer import DistTrainer
 
@@ -47,10 +45,10 @@ def save_atomic(state: Any, path: Path) -> None:
 
 def save(trainer: DistTrainer, step: int) -> None:
     """Every rank calls this (a sharded model is gathered collectively); rank 0 writes."""
-    layout = trainer.pipeline.model.layout
-    pipeline_state, optimizer_states, ids = layout.full_state(trainer.pipeline, trainer.optimizers)
-    if not comm.is_main():
+    full = trainer.pipeline.model.layout.full_state(trainer.pipeline, trainer.optimizers)
+    if full is None:
         return
+    pipeline_state, optimizer_states, ids = full
     trainer.checkpoint_dir.mkdir(parents=True, exist_ok=True)
     path: Path = trainer.checkpoint_dir / f"step-{step:09d}.ckpt"
     state = {

@@ -45,8 +45,9 @@ def refusal_before_parsing(argv: List[str], environ: Mapping[str, str], local_ra
     if _parse_decides(argv):
         return None
     visible = visible_gpus(environ) if local_ranks else None
-    if visible is not None:
-        error = refusals.too_many_gpus(local_ranks, visible)
+    per_gpu = option(argv, "--ranks-per-gpu", "--ranks_per_gpu") or "1"
+    if visible is not None and per_gpu.isdigit():
+        error = refusals.too_many_gpus(local_ranks, visible, int(per_gpu))
         if error:
             return error
     given = values(argv, "--data", "--pipeline.datamanager.data")  # whichever nerfstudio would use

@@ -8,8 +8,7 @@ thread: a collective that only rank 0 enters never completes.
 
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -161,19 +160,6 @@ def verify_replicas(named_tensors: List[Tuple[str, torch.Tensor]]) -> None:
             raise ReplicaMismatch(f"rank {r} differs from rank 0 in '{named_tensors[i][0]}'")
 
 
-@contextlib.contextmanager
-def shared_rng(seed: int, step: int, device: torch.device) -> Iterator[None]:
-    """Seed torch's global RNG identically on every rank for one model-changing random draw.
-
-    gsplat's split() draws from the global generator, which nerfstudio seeds with seed + rank;
-    forking it with a (seed, step) seed makes that draw identical on every rank and on resume.
-    """
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed * 1_000_003 + step)
-        yield
-
-
 def _to_comm(t: torch.Tensor) -> torch.Tensor:
     return t.to(_comm_device(t.device)).contiguous()
 
@@ -197,11 +183,11 @@ def all_reduce_ints(values: List[int], device: torch.device = torch.device("cpu"
     return [int(v) for v in t.tolist()]
 
 
-def all_gather_rows(rows: torch.Tensor) -> List[torch.Tensor]:
-    """Every rank's [n_r, D] `rows` (n_r may differ), in rank order, on `rows`' device."""
+def all_gather_rows(rows: torch.Tensor, counts: Optional[List[int]] = None) -> List[torch.Tensor]:
+    """Every rank's [n_r, D] `rows` (n_r may differ; `counts`, if known), in rank order, on `rows`' device."""
     if not is_distributed():
         return [rows]
-    counts = all_gather_ints(rows.shape[0], rows.device)
+    counts = counts or all_gather_ints(rows.shape[0], rows.device)
     padded = torch.zeros((max(counts), *rows.shape[1:]), dtype=rows.dtype, device=_comm_device(rows.device))
     padded[: rows.shape[0]] = rows.to(padded.device)
     out = [torch.empty_like(padded) for _ in counts]
@@ -230,29 +216,46 @@ def all_to_all_rows(send: torch.Tensor, send_counts: List[int], recv_counts: Lis
     return recv.to(send.device)
 
 
-def gather_rows_to_main(rows: torch.Tensor, chunk_rows: int = 1 << 18) -> Optional[torch.Tensor]:
-    """Every rank's [n_r, D] `rows` concatenated in rank order, on rank 0's CPU (None elsewhere).
+def gather_rows_to_main(
+    n: int, make_rows: Callable[[int, int], torch.Tensor], chunk_rows: int
+) -> Iterator[Tuple[int, torch.Tensor]]:
+    """Every rank's `n` rows, made by `make_rows(start, stop)` at most `chunk_rows` at a time, in rank
+    order: yields (position in the whole, CPU chunk) on rank 0 and nothing elsewhere.
 
-    Rows travel in chunks rank by rank, so no GPU ever holds more than its own rows and one
-    chunk: a sharded model is gathered for a checkpoint without fitting on one GPU.
+    A checkpoint of a sharded model must not need a shard-sized buffer on any GPU: each rank makes
+    and sends one bounded chunk at a time, and rank 0 receives into one chunk-sized buffer and
+    hands each chunk on before the next arrives. Every rank must use the same `chunk_rows`.
     """
-    if not is_distributed():
-        return rows.detach().cpu()
-    counts = all_gather_ints(rows.shape[0], rows.device)
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be positive, got {chunk_rows}")
+    counts = all_gather_ints(n)
     if not is_main():
-        source = _to_comm(rows.detach())
-        for start in range(0, counts[rank()], chunk_rows):
-            dist.send(source[start : start + chunk_rows].contiguous(), dst=0)
-        return None
-    parts = [rows.detach().cpu()]
-    device = _comm_device(rows.device)
-    for src in range(1, world_size()):
-        part = torch.empty((counts[src], *rows.shape[1:]), dtype=rows.dtype)
-        for start in range(0, counts[src], chunk_rows):
-            chunk = torch.empty(
-                (min(chunk_rows, counts[src] - start), *rows.shape[1:]), dtype=rows.dtype, device=device
-            )
-            dist.recv(chunk, src=src)
-            part[start : start + len(chunk)] = chunk.cpu()
-        parts.append(part)
-    return torch.cat(parts)
+        for start in range(0, n, chunk_rows):
+            dist.send(_to_comm(make_rows(start, min(n, start + chunk_rows)).detach()), dst=0)
+        return
+    offset = 0
+    for src, count in enumerate(counts):
+        buffer = None
+        for start in range(0, count, chunk_rows):
+            stop = min(count, start + chunk_rows)
+            if src == 0:
+                chunk = make_rows(start, stop).detach()
+            else:
+                if buffer is None:
+                    first = make_rows(0, 0)  # the row width and type, without data
+                    buffer = torch.empty(
+                        (min(chunk_rows, count), *first.shape[1:]), dtype=first.dtype, device=_comm_device(first.device)
+                    )
+                chunk = buffer[: stop - start]
+                dist.recv(chunk, src=src)
+            yield offset + start, chunk.cpu()
+        offset += count
+
+
+def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
+    """The element-wise sum over ranks of a small float vector (squared gradient norms of shards)."""
+    if not is_distributed():
+        return values
+    t = _to_comm(values.detach().clone())
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.to(values.device)

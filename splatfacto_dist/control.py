@@ -42,11 +42,25 @@ class RankControl:
         if step % self.every:
             return True
         while True:
-            state, renders = comm.broadcast_ints([local_state(), layout.pending_renders()], device=self.device)
-            if renders:
-                waited_ms = layout.serve_viewer(renders, serve_empty)
-                if self.on_served is not None and comm.is_main():
-                    self.on_served(step, waited_ms)
+            state = self._meet(step, local_state, layout, serve_empty)
             if state != PAUSE:
                 return state == RUN
             time.sleep(_POLL_S)
+
+    def serve_until_stopped(self, local_state: Callable[[], int], layout, serve_empty: Callable[[], None]) -> None:
+        """After training, with the viewer kept open and the model sharded: meet every 50 ms and
+        serve rank 0's viewer renders until rank 0 says stop (or the job is stopped: ctrl+c, or
+        a rank's failure, which the launcher turns into the end of the job)."""
+        while self._meet(None, local_state, layout, serve_empty) != STOP:
+            time.sleep(_POLL_S)
+
+    def _meet(
+        self, step: Optional[int], local_state: Callable[[], int], layout, serve_empty: Callable[[], None]
+    ) -> int:
+        """One agreement: rank 0's state and its waiting viewer renders, which every rank then serves."""
+        state, renders = comm.broadcast_ints([local_state(), layout.pending_renders()], device=self.device)
+        if renders:
+            waited_ms = layout.serve_viewer(renders, serve_empty)
+            if self.on_served is not None and comm.is_main() and step is not None:
+                self.on_served(step, waited_ms)
+        return state

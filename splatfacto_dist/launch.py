@@ -27,6 +27,7 @@ from nerfstudio.utils import comms, profiler
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from splatfacto_dist import comm
+from splatfacto_dist.devices import gpu_of, gpus_needed, ranks_per_gpu
 from splatfacto_dist.preflight import LaunchError, check_job
 from splatfacto_dist.profiling import STARTUP
 
@@ -76,6 +77,13 @@ def _free_port() -> int:
 def _train(local_rank: int, world_size: int, config: TrainerConfig, global_rank: int) -> None:
     """nerfstudio's train_loop (seed + rank, set up, train), without importing nerfstudio.scripts.train:
     that module builds every installed method's config, which each spawned rank would pay for."""
+    if global_rank != 0:
+        # nerfstudio's Trainer prints its notes and the "Training Finished" box on every rank: rank 0's
+        # are the job's. Only that module's console: the ranks' own report lines are still printed.
+        from nerfstudio.engine import trainer as nerfstudio_trainer
+        from rich.console import Console
+
+        nerfstudio_trainer.CONSOLE = Console(quiet=True)
     seed = config.machine.seed + global_rank
     random.seed(seed)
     np.random.seed(seed)
@@ -101,15 +109,22 @@ def run_rank(local_rank: int, config: TrainerConfig, job: Job) -> None:
         _train(local_rank, 1, config, 0)
         return
     cuda = config.machine.device_type == "cuda"
+    shared_gpus = ranks_per_gpu(config) > 1
     if cuda:
-        torch.cuda.set_device(local_rank)
-    timeout = timedelta(seconds=getattr(config, "collective_timeout_s", DEFAULT_TIMEOUT.total_seconds()))
+        torch.cuda.set_device(gpu_of(local_rank, config))
+    if shared_gpus and global_rank == 0:
+        print(
+            f"{job.num_devices_per_machine} ranks share {gpus_needed(job.num_devices_per_machine, ranks_per_gpu(config))}"
+            f" GPU(s) on each machine over gloo (--ranks-per-gpu {ranks_per_gpu(config)}): per-rank memory is real,"
+            " speed figures are not",
+            flush=True,
+        )
     dist.init_process_group(
-        backend="nccl" if cuda else "gloo",
+        backend="nccl" if cuda and not shared_gpus else "gloo",
         init_method=job.init_method,
         world_size=job.world_size,
         rank=global_rank,
-        timeout=timeout,
+        timeout=DEFAULT_TIMEOUT,
     )
     STARTUP.mark("process group")
     for machine in range(job.world_size // job.num_devices_per_machine):

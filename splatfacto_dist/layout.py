@@ -32,6 +32,7 @@ class ReplicatedLayout:
     """Every rank holds the whole model; see the module docstring."""
 
     sharded = False
+    keeps_ranks_for_viewer = False  # after training rank 0 holds every Gaussian and serves the viewer alone
 
     def __init__(self) -> None:
         self.total = 0  # Gaussians in the whole model, on every rank
@@ -61,21 +62,30 @@ class ReplicatedLayout:
         """One flat all-reduce of the gradients of every optimizer group's parameters."""
         comm.average_gradients([p for params in groups.values() for p in params])
 
-    def stats_to_owners(self, rows: torch.Tensor, reduce_max: Optional[torch.Tensor], n: int):
-        """Per-Gaussian statistics of this rank's renders, as the owners' `n` rows (here: the same rows)."""
+    def stats_to_owners(self, rows: torch.Tensor, reduce_max: Optional[torch.Tensor], n: int, info: Dict[str, Any]):
+        """Per-Gaussian statistics of the render that made `info`, as the owners' `n` rows (here: the
+        same rows)."""
         return rows, reduce_max
 
     def reduce_stats(self, state: Dict[str, Any]) -> None:
         """Before a refine: make every rank's statistics those of all ranks' cameras."""
         comm.reduce_densification_stats(state)
 
-    def after_refine(self, params, optimizers, state, grown: int, pruned: int) -> None:
-        """Account for a refine's new and removed Gaussians (`grown`, `pruned`: this rank's)."""
+    def after_refine(self, params, optimizers, state, counts: Tuple[int, int, int]) -> Tuple[int, int, int]:
+        """The whole model's (duplicated, split, pruned) from this rank's; keeps the total."""
         self.total = len(params["means"])
+        return counts
 
-    def full_state(self, pipeline: torch.nn.Module, optimizers: Any) -> Tuple[Dict, Dict, torch.Tensor]:
-        """The pipeline's and optimizers' state dicts with every Gaussian, and the Gaussians' ids
-        (rank 0's are what counts)."""
+    def squared_norms(self, grads: Dict[str, List[torch.Tensor]]) -> Dict[str, torch.Tensor]:
+        """Each group's squared L2 gradient norm over the whole model (for clipping, the scaler's
+        inf/NaN check and gradient logs); here every rank holds every gradient, already averaged."""
+        return {name: _squared_norm(values) for name, values in grads.items()}
+
+    def full_state(self, pipeline: torch.nn.Module, optimizers: Any) -> Optional[Tuple[Dict, Dict, torch.Tensor]]:
+        """On rank 0, the pipeline's and optimizers' state dicts with every Gaussian, and the
+        Gaussians' ids; None elsewhere. Every rank calls it."""
+        if not comm.is_main():
+            return None
         ids = pipeline.model.strategy_state["ids"].cpu()
         return pipeline.state_dict(), {k: v.state_dict() for k, v in optimizers.optimizers.items()}, ids
 
@@ -127,8 +137,16 @@ class ReplicatedLayout:
         """Nothing is ever pending here: the viewer renders rank 0's whole model itself."""
         return 0.0
 
-    def gather_for_viewer(self, model: torch.nn.Module) -> None:
-        """After training, give rank 0 (which keeps the viewer) the whole model: it already has it."""
+    def close_viewer(self, why: str) -> None:
+        """Nothing waits on the other ranks here: the viewer renders rank 0's whole model itself."""
+
+
+def _squared_norm(values: List[torch.Tensor]) -> torch.Tensor:
+    """Sum of squares of every element of `values` (0 for none), as one float32 scalar."""
+    total = torch.zeros((), device=values[0].device if values else "cpu")
+    for value in values:
+        total = total + value.detach().float().pow(2).sum()
+    return total
 
 
 def _named_tensors(model: torch.nn.Module, optimizers: Any, skip: Tuple[str, ...]) -> List[Tuple[str, torch.Tensor]]:

@@ -129,7 +129,7 @@ class SplatfactoDistModel(SplatfactoModel):
             pause_refine_after_reset=-(-self.num_train_data // self.config.images_per_step) + self.config.refine_every,
             absgrad=self.config.use_absgrad,
             revised_opacity=False,
-            verbose=comm.is_main(),
+            report_refines=comm.is_main(),
             seed=self.seed,
             layout=self.layout,
         )

@@ -10,7 +10,7 @@ hashed from their parent's. Optimizer-state surgery goes through gsplat's
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Tuple, Union
+from typing import Dict, Iterator, List, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -128,6 +128,11 @@ class RowCodec:
     def _width(shape: Tuple[int, ...], dtype: torch.dtype) -> int:
         return math.prod(shape) * (2 if dtype == torch.int64 else 1)
 
+    @property
+    def width(self) -> int:
+        """float32 columns of one packed row."""
+        return sum(self._width(shape, dtype) for _, _, shape, dtype in self.fields)
+
     def _tensors(self, params: Params, optimizers: Dict, state: Dict) -> List[torch.Tensor]:
         out = []
         for kind, key, _, _ in self.fields:
@@ -148,15 +153,27 @@ class RowCodec:
             columns.append(part.contiguous().view(torch.float32) if part.dtype == torch.int64 else part.float())
         return torch.cat(columns, dim=1) if columns else torch.zeros((len(rows), 0))
 
-    def unpack(self, packed: torch.Tensor) -> Dict[Tuple[str, str], torch.Tensor]:
-        """{(kind, key): tensor} from packed rows."""
-        out, start = {}, 0
+    def _fields(self, packed: torch.Tensor) -> Iterator[Tuple[Tuple[str, str], torch.Tensor]]:
+        """((kind, key), [len(packed), *shape] tensor of its dtype) of every field of packed rows."""
+        start = 0
         for kind, key, shape, dtype in self.fields:
             width = self._width(shape, dtype)
-            part = torch.empty((len(packed), width), device=packed.device).copy_(packed[:, start : start + width])
+            part = packed.new_empty((len(packed), width)).copy_(packed[:, start : start + width])
             start += width
-            out[(kind, key)] = (part.view(torch.int64) if dtype == torch.int64 else part.to(dtype)).reshape(-1, *shape)
-        return out
+            yield (kind, key), (part.view(torch.int64) if dtype == torch.int64 else part.to(dtype)).reshape(-1, *shape)
+
+    def unpack(self, packed: torch.Tensor) -> Dict[Tuple[str, str], torch.Tensor]:
+        """{(kind, key): tensor} from packed rows."""
+        return dict(self._fields(packed))
+
+    def empty(self, n: int) -> Dict[Tuple[str, str], torch.Tensor]:
+        """{(kind, key): uninitialised CPU tensor of `n` rows}, to receive packed chunks."""
+        return {(kind, key): torch.empty((n, *shape), dtype=dtype) for kind, key, shape, dtype in self.fields}
+
+    def unpack_into(self, whole: Dict[Tuple[str, str], torch.Tensor], start: int, packed: torch.Tensor) -> None:
+        """Write packed rows into rows start.. of `empty`'s tensors."""
+        for key, part in self._fields(packed):
+            whole[key][start : start + len(packed)] = part
 
     def replace(self, params: Params, optimizers: Dict, state: Dict, keep: torch.Tensor, packed: torch.Tensor) -> None:
         """Keep the Gaussians at `keep` and append the packed ones, parameters, moments and state alike."""

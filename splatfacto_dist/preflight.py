@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import urlparse
@@ -18,6 +19,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 
 from splatfacto_dist import refusals
 from splatfacto_dist.datamanager import CameraSchedule, ConfigError
+from splatfacto_dist.devices import ranks_per_gpu
 from splatfacto_dist.options import refusal
 
 
@@ -29,19 +31,35 @@ class LaunchError(SystemExit):
         self.message = message
 
 
-def too_many_gpus(requested: int) -> Optional[str]:
+def too_many_gpus(requested: int, per_gpu: int = 1) -> Optional[str]:
     """The one-line refusal of more CUDA devices per machine than this machine shows, or None."""
-    return refusals.too_many_gpus(requested, torch.cuda.device_count())
+    return refusals.too_many_gpus(requested, torch.cuda.device_count(), per_gpu)
+
+
+def shared_gpu_refusal(config: Any) -> Optional[str]:
+    """--ranks-per-gpu: a positive count, for CUDA ranks our launcher starts."""
+    per_gpu = getattr(config, "ranks_per_gpu", 1)
+    if per_gpu < 1:
+        return f"--ranks-per-gpu {per_gpu}: give a positive number of ranks per GPU"
+    if per_gpu == 1:
+        return None
+    if config.machine.device_type != "cuda":
+        return "--ranks-per-gpu is for CUDA ranks; CPU ranks share no GPU (leave it at 1)"
+    if Path(sys.argv[0]).name == "ns-train":
+        return (
+            "--ranks-per-gpu needs splatfacto-dist-train: ns-train's launcher gives every rank a GPU of its own (NCCL)"
+        )
+    return None
 
 
 def refusal_at_parse(config: Any) -> Optional[str]:
     """What must be refused as soon as the command line is parsed, or None."""
-    error = refusal(config)
+    error = refusal(config) or shared_gpu_refusal(config)
     if error:
         return error
     machine = config.machine
     if machine.device_type == "cuda" and machine.num_devices > 1 and "RANK" not in os.environ:
-        return too_many_gpus(machine.num_devices)
+        return too_many_gpus(machine.num_devices, ranks_per_gpu(config))
     return None
 
 
@@ -61,14 +79,14 @@ def data_path(config: Any) -> Optional[Path]:
 
 def check_job(config: Any, job: Any) -> None:
     """Fail early, in one line (`LaunchError`), on what cannot work for this job's shape."""
-    error = refusal(config)  # again: a --load-config is read from YAML, which never ran __post_init__
+    error = refusal(config) or shared_gpu_refusal(config)  # again: a --load-config never ran __post_init__
     if error:
         raise LaunchError(error)
     machine = config.machine
     if machine.device_type == "cuda":
         if not torch.cuda.is_available():
             raise LaunchError("CUDA is not available here; train on CPU with --machine.device-type cpu")
-        error = too_many_gpus(job.num_devices_per_machine)
+        error = too_many_gpus(job.num_devices_per_machine, ranks_per_gpu(config))
         if error:
             raise LaunchError(error)
     datamanager = config.pipeline.datamanager

@@ -7,11 +7,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+from splatfacto_dist.devices import gpus_needed
 
-def too_many_gpus(requested: int, visible: int) -> Optional[str]:
-    if requested <= visible:
+
+def too_many_gpus(requested: int, visible: int, per_gpu: int = 1) -> Optional[str]:
+    if gpus_needed(requested, per_gpu) <= visible:
         return None
-    return f"--machine.num-devices {requested} but only {visible} GPU(s) are visible on this machine"
+    if per_gpu > 1:
+        return (
+            f"--machine.num-devices {requested} at --ranks-per-gpu {per_gpu} needs {gpus_needed(requested, per_gpu)}"
+            f" GPUs but only {visible} GPU(s) are visible on this machine"
+        )
+    return (
+        f"--machine.num-devices {requested} but only {visible} GPU(s) are visible on this machine"
+        " (for tests and memory measurements, --ranks-per-gpu K lets K ranks share one)"
+    )
 
 
 def missing_data(path: Optional[Path]) -> Optional[str]:

@@ -8,7 +8,9 @@ owners, summed over cameras and divided by the world size (the average a replica
 After backward, per-Gaussian densification statistics return to the owners the same way, so an
 owner's statistics cover every camera of the step and its refine decisions equal a replicated
 run's. Shards drift as they densify; after a refine they are rebalanced (see `after_refine`).
-Checkpoints gather every shard to rank 0's CPU in splatfacto's layout.
+Checkpoints gather every shard to rank 0's CPU in splatfacto's layout, in bounded chunks. After
+training, if the viewer stays open, every rank keeps serving its renders (the model never has to
+fit on one GPU).
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ from splatfacto_dist.ops import RowCodec
 REBALANCE_RATIO = 1.1
 """Rebalance after a refine once the largest shard exceeds the smallest by this factor (Grendel-GS's)."""
 
+SAVE_CHUNK_BYTES = 64 << 20
+"""The most bytes of packed Gaussians (parameters, Adam moments, ids) a save puts in one GPU buffer:
+a model at capacity has no room for its shard twice, and 64 MiB chunks keep the save's transfers
+large enough to run at the link's speed."""
+
 _INPUTS = ("means", "quats", "scales", "opacities", "colors")
 
 
@@ -49,6 +56,23 @@ class _Exchange(torch.autograd.Function):
         send_counts, recv_counts = ctx.counts
         back = comm.all_to_all_rows(grad.contiguous(), recv_counts, send_counts)
         return back / comm.world_size(), None, None
+
+
+class _AllCameras(torch.autograd.Function):
+    """Every rank's camera rows ([C_r, 27]: viewmat, K, size) in forward, concatenated in rank order;
+    in backward each rank's cameras receive what every owner's view-dependent colours sent them,
+    summed. A camera-pose optimizer then learns through colour as it does when replicated."""
+
+    @staticmethod
+    def forward(ctx, local: torch.Tensor, counts: List[int]) -> torch.Tensor:  # type: ignore[override]
+        ctx.counts = counts
+        return torch.cat(comm.all_gather_rows(local, counts))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        counts, mine = ctx.counts, ctx.counts[comm.rank()]
+        back = comm.all_to_all_rows(grad.contiguous(), counts, [mine] * len(counts))
+        return back.reshape(len(counts), mine, -1).sum(dim=0), None
 
 
 def _radii(gaussians: Dict[str, torch.Tensor], viewmats: torch.Tensor, Ks: torch.Tensor, width: int, height: int):
@@ -73,7 +97,8 @@ def _view_colors(
     zero-padded to `widest` cameras: the rasterizer's own SH evaluation (clamped at 0 after +0.5),
     made where the coefficients live, as gsplat's distributed rasterization does."""
     if len(means) == 0 or len(cameras) == 0:
-        return means.new_zeros((len(means), widest, 3))
+        # Still a function of the cameras: their gradient all-to-all runs on every rank or on none.
+        return means.new_zeros((len(means), widest, 3)) + 0 * cameras.sum()
     centers = torch.inverse(cameras[:, :16].reshape(-1, 4, 4))[:, :3, 3]  # [C, 3]
     dirs = means[None, :, :] - centers[:, None, :]  # [C, S, 3]
     shs = coeffs.expand(len(cameras), -1, -1, -1)  # [C, S, K, 3]
@@ -124,12 +149,13 @@ class ShardedLayout(ReplicatedLayout):
 
     sharded = True
 
+    keeps_ranks_for_viewer = True  # after training every rank keeps serving the viewer's renders
+
     def __init__(self) -> None:
         super().__init__()
-        self._plan: Optional[Tuple[torch.Tensor, List[int], List[int]]] = None
-        self._gathered = False
         self._requests: List[Tuple[Callable[[], Any], Future, float]] = []
         self._requests_lock = threading.Lock()
+        self._closed: Optional[str] = None  # why viewer renders can no longer be served
         self._most_received = (0, 1)  # (rows, model total then): the render buffers' largest share
 
     # -- where each Gaussian starts --------------------------------------------------------------
@@ -154,9 +180,9 @@ class ShardedLayout(ReplicatedLayout):
     ):
         """Render this rank's cameras (possibly none: it then only serves the others) from every
         rank's visible Gaussians; returns None when this rank has no camera. Only the parameter
-        rows some camera sees are activated and sent."""
-        if self._gathered or not comm.is_distributed():
-            return super().render(rasterize, rows, activate, **cameras)
+        rows some camera sees are activated and sent. The render's `info["exchange"]` says which
+        rows went where, for `stats_to_owners`. One rank takes the same path (the exchange is then
+        the identity), so a 1-rank sharded run tests this code."""
         viewmats, Ks = cameras["viewmats"], cameras["Ks"]
         device = rows["means"].device
         n_views = viewmats.shape[0]
@@ -166,7 +192,8 @@ class ShardedLayout(ReplicatedLayout):
         local = torch.cat(
             [viewmats.reshape(n_views, 16).float().to(device), Ks.reshape(n_views, 9).float().to(device), size], 1
         )
-        every = comm.all_gather_rows(local)
+        counts = comm.all_gather_ints(n_views, device)
+        every = _AllCameras.apply(local, counts).split(counts)
         send_idx = [self._visible(rows, cameras_of_rank) for cameras_of_rank in every]
         order = torch.cat(send_idx)
         send_counts = [len(i) for i in send_idx]
@@ -177,14 +204,14 @@ class ShardedLayout(ReplicatedLayout):
         if sum(recv_counts) > self._most_received[0]:
             self._most_received = (sum(recv_counts), max(self.total, 1))
         received = _Exchange.apply(packed, send_counts, recv_counts)
-        self._plan = (order, send_counts, recv_counts)
         if n_views == 0:
             return None
         parts = torch.split(received, [math.prod(shapes[k]) for k in _INPUTS], dim=1)
         arrived = {k: part.reshape(-1, *shapes[k]) for k, part in zip(_INPUTS, parts)}
         if sh_degree is not None:  # [M, widest, 3] -> this rank's cameras' [C, M, 3]
             arrived["colors"] = arrived["colors"][:, :n_views].transpose(0, 1).contiguous()
-        return rasterize(**arrived, **{**cameras, "sh_degree": None})
+        render, alpha, info = rasterize(**arrived, **{**cameras, "sh_degree": None})
+        return render, alpha, {**info, "exchange": (order, send_counts, recv_counts)}
 
     @staticmethod
     @torch.no_grad()
@@ -209,11 +236,10 @@ class ShardedLayout(ReplicatedLayout):
         with torch.no_grad():
             self.render(lambda **_: None, rows, activate, **empty)
 
-    def stats_to_owners(self, rows: torch.Tensor, reduce_max: Optional[torch.Tensor], n: int):
-        """Per received row statistics ([M, k] sums, [M] maxima) -> the owners' [n, k] and [n]."""
-        if self._gathered or not comm.is_distributed():
-            return super().stats_to_owners(rows, reduce_max, n)
-        order, send_counts, recv_counts = self._plan  # type: ignore[misc]
+    def stats_to_owners(self, rows: torch.Tensor, reduce_max: Optional[torch.Tensor], n: int, info: Dict[str, Any]):
+        """Per received row statistics ([M, k] sums, [M] maxima) of the render that made `info`
+        -> the owners' [n, k] and [n]."""
+        order, send_counts, recv_counts = info["exchange"]
         packed = rows if reduce_max is None else torch.cat([rows, reduce_max[:, None]], dim=1)
         back = comm.all_to_all_rows(packed.contiguous(), recv_counts, send_counts)
         sums = torch.zeros((n, rows.shape[1]), dtype=rows.dtype, device=rows.device)
@@ -229,31 +255,44 @@ class ShardedLayout(ReplicatedLayout):
         arrived at their owners through the exchange, already averaged."""
         super().average_gradients({k: v for k, v in groups.items() if k not in GAUSSIAN_NAMES})
 
+    def squared_norms(self, grads: Dict[str, List[torch.Tensor]]) -> Dict[str, torch.Tensor]:
+        """The Gaussian groups' squared norms summed over the shards (one small all-reduce); every
+        rank must ask for the same groups."""
+        norms = super().squared_norms(grads)
+        split = [name for name in norms if name in GAUSSIAN_NAMES]
+        if split:
+            summed = comm.all_reduce_sum(torch.stack([norms[name] for name in split]))
+            norms.update(zip(split, summed))
+        return norms
+
     def reduce_stats(self, state: Dict[str, Any]) -> None:
         """Nothing to reduce: each owner already holds the statistics of every camera."""
 
     # -- refine: counts and balance -------------------------------------------------------------
 
-    def after_refine(self, params, optimizers, state, grown: int, pruned: int) -> None:
-        """Update the total; if max/min shard size > REBALANCE_RATIO, move Gaussians (parameters,
-        Adam moments, statistics, ids) from the largest shards to the smallest until every shard
-        holds floor or ceil of the mean. The move costs one all-to-all of ~3x the moved
-        Gaussians' parameters (plus a few floats each); shards' order does not matter to training."""
-        grown, pruned = comm.all_reduce_ints([grown, pruned], params["means"].device)
-        self.total += grown - pruned
-        sizes = comm.all_gather_ints(len(params["means"]), params["means"].device)
-        if min(sizes) * REBALANCE_RATIO >= max(sizes) and min(sizes) > 0 or not comm.is_distributed():
-            return
+    def after_refine(self, params, optimizers, state, counts: Tuple[int, int, int]) -> Tuple[int, int, int]:
+        """The whole model's (duplicated, split, pruned) from this shard's; updates the total, and if
+        max/min shard size > REBALANCE_RATIO, moves Gaussians (parameters, Adam moments, statistics,
+        ids) from the largest shards to the smallest until every shard holds floor or ceil of the
+        mean. The move costs one all-to-all of ~3x the moved Gaussians' parameters (plus a few
+        floats each); shards' order does not matter to training."""
+        device = params["means"].device
+        counts = tuple(comm.all_reduce_ints(list(counts), device))
+        self.total += counts[0] + counts[1] - counts[2]
+        sizes = comm.all_gather_ints(len(params["means"]), device)
+        if min(sizes) * REBALANCE_RATIO >= max(sizes) and min(sizes) > 0:
+            return counts  # type: ignore[return-value]
         send_counts, recv_counts = rebalance_plan(sizes, comm.rank())
         n = sizes[comm.rank()]
         leaving = sum(send_counts)
         codec = RowCodec(params, optimizers, state)
-        rows = codec.pack(params, optimizers, state, torch.arange(n - leaving, n, device=params["means"].device))
+        rows = codec.pack(params, optimizers, state, torch.arange(n - leaving, n, device=device))
         arrived = comm.all_to_all_rows(rows, send_counts, recv_counts)
         codec.replace(params, optimizers, state, torch.arange(n - leaving, device=rows.device), arrived)
-        after = comm.all_gather_ints(len(params["means"]), params["means"].device)
+        after = comm.all_gather_ints(len(params["means"]), device)
         if comm.is_main():
             CONSOLE.print(f"rebalanced Gaussian shards: {sizes} -> {after}")
+        return counts  # type: ignore[return-value]
 
     def report(self, local: int) -> str:
         """The rank's shard, and the most Gaussians one of its renders received (its own included):
@@ -271,26 +310,41 @@ class ShardedLayout(ReplicatedLayout):
 
     # -- checkpoints -----------------------------------------------------------------------------
 
-    def full_state(self, pipeline: torch.nn.Module, optimizers: Any) -> Tuple[Dict, Dict, torch.Tensor]:
+    def full_state(self, pipeline: torch.nn.Module, optimizers: Any) -> Optional[Tuple[Dict, Dict, torch.Tensor]]:
+        """Rows leave every GPU at most SAVE_CHUNK_BYTES at a time, and rank 0 writes each chunk
+        straight into the CPU tensors of the saved model: no GPU ever holds a shard-sized buffer
+        for a save (a model at capacity has no room for one), and rank 0's host holds the whole
+        model once. The live optimizer state is only read: `state_dict()` hands out the moment
+        tensors themselves, which must stay this shard's."""
         model = pipeline.model
         params = model.gauss_params
         groups = {name: optimizers.optimizers[name] for name in GAUSSIAN_NAMES}
-        ids = {"ids": model.strategy_state["ids"].to(params["means"].device)}  # CPU until a refine moves them
+        device = params["means"].device
+        ids = {"ids": model.strategy_state["ids"].to(device)}  # CPU until a refine moves them
         codec = RowCodec(params, groups, ids)
-        rows = codec.pack(params, groups, ids, torch.arange(len(params["means"]), device=params["means"].device))
-        gathered = comm.gather_rows_to_main(rows)
+        chunk_rows = max(1, SAVE_CHUNK_BYTES // (4 * max(codec.width, 1)))
+
+        def make_rows(start: int, stop: int) -> torch.Tensor:
+            return codec.pack(params, groups, ids, torch.arange(start, stop, device=device))
+
+        whole = codec.empty(self.total) if comm.is_main() else None
+        for start, chunk in comm.gather_rows_to_main(len(params["means"]), make_rows, chunk_rows):  # ranks > 0 send
+            codec.unpack_into(whole, start, chunk)  # type: ignore[arg-type]
+        if whole is None:
+            return None
         state = {k: v for k, v in pipeline.state_dict().items() if not k.startswith("_model.gauss_params.")}
-        optimizer_states = {k: v.state_dict() for k, v in optimizers.optimizers.items()}
-        if gathered is None:
-            return state, optimizer_states, ids["ids"]
-        arrived = codec.unpack(gathered)
-        for name in GAUSSIAN_NAMES:
-            state[f"_model.gauss_params.{name}"] = arrived[("param", name)]
-            moments = optimizer_states[name]["state"].get(0)
-            for key in list(moments or {}):
-                if key != "step":
-                    moments[key] = arrived[("moment", f"{name}/{key}")]
-        return state, optimizer_states, arrived[("state", "ids")]
+        state.update({f"_model.gauss_params.{name}": whole[("param", name)] for name in GAUSSIAN_NAMES})
+        optimizer_states = {}
+        for name, optimizer in optimizers.optimizers.items():
+            saved = optimizer.state_dict()
+            if name in GAUSSIAN_NAMES:
+                moments = {
+                    i: {k: (v if k == "step" else whole[("moment", f"{name}/{k}")]) for k, v in per_param.items()}
+                    for i, per_param in saved["state"].items()
+                }
+                saved = {**saved, "state": moments}
+            optimizer_states[name] = saved
+        return state, optimizer_states, whole[("state", "ids")]
 
     def local_optimizer_states(self, saved: Dict[str, Dict]) -> Dict[str, Dict]:
         out = {}
@@ -316,11 +370,15 @@ class ShardedLayout(ReplicatedLayout):
 
         The viewer holds the trainer's lock while it renders; it is let go while waiting, so the
         training thread can reach its next rank agreement (where every rank serves the request).
+        Once the ranks have stopped serving (`close_viewer`), a render fails at once instead of
+        waiting forever.
         """
-        if self._gathered or not comm.is_distributed():
+        if not comm.is_distributed():
             return render()
         future: Future = Future()
         with self._requests_lock:
+            if self._closed is not None:
+                raise RuntimeError(self._closed)
             self._requests.append((render, future, time.perf_counter()))
         lock = self.train_lock
         held = lock is not None and lock.locked()
@@ -353,18 +411,13 @@ class ShardedLayout(ReplicatedLayout):
             longest = max(longest, 1000 * (time.perf_counter() - requested))
         return longest
 
-    def gather_for_viewer(self, model: torch.nn.Module) -> None:
-        """After training: rank 0 keeps the viewer alone, so it receives every Gaussian."""
-        params = model.gauss_params
-        gathered = {
-            name: comm.gather_rows_to_main(params[name].detach().reshape(len(params[name]), -1))
-            for name in GAUSSIAN_NAMES
-        }
-        if comm.is_main():
-            for name, value in gathered.items():
-                params[name] = torch.nn.Parameter(value.reshape(-1, *params[name].shape[1:]).to(params[name].device))
-            CONSOLE.print(f"viewer: rank 0 gathered every Gaussian ({len(params['means'])}) and renders alone")
-        self._gathered = True
+    def close_viewer(self, why: str) -> None:
+        """The ranks serve no more renders: fail the waiting ones and refuse new ones with `why`."""
+        with self._requests_lock:
+            self._closed = why
+            waiting, self._requests = self._requests, []
+        for _, future, _ in waiting:
+            future.set_exception(RuntimeError(why))
 
 
 def rebalance_plan(sizes: List[int], rank: int) -> Tuple[List[int], List[int]]:

@@ -30,11 +30,13 @@ class SynchronizedDefaultStrategy(DefaultStrategy):
 
     seed: int = 0
     layout: Any = None
+    report_refines: bool = False
+    """Print each refine's counts of the whole model (gsplat's `verbose` counts this rank's shard)."""
 
     def __post_init__(self) -> None:
         if self.layout is None:
             self.layout = ReplicatedLayout()
-        self._grown = 0
+        self._grown = (0, 0)
 
     @torch.no_grad()
     def _update_state(
@@ -74,7 +76,7 @@ class SynchronizedDefaultStrategy(DefaultStrategy):
         if track_radii:
             radii = torch.where(visible, info["radii"] / float(max(info["width"], info["height"])), 0.0)
             maxima = radii.amax(dim=0)
-        sums, maxima = self.layout.stats_to_owners(rows, maxima, n)
+        sums, maxima = self.layout.stats_to_owners(rows, maxima, n, info)
         state["grad2d"] += sums[:, 0]
         state["count"] += sums[:, 1]
         if track_radii:
@@ -103,7 +105,7 @@ class SynchronizedDefaultStrategy(DefaultStrategy):
         is_split = torch.cat([is_split, torch.zeros(n_dupli, dtype=torch.bool, device=is_split.device)])
         if n_split > 0:
             ops.split(params, optimizers, state, is_split, self.seed, step, self.revised_opacity)
-        self._grown = n_dupli + n_split
+        self._grown = (n_dupli, n_split)
         return n_dupli, n_split
 
     @torch.no_grad()
@@ -114,7 +116,12 @@ class SynchronizedDefaultStrategy(DefaultStrategy):
         state: Dict[str, Any],
         step: int,
     ) -> int:
-        """gsplat's pruning, then the layout's bookkeeping (total count, shard balance)."""
+        """gsplat's pruning, then the layout's bookkeeping (total count, shard balance) and the
+        refine's report in gsplat's words, counted over the whole model."""
         n_prune = super()._prune_gs(params, optimizers, state, step)
-        self.layout.after_refine(params, optimizers, state, self._grown, n_prune)
+        dupli, split, pruned = self.layout.after_refine(params, optimizers, state, (*self._grown, n_prune))
+        if self.report_refines:
+            grown = self.layout.total + pruned
+            print(f"Step {step}: {dupli} GSs duplicated, {split} GSs split. Now having {grown} GSs.")
+            print(f"Step {step}: {pruned} GSs pruned. Now having {self.layout.total} GSs.")
         return n_prune

@@ -28,8 +28,10 @@ from nerfstudio.utils.writer import EventName, TimeWriter
 
 from splatfacto_dist import checkpoint, comm
 from splatfacto_dist.control import PAUSE, RUN, STOP, RankControl
+from splatfacto_dist.devices import gpu_of
 from splatfacto_dist.memcap import apply_memory_cap
 from splatfacto_dist.model import SplatfactoDistModelConfig
+from splatfacto_dist.optimizer_step import live_parameters, step_optimizers
 from splatfacto_dist.preflight import refuse_at_parse
 from splatfacto_dist.profiling import PHASES, STARTUP
 from splatfacto_dist.scaling import ScalingRule, convert_images_to_steps, fuse_adam, scale_optimizers
@@ -57,6 +59,11 @@ class DistTrainerConfig(TrainerConfig):
     periodic --steps-per-eval-all-images ones)."""
     control_every: int = 10
     """Every this many steps all ranks adopt rank 0's pause/stop state (the viewer lives on rank 0)."""
+    ranks_per_gpu: int = 1
+    """CUDA: this many ranks share each GPU, over gloo instead of NCCL, each with its own allocator
+    and memory cap (SPLATFACTO_DIST_MEMORY_CAP_GIB), so an N-rank job's per-rank memory and its
+    distributed code paths can be measured and tested on fewer GPUs. Speed figures of such a run
+    are meaningless. Needs splatfacto-dist-train (ns-train's launcher gives each rank a GPU)."""
     profile_phases_every: int = 0
     """Every this many steps, time each phase of the step (data, render+loss, backward, all-reduce,
     optimizer, densify, other) and log the means as "Step Phases (ms)". Those steps pay a device
@@ -75,8 +82,9 @@ class DistTrainer(Trainer):
     config: DistTrainerConfig
 
     def __init__(self, config: DistTrainerConfig, local_rank: int = 0, world_size: int = 1) -> None:
-        if config.machine.device_type == "cuda":
-            torch.cuda.set_device(local_rank)
+        cuda = config.machine.device_type == "cuda"
+        if cuda:
+            torch.cuda.set_device(gpu_of(local_rank, config))
             apply_memory_cap()  # the capacity benchmark's stand-in for a smaller card
             # ns-train turns cuDNN autotuning on when its module is imported; our launcher, torchrun
             # and SLURM jobs never import it. Without it cuDNN's heuristics pick slower kernels for
@@ -86,6 +94,8 @@ class DistTrainer(Trainer):
         if isinstance(model, SplatfactoDistModelConfig) and model.seed is None:
             model.seed = config.machine.seed
         super().__init__(config, local_rank=local_rank, world_size=world_size)
+        if cuda:
+            self.device = f"cuda:{gpu_of(local_rank, config)}"
         self.images_per_step = world_size * config.pipeline.datamanager.cameras_per_rank  # type: ignore[attr-defined]
         if config.schedule_unit == "images":
             convert_images_to_steps(config, self.images_per_step)
@@ -105,7 +115,17 @@ class DistTrainer(Trainer):
         STARTUP.mark("setup")
 
     def train(self) -> None:
-        """Train the model; see the module docstring for one step's path."""
+        """Train the model (see the module docstring for one step's path), then finish: the final
+        checkpoint, and the viewer kept open if asked. However it ends, no viewer render is left
+        waiting for ranks that no longer serve."""
+        try:
+            self._train_steps()
+            self._report_rank()
+            self._after_train()
+        finally:
+            self.pipeline.model.layout.close_viewer("training has stopped: no rank serves the viewer any more")
+
+    def _train_steps(self) -> None:
         datamanager = self.pipeline.datamanager
         assert datamanager.train_dataset is not None, "Missing DatsetInputs"
         if comm.is_main() and hasattr(datamanager, "train_dataparser_outputs"):
@@ -158,8 +178,6 @@ class DistTrainer(Trainer):
                 if step_check(step, self.config.steps_per_save):
                     self.save_checkpoint(step)
                 writer.write_out_storage()
-        self._report_rank()
-        self._after_train()
 
     def _report_rank(self) -> None:
         """One line per rank: start-up (process start to the end of the first step, by stage), peak
@@ -178,11 +196,10 @@ class DistTrainer(Trainer):
 
     def _agree_to_continue(self, step: int) -> bool:
         """Adopt rank 0's pause/stop state and serve its waiting viewer renders (control.py)."""
+        return self.control.agree_to_continue(step, self._local_state, self.pipeline.model.layout, self._serve_render)
 
-        def local_state() -> int:
-            return STOP if self.stop_training else PAUSE if self.training_state == "paused" else RUN
-
-        return self.control.agree_to_continue(step, local_state, self.pipeline.model.layout, self._serve_render)
+    def _local_state(self) -> int:
+        return STOP if self.stop_training else PAUSE if self.training_state == "paused" else RUN
 
     def _serve_render(self) -> None:
         with self.train_lock:
@@ -191,10 +208,7 @@ class DistTrainer(Trainer):
     def _trainable_groups(self) -> Dict[str, List[torch.nn.Parameter]]:
         """The live parameters of every optimizer (densification replaces them; the optimizers' lists
         are what gsplat keeps current), in the same order on every rank."""
-        return {
-            name: [p for group in opt.param_groups for p in group["params"]]
-            for name, opt in self.optimizers.optimizers.items()
-        }
+        return {name: live_parameters(self.optimizers, name) for name in self.optimizers.optimizers}
 
     @profiler.time_function
     def train_iteration(self, step: int) -> TRAIN_INTERATION_OUTPUT:
@@ -212,7 +226,7 @@ class DistTrainer(Trainer):
             self.pipeline.model.layout.average_gradients(self._trainable_groups())
         with PHASES.phase("optimizer"):
             needs_step = [g for g in groups if step % accumulation[g] == accumulation[g] - 1]
-            self.optimizers.optimizer_scaler_step_some(self.grad_scaler, needs_step)
+            step_optimizers(self.optimizers, self.grad_scaler, needs_step, self.pipeline.model.layout)
             scale = self.grad_scaler.get_scale()
             self.grad_scaler.update()
             if scale <= self.grad_scaler.get_scale():
@@ -222,13 +236,13 @@ class DistTrainer(Trainer):
         return loss, loss_dict, metrics_dict  # type: ignore[return-value]
 
     def _gradient_norms(self) -> Dict[str, torch.Tensor]:
-        """Stock --log-gradients metrics, read like stock after the optimizer step (unscaled), here of
-        the all-reduced gradients every rank stepped with."""
-        norms = {
-            f"Gradients/{name}": p.grad.norm()
-            for name, p in self.pipeline.model.named_parameters()
-            if p.grad is not None
-        }
+        """Stock --log-gradients metrics, read like stock after the optimizer step (unscaled), of the
+        gradients every rank stepped with, over the whole model (a Gaussian shard's are summed
+        over the shards). Every rank calls it."""
+        named = {name: [p.grad] for name, p in self.pipeline.model.named_parameters() if p.grad is not None}
+        by_group = {name.split(".")[1] if name.startswith("gauss_params.") else name: name for name in named}
+        squared = self.pipeline.model.layout.squared_norms({group: named[name] for group, name in by_group.items()})
+        norms = {f"Gradients/{by_group[group]}": value.sqrt() for group, value in squared.items()}
         norms["Gradients/Total"] = functools.reduce(torch.add, norms.values(), torch.zeros((), device=self.device))
         return norms
 
@@ -274,6 +288,7 @@ class DistTrainer(Trainer):
         Gaussians do not add up to the count every rank expects."""
         model = self.pipeline.model
         try:
+            check_optimizer_rows(model, self.optimizers)
             comm.verify_replicas(model.layout.named_replicated(model, self.optimizers))
             model.layout.verify_total(model.num_points)
         except comm.ReplicaMismatch as err:
@@ -287,17 +302,44 @@ class DistTrainer(Trainer):
         checkpoint.resume(self)
 
     def _train_complete_viewer(self) -> None:
-        """Keep rank 0's viewer open after training without holding the other ranks.
+        """Keep the viewer open after training (until ctrl+c), holding only the ranks it needs.
 
-        Every rank leaving the training function enters one final barrier (nerfstudio's launcher and
-        ours both do); rank 0 enters it before it parks in the viewer loop, so the others exit. A
-        sharded model is first gathered on rank 0 (every rank takes part), which then renders alone.
+        Replicated, rank 0 holds every Gaussian and serves the viewer alone: every rank leaving the
+        training function enters one final barrier (nerfstudio's launcher and ours both do); rank 0
+        enters it before it parks in the viewer loop, so the others exit. Sharded, no rank holds the
+        whole model (it may not fit on one GPU), so every rank stays and serves the viewer's renders
+        on its training thread, as during training.
         """
-        self.pipeline.model.layout.gather_for_viewer(self.pipeline.model)
+        layout = self.pipeline.model.layout
+        if layout.keeps_ranks_for_viewer and comm.is_distributed():
+            if not self.config.is_viewer_enabled():
+                return
+            if self.viewer_state is not None:
+                self.viewer_state.training_complete()
+                CONSOLE.print("Use ctrl+c to quit", justify="center")
+            self.control.serve_until_stopped(self._local_state, layout, self._serve_render)
+            return
         if self.viewer_state is None:
             return
         comm.barrier()
         super()._train_complete_viewer()
+
+
+def check_optimizer_rows(model: torch.nn.Module, optimizers) -> None:
+    """Raise `ReplicaMismatch` unless every Gaussian group's Adam moments are this rank's own: of
+    its parameter's shape and device (a checkpoint once left rank 0 the whole model's moments)."""
+    for name, param in model.gauss_params.items():
+        optimizer = optimizers.optimizers.get(name)
+        if optimizer is None:
+            continue
+        if not any(p is param for p in live_parameters(optimizers, name)):
+            raise comm.ReplicaMismatch(f"rank {comm.rank()}: the optimizer of {name} steps another tensor")
+        for key, value in optimizer.state.get(param, {}).items():
+            if key != "step" and (value.shape != param.shape or value.device != param.device):
+                raise comm.ReplicaMismatch(
+                    f"rank {comm.rank()}: Adam's {key} of {name} is {tuple(value.shape)} on {value.device}, "
+                    f"its parameter {tuple(param.shape)} on {param.device}"
+                )
 
 
 def eval_all_images_at_end(trainer: Trainer) -> None:

@@ -115,7 +115,8 @@ def test_more_gpus_than_the_driver_lists_are_refused_before_torch_is_imported(tm
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.stdout.splitlines() == [
-        "error: --machine.num-devices 4 but only 2 GPU(s) are visible on this machine",
+        "error: --machine.num-devices 4 but only 2 GPU(s) are visible on this machine"
+        " (for tests and memory measurements, --ranks-per-gpu K lets K ranks share one)",
         "exit 2 False False",
     ], proc.stdout + proc.stderr
 

@@ -23,6 +23,7 @@ from nerfstudio.engine.trainer import TrainerConfig
 
 from splatfacto_dist import launch, preflight
 from splatfacto_dist.datamanager import ShardedFullImageDatamanagerConfig
+from splatfacto_dist.layout import ReplicatedLayout
 from splatfacto_dist.method import splatfacto_dist_config
 from splatfacto_dist.model import SplatfactoDistModelConfig
 from splatfacto_dist.options import SECTIONS, Honoured, Refused, refusal, section_of
@@ -187,6 +188,7 @@ def test_launcher_refuses_a_loaded_config(scene):
 def test_logged_gradient_norms_are_stock_names_of_the_reduced_gradients():
     model = torch.nn.Linear(2, 1)
     model.weight.grad = torch.tensor([[3.0, 4.0]])
+    model.layout = ReplicatedLayout()
     trainer = SimpleNamespace(pipeline=SimpleNamespace(model=model), device="cpu")
     norms = DistTrainer._gradient_norms(trainer)  # type: ignore[arg-type]
     assert norms.keys() == {"Gradients/weight", "Gradients/Total"}

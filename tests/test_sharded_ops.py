@@ -3,12 +3,15 @@ checkpoint gather between two gloo processes."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import free_port
+from conftest import build_model, free_port
 
-from splatfacto_dist import comm, ops
+from splatfacto_dist import comm, ops, sharded
+from splatfacto_dist.layout import GAUSSIAN_NAMES
 from splatfacto_dist.sharded import ShardedLayout, _view_colors, pack_for_renderers, rebalance_plan
 
 
@@ -119,7 +122,8 @@ def _rebalance_worker(rank: int, port: int, results) -> None:
         params, optimizers, state = _shard(rank, [10, 4][rank])
         layout = ShardedLayout()
         layout.total = 14
-        layout.after_refine(params, optimizers, state, grown=0, pruned=0)
+        assert layout.after_refine(params, optimizers, state, (1 - rank, rank, 0)) == (1, 1, 0)
+        layout.total = 14
         layout.verify_total(len(params["means"]))
         ids = state["ids"]
         means = params["means"][:, 0]
@@ -129,8 +133,9 @@ def _rebalance_worker(rank: int, port: int, results) -> None:
             torch.equal(means, ids.float()) and torch.equal(moment, 2 * ids.float()) and torch.equal(rest, ids.float())
         )
         consistent &= bool(torch.equal(state["grad2d"], 3 * ids.float()))
-        gathered = comm.gather_rows_to_main(params["means"].detach())
-        results[rank] = (len(ids), sorted(ids.tolist()), consistent, None if gathered is None else gathered.shape)
+        chunks = list(comm.gather_rows_to_main(len(ids), lambda a, b: params["means"].detach()[a:b], 3))
+        gathered = [(start, tuple(chunk.shape)) for start, chunk in chunks]
+        results[rank] = (len(ids), sorted(ids.tolist()), consistent, gathered)
     finally:
         dist.destroy_process_group()
 
@@ -142,4 +147,43 @@ def test_rebalance_moves_gaussians_with_their_moments_statistics_and_ids():
     assert (n0, n1) == (7, 7)
     assert sorted(ids0 + ids1) == list(range(10)) + [1000, 1001, 1002, 1003]
     assert ok0 and ok1, "a moved Gaussian lost its moments, statistics or id"
-    assert gathered == (14, 3)
+    assert gathered == [(0, (3, 3)), (3, (3, 3)), (6, (1, 3)), (7, (3, 3)), (10, (3, 3)), (13, (1, 3))]
+
+
+def test_a_save_makes_bounded_chunks_and_only_reads_the_live_optimizer_state(monkeypatch):
+    """No save packs more than SAVE_CHUNK_BYTES of Gaussians at once (a model at capacity has no room
+    for its shard twice on its GPU), the saved model is the live one, and the live Adam state is
+    left as it was (a save once wrote the gathered model's moments into it)."""
+    model = build_model(random_init=False, layout="sharded")
+    params = model.gauss_params
+    optimizers = SimpleNamespace(
+        optimizers={name: torch.optim.Adam([params[name]], lr=0.01) for name in GAUSSIAN_NAMES}
+    )
+    for p in params.values():
+        p.grad = torch.randn_like(p)
+    for optimizer in optimizers.optimizers.values():
+        optimizer.step()
+    live = {name: dict(optimizers.optimizers[name].state[params[name]]) for name in GAUSSIAN_NAMES}
+    width = ops.RowCodec(params, optimizers.optimizers, {"ids": model.strategy_state["ids"]}).width
+    monkeypatch.setattr(sharded, "SAVE_CHUNK_BYTES", 7 * 4 * width)
+    packed_rows = []
+    pack = ops.RowCodec.pack
+
+    def recording_pack(self, params, optimizers, state, rows):
+        packed_rows.append(len(rows))
+        return pack(self, params, optimizers, state, rows)
+
+    monkeypatch.setattr(ops.RowCodec, "pack", recording_pack)
+    pipeline = SimpleNamespace(
+        model=model, state_dict=lambda: {f"_model.{k}": v for k, v in model.state_dict().items()}
+    )
+    state, optimizer_states, ids = model.layout.full_state(pipeline, optimizers)
+    assert max(packed_rows) == 7 and sum(packed_rows) == len(params["means"]) == 300
+    assert torch.equal(ids, model.strategy_state["ids"])
+    for name in GAUSSIAN_NAMES:
+        assert torch.equal(state[f"_model.gauss_params.{name}"], params[name])
+        now = optimizers.optimizers[name].state[params[name]]
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(optimizer_states[name]["state"][0][key], live[name][key])
+            assert now[key] is live[name][key]  # the live tensors, unreplaced
+            assert optimizer_states[name]["state"][0][key] is not live[name][key]  # the save's own copy
