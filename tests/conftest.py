@@ -200,6 +200,11 @@ ROUNDING_FREE_ADAM = [
     for arg in (f"--optimizers.{group}.optimizer.eps", "1e-6")
 ]
 
+# Two CUDA ranks: on two GPUs over NCCL, or sharing one over gloo where the machine has one.
+CUDA_TWO_RANKS = ["--machine.device-type", "cuda"] + (
+    [] if torch.cuda.device_count() >= 2 else ["--ranks-per-gpu", "2"]
+)
+
 # nerfstudio saves every 2,000 of 30,000 images; at the tests' 48 steps that is every few steps, with
 # saves before and after refines (every 8 steps) and the opacity reset (step 40).
 SAVES = ["--steps-per-save", "6"]

@@ -11,13 +11,13 @@ from types import SimpleNamespace
 import ecosystem
 import pytest
 import torch
-from conftest import SAVES, SCHEDULE, SHARDED, assert_renders_match, gaussians, train
+from conftest import CUDA_TWO_RANKS, SAVES, SCHEDULE, SHARDED, assert_renders_match, gaussians, train
 
 from splatfacto_dist import ops, sharded
 from splatfacto_dist.layout import GAUSSIAN_NAMES
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
-CUDA = ["--machine.device-type", "cuda"] + ([] if torch.cuda.device_count() >= 2 else ["--ranks-per-gpu", "2"])
+CUDA = CUDA_TWO_RANKS
 
 
 def test_sharded_on_two_gpu_ranks_equals_replicated(tmp_path, scene):
