@@ -23,11 +23,12 @@ def checkpoint(run: Path) -> dict:
 
 
 def _export_env(tmp_path: Path) -> dict:
-    """ns-export imports open3d and pymeshlab at start-up, for the point-cloud and mesh exports; the
-    GPU machines' kit carries neither (hundreds of MB of wheels). `gaussian-splat` uses neither, so
-    where they are missing they are stubbed as empty modules for the export alone."""
+    """ns-export imports open3d, pymeshlab, mediapy and xatlas at start-up, for the point-cloud, mesh
+    and texture exports; the GPU machines' kit carries none of them (hundreds of MB of wheels).
+    `gaussian-splat` uses none, so where they are missing they are stubbed as empty modules for the
+    export alone."""
     env = dict(os.environ)
-    missing = [name for name in ("open3d", "pymeshlab") if importlib.util.find_spec(name) is None]
+    missing = [name for name in ("open3d", "pymeshlab", "mediapy", "xatlas") if importlib.util.find_spec(name) is None]
     if missing:
         stubs = tmp_path / "import_stubs"
         for name in missing:

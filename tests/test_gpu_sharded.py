@@ -72,6 +72,7 @@ def test_a_save_of_a_large_shard_needs_only_chunk_sized_gpu_buffers(monkeypatch)
     extra = torch.cuda.max_memory_allocated() - before
     shard = sum(p.numel() * 3 * 4 for p in params.values())
     assert torch.equal(state["_model.gauss_params.means"], params["means"].cpu())
-    assert extra <= 4 * sharded.SAVE_CHUNK_BYTES + n * 8, (extra, shard)
-    assert shard > 10 * extra, (extra, shard)
+    bound = 4 * sharded.SAVE_CHUNK_BYTES + n * 8  # a chunk, its packed columns, copies; the ids on the GPU
+    assert bound < shard / 4
+    assert extra <= bound, (extra, shard)
     assert ops.RowCodec(params, optimizers.optimizers, {"ids": model.strategy_state["ids"]}).width == 3 * 59 + 2
