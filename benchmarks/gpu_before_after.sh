@@ -3,7 +3,8 @@
 # `git worktree add --detach .before COMMIT`, carried along) against this tree, same scene and image
 # budget, no stock job. Each tree's benchmark runs from that tree's root, so that its own splatfacto_dist
 # is the one imported. 1-GPU jobs of both trees run side by side (GPUs 0 and 1); jobs on more GPUs run
-# alone, before first, so that neither shares the machine.
+# alone, before first, so that neither shares the machine. On a 1-GPU machine the 1-GPU jobs run one
+# after the other on GPU 0.
 # Usage (GPU machine, repository root; GPU_COUNTS like 1,4; SCENE is a folder of .devicekit/data):
 #   source .devicekit/setup.sh && bash benchmarks/gpu_before_after.sh OUTDIR SCENE IMAGES GPU_COUNTS [bench arguments]
 set -u
@@ -18,7 +19,10 @@ bench() {  # TREE NAME GPUS COUNT
     --gpus "$4" --no-stock --out "$work/$2_$4gpu" "${@:5}" 2>&1 | grep '^|' | sed "s/^/$2 /")
 }
 for n in ${counts//,/ }; do
-  if [ "$n" = 1 ]; then
+  if [ "$n" = 1 ] && [ "$(nvidia-smi -L | wc -l)" = 1 ]; then
+    bench .before before 0 1 "${@:5}"
+    bench . after 0 1 "${@:5}"
+  elif [ "$n" = 1 ]; then
     bench .before before 0 1 "${@:5}" &
     bench . after 1 1 "${@:5}" &
     wait
