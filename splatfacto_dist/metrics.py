@@ -8,9 +8,11 @@ from typing import Callable, Optional
 import torch
 from nerfstudio.utils.rich_utils import CONSOLE
 
+from splatfacto_dist import comm
+
 
 class LazyLPIPS:
-    """LPIPS built on first use; NaN (after one warning) where its backbone cannot be loaded.
+    """LPIPS built on first use; NaN (after one note, from rank 0) where its backbone cannot be loaded.
 
     torchmetrics downloads AlexNet weights when LPIPS is constructed, which raises offline (CI,
     the GPU machines, air-gapped clusters). Built outside the module tree, it also stays out of
@@ -34,7 +36,8 @@ class LazyLPIPS:
             except Exception as err:  # noqa: BLE001 - any failure to fetch/build the backbone
                 self._failed = True
                 reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-                CONSOLE.print(f"[yellow]LPIPS unavailable ({reason}); evaluation reports PSNR and SSIM only.")
+                if comm.is_main():  # every rank fails alike: one note per job
+                    CONSOLE.print(f"[yellow]LPIPS unavailable ({reason}); evaluation reports PSNR and SSIM only.")
                 return torch.tensor(float("nan"))
         metric = self._metric.to(a.device)  # type: ignore[union-attr]
         return metric(a, b)
