@@ -196,7 +196,7 @@ SHARDED = ["--pipeline.model.gaussian-layout", "sharded"]
 # no longer depends on rounding order. Both runs of a comparison use it; training is otherwise stock.
 ROUNDING_FREE_ADAM = [
     arg
-    for group in ("means", "scales", "quats", "features_dc", "features_rest", "opacities")
+    for group in ("means", "scales", "quats", "features-dc", "features-rest", "opacities", "camera-opt")
     for arg in (f"--optimizers.{group}.optimizer.eps", "1e-6")
 ]
 

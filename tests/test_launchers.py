@@ -95,6 +95,9 @@ def test_what_the_raw_arguments_show_impossible_is_refused_from_them(tmp_path, m
     here, nowhere = str(tmp_path), str(tmp_path / "nowhere")
     assert cli.refusal_before_parsing(["splatfacto-dist", "colmap", "--data", here], {}, 2) is None
     assert "only 2 GPU(s)" in cli.refusal_before_parsing(["splatfacto-dist", "--data", here], {}, 4)
+    shared = ["splatfacto-dist", "--ranks-per-gpu", "2", "--data", here]
+    assert cli.refusal_before_parsing(shared, {}, 4) is None  # 4 ranks on 2 GPUs, as asked
+    assert "needs 3 GPUs but only 2" in cli.refusal_before_parsing(shared, {}, 5)
     assert f"data path {nowhere} does not exist" in cli.refusal_before_parsing(
         ["m", "colmap", "--data", nowhere], {}, 0
     )

@@ -173,6 +173,24 @@ def test_refused_while_the_config_is_built(capsys):
     assert [line for line in capsys.readouterr().out.splitlines() if line.startswith("error:")]
 
 
+@pytest.mark.parametrize(
+    "device, per_gpu, argv0, refused",
+    [
+        ("cuda", 2, "splatfacto-dist-train", None),
+        ("cuda", 0, "splatfacto-dist-train", "--ranks-per-gpu 0: give a positive number"),
+        ("cpu", 2, "splatfacto-dist-train", "--ranks-per-gpu is for CUDA ranks"),
+        ("cuda", 2, "/usr/bin/ns-train", "--ranks-per-gpu needs splatfacto-dist-train"),
+    ],
+)
+def test_ranks_sharing_a_gpu_are_an_explicit_cuda_opt_in_of_our_launcher(monkeypatch, device, per_gpu, argv0, refused):
+    monkeypatch.setattr(sys, "argv", [argv0])
+    config = splatfacto_dist_config()
+    config.machine.device_type = device
+    config.ranks_per_gpu = per_gpu
+    error = preflight.shared_gpu_refusal(config)
+    assert error is None if refused is None else error.startswith(refused), error
+
+
 def test_launcher_refuses_a_loaded_config(scene):
     """A --load-config is read from YAML, which builds no dataclass: the launcher checks it again."""
     config = splatfacto_dist_config()

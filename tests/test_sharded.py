@@ -24,14 +24,18 @@ from conftest import (
     gaussians,
     train,
 )
-from ecosystem import check_ns_eval, check_ns_export
+from ecosystem import check_ns_eval, check_ns_export, checkpoint
 
 
 @pytest.mark.parametrize("world, sh_interval", [(2, 8), (3, 64)])
 def test_union_of_shards_equals_replicated(tmp_path, scene, world, sh_interval):
     """With 2 ranks the SH degree reaches 3 by step 24: owners send colours for the renderers'
-    cameras, evaluated from every coefficient; with 3 ranks it stays 0."""
-    schedule = SCHEDULE + ROUNDING_FREE_ADAM + SAVES + ["--pipeline.model.sh-degree-interval", str(sh_interval)]
+    cameras, evaluated from every coefficient, and the camera optimizer learns through them as well
+    as through the projection; with 3 ranks the SH degree stays 0."""
+    cameras = ["--pipeline.model.camera-optimizer.mode", "SO3xR3"] if sh_interval < 48 else []
+    schedule = (
+        SCHEDULE + ROUNDING_FREE_ADAM + SAVES + cameras + ["--pipeline.model.sh-degree-interval", str(sh_interval)]
+    )
     replicated = train(tmp_path / "replicated", scene, world, schedule)
     sharded = train(tmp_path / "sharded", scene, world, schedule + SHARDED)
     log = (tmp_path / "sharded" / "train.log").read_text()
@@ -42,9 +46,17 @@ def test_union_of_shards_equals_replicated(tmp_path, scene, world, sh_interval):
     assert all(shards), log[-2000:]
     owned, totals, rendered = zip(*[(int(m[1]), int(m[2]), int(m[3])) for m in shards])
     assert sum(owned) == totals[0] == len(gaussians(replicated)["means"]) and len(set(totals)) == 1
+    counted = re.findall(r"GSs pruned. Now having (\d+) GSs", log)  # the last refine's, of the whole model
+    assert counted and int(counted[-1]) == totals[0], counted
     assert all(0 < n for n in rendered)
     assert_same_set(gaussians(replicated), gaussians(sharded))
     assert_renders_match(replicated, sharded)
+    if cameras:
+        poses = [
+            checkpoint(run)["pipeline"]["_model.camera_optimizer.pose_adjustment"] for run in (replicated, sharded)
+        ]
+        assert poses[0].abs().max() > 1e-4  # the poses learned
+        assert torch.allclose(poses[0], poses[1], atol=1e-6, rtol=1e-3), float((poses[0] - poses[1]).abs().max())
 
 
 def test_one_rank_sharded_equals_replicated(tmp_path, scene):

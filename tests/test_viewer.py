@@ -59,7 +59,10 @@ def _look_and_move(browser: HeadlessChromium, port: int, tmp_path: Path, launche
     shots = {}
 
     def scene_shown() -> bool:
-        shots["first"] = np.asarray(Image.open(browser.capture(tmp_path / "viewer.png")))
+        shot = browser.capture(tmp_path / "viewer.png")
+        if shot is None:
+            return False
+        shots["first"] = np.asarray(Image.open(shot))
         return _scene_share(shots["first"]) > 0.05 and _view(shots["first"]).std() > 20
 
     _wait("scene in the viewer", scene_shown, launcher, log)
@@ -67,7 +70,7 @@ def _look_and_move(browser: HeadlessChromium, port: int, tmp_path: Path, launche
     browser.wheel(shots["first"].shape[1] * 35 // 100, shots["first"].shape[0] // 2, delta_y=1500)  # dolly out
 
     def moved() -> bool:
-        shots["moved"] = np.asarray(Image.open(browser.capture(tmp_path / "moved.png")))
+        shots["moved"] = np.asarray(Image.open(browser.capture(tmp_path / "moved.png")))  # type: ignore[arg-type]
         return 0.002 < _scene_share(shots["moved"]) < 0.7 * shown  # farther away: smaller, still there
 
     _wait("re-render after the camera move", moved, launcher, log)
@@ -133,9 +136,9 @@ def test_viewer_kept_open_after_training_renders_the_trained_model(tmp_path, sce
     launcher, out, log = _start(tmp_path, scene, layout, port, args)
     browser = None
     try:
-        _wait("the end of training", lambda: "Use ctrl+c to quit" in log.read_text(), launcher, log)
+        _wait("both ranks", lambda: len(psutil.Process(launcher.pid).children()) == 2, launcher, log)
         ranks = psutil.Process(launcher.pid).children()
-        assert len(ranks) == 2
+        _wait("the end of training", lambda: "Use ctrl+c to quit" in log.read_text(), launcher, log)
         if layout == "replicated":
             _wait("rank 1's exit", lambda: _alive(ranks) == 1, launcher, log)
         browser = HeadlessChromium()

@@ -9,6 +9,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Optional
 
 from conftest import free_port
 from websockets.sync.client import connect
@@ -62,16 +63,12 @@ class HeadlessChromium:
             if msg.get("id") == self._id:
                 return msg.get("result", {})
 
-    def screenshot(self, url: str, wait_s: float, path: Path) -> Path:
-        self.call("Page.navigate", url=url)
-        time.sleep(wait_s)
-        data = self.call("Page.captureScreenshot", format="png")["data"]
+    def capture(self, path: Path) -> Optional[Path]:
+        """Screenshot of the page as it is now; None while the page cannot be captured yet (loading)."""
+        data = self.call("Page.captureScreenshot", format="png").get("data")
+        if data is None:
+            return None
         path.write_bytes(base64.b64decode(data))
-        return path
-
-    def capture(self, path: Path) -> Path:
-        """Screenshot of the page as it is now."""
-        path.write_bytes(base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"]))
         return path
 
     def wheel(self, x: int, y: int, delta_y: int) -> None:
