@@ -30,8 +30,8 @@ from ecosystem import check_ns_eval, check_ns_export, checkpoint
 @pytest.mark.parametrize("world, sh_interval", [(2, 8), (3, 64)])
 def test_union_of_shards_equals_replicated(tmp_path, scene, world, sh_interval):
     """With 2 ranks the SH degree reaches 3 by step 24: owners send colours for the renderers'
-    cameras, evaluated from every coefficient, and the camera optimizer learns through them as well
-    as through the projection; with 3 ranks the SH degree stays 0."""
+    cameras, evaluated from every coefficient, and a camera optimizer learns the same poses (its
+    gradient through colour alone: test_sharded_ops); with 3 ranks the SH degree stays 0."""
     cameras = ["--pipeline.model.camera-optimizer.mode", "SO3xR3"] if sh_interval < 48 else []
     schedule = (
         SCHEDULE + ROUNDING_FREE_ADAM + SAVES + cameras + ["--pipeline.model.sh-degree-interval", str(sh_interval)]
@@ -55,7 +55,7 @@ def test_union_of_shards_equals_replicated(tmp_path, scene, world, sh_interval):
         poses = [
             checkpoint(run)["pipeline"]["_model.camera_optimizer.pose_adjustment"] for run in (replicated, sharded)
         ]
-        assert poses[0].abs().max() > 1e-4  # the poses learned
+        assert poses[0].abs().max() > 1e-5  # the poses learned
         assert torch.allclose(poses[0], poses[1], atol=1e-6, rtol=1e-3), float((poses[0] - poses[1]).abs().max())
 
 

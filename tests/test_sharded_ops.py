@@ -187,3 +187,40 @@ def test_a_save_makes_bounded_chunks_and_only_reads_the_live_optimizer_state(mon
             assert torch.equal(optimizer_states[name]["state"][0][key], live[name][key])
             assert now[key] is live[name][key]  # the live tensors, unreplaced
             assert optimizer_states[name]["state"][0][key] is not live[name][key]  # the save's own copy
+
+
+def test_cameras_learn_through_view_dependent_colour_as_when_replicated(monkeypatch):
+    """The gradient of a render with respect to its cameras (a camera-pose optimizer's) equals the
+    replicated render's, the colour's dependence on the view direction included; without the
+    colour's part (cameras gathered without their gradient) it does not."""
+    from splatfacto_dist.layout import ReplicatedLayout
+    from splatfacto_dist.model import SplatfactoDistModel
+    from splatfacto_dist.raster import rasterize
+    from splatfacto_dist.scene import ground_truth_gaussians, ring_cameras
+
+    generator = torch.Generator().manual_seed(0)
+    truth = ground_truth_gaussians()
+    n = 600
+    rows = {
+        "means": truth["means"][:n],
+        "quats": torch.randn((n, 4), generator=generator),
+        "scales": truth["scales"][:n],
+        "opacities": torch.zeros((n, 1)),
+        "features_dc": torch.randn((n, 3), generator=generator),
+        "features_rest": 0.5 * torch.randn((n, 15, 3), generator=generator),
+    }
+    K = torch.tensor([[[43.2, 0.0, 24.0], [0.0, 43.2, 18.0], [0.0, 0.0, 1.0]]]).repeat(2, 1, 1)
+    weights = torch.rand((2, 36, 48, 3), generator=generator)
+
+    def camera_gradient(layout) -> torch.Tensor:
+        viewmats = ring_cameras(2).clone().requires_grad_()
+        render, _, _ = layout.render(
+            rasterize, rows, SplatfactoDistModel.activate, viewmats=viewmats, Ks=K, width=48, height=36, sh_degree=3
+        )
+        (grad,) = torch.autograd.grad((render * weights).sum(), viewmats)
+        return grad
+
+    replicated = camera_gradient(ReplicatedLayout())
+    assert torch.allclose(camera_gradient(ShardedLayout()), replicated, rtol=1e-4, atol=1e-5)
+    monkeypatch.setattr(sharded._AllCameras, "apply", lambda local, counts: local.detach())
+    assert not torch.allclose(camera_gradient(ShardedLayout()), replicated, rtol=1e-2, atol=1e-3)
