@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import SCHEDULE, renders, train
+from conftest import ROUNDING_FREE_ADAM, SCHEDULE, renders, train
 
 
 def spread_and_batched(tmp_path, scene, world: int, schedule: list):
@@ -29,16 +29,15 @@ def spread_and_batched(tmp_path, scene, world: int, schedule: list):
 
 @pytest.mark.parametrize("world", [2, 3])
 def test_ranks_equal_one_process_rendering_the_same_batch(tmp_path, scene, world):
-    spread, batched = spread_and_batched(tmp_path, scene, world, SCHEDULE)
+    spread, batched = spread_and_batched(tmp_path, scene, world, SCHEDULE + ROUNDING_FREE_ADAM)
     for run in ("ranks", "batch"):
         log = (tmp_path / run / "train.log").read_text()
         assert "Step 32:" in log and "GSs split" in log, log[-2000:]
     count_a, images_a = renders(spread)
     count_b, images_b = renders(batched)
     assert count_a == count_b, "densification took different decisions"
-    # Parameters are compared through what they render: Adam with eps=1e-15 turns the rounding-level
-    # gradients of symmetric quantities (the rotation of a still-isotropic Gaussian) into full-size
-    # steps of either sign, so such parameters differ between the two layouts without changing the model.
+    # Parameters are compared through what they render: even with ROUNDING_FREE_ADAM, parameters the
+    # loss hardly depends on (the rotation of a still-isotropic Gaussian) may differ without changing the model.
     mse = torch.mean((torch.stack(images_a) - torch.stack(images_b)) ** 2)
     assert -10 * torch.log10(mse) > 40, float(mse)
 
@@ -50,7 +49,7 @@ def test_mixed_image_sizes_rendered_by_size_equal_ranks(tmp_path, mixed_scene):
     different order, and Gaussians initialized exactly at the 0.1 opacity threshold then make the
     first prune differ by a handful; the densification path itself is covered above.
     """
-    schedule = SCHEDULE.copy()
+    schedule = SCHEDULE + ROUNDING_FREE_ADAM
     schedule[schedule.index("48")] = "32"
     spread, batched = spread_and_batched(tmp_path, mixed_scene, 2, schedule)
     count_a, images_a = renders(spread)

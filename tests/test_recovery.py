@@ -12,23 +12,24 @@ from typing import Optional, Sequence
 import psutil
 import pytest
 import torch
-from conftest import CLI, SCHEDULE, renders, tool, train, train_command
+from conftest import CLI, ROUNDING_FREE_ADAM, SCHEDULE, renders, tool, train, train_command
 
 
 @pytest.mark.parametrize("first_procs, then_procs", [(2, 1), (1, 2)])
 def test_resume_on_another_process_count_equals_training_straight(tmp_path, scene, first_procs, then_procs):
     """Steps 0-32 on one layout (a refine at 32 empties the statistics), steps 33-47 on the other
     (2 ranks of 1 camera, or 1 process rendering the same 2 cameras) == 2 ranks for steps 0-47."""
+    compared = SCHEDULE + ROUNDING_FREE_ADAM
     layout = {2: [], 1: ["--pipeline.datamanager.cameras-per-rank", "2", "--pipeline.datamanager.data-shards", "2"]}
-    straight = train(tmp_path / "straight", scene, 2, SCHEDULE)
+    straight = train(tmp_path / "straight", scene, 2, compared)
     first = train(
-        tmp_path / "first", scene, first_procs, SCHEDULE + layout[first_procs] + ["--max-num-iterations", "33"]
+        tmp_path / "first", scene, first_procs, compared + layout[first_procs] + ["--max-num-iterations", "33"]
     )
     resumed = train(
         tmp_path / "resumed",
         scene,
         then_procs,
-        SCHEDULE + layout[then_procs] + ["--max-num-iterations", "15", "--load-dir", str(first / "nerfstudio_models")],
+        compared + layout[then_procs] + ["--max-num-iterations", "15", "--load-dir", str(first / "nerfstudio_models")],
     )
     assert "continuing at step 33" in (tmp_path / "resumed" / "train.log").read_text()
     (ckpt,) = (resumed / "nerfstudio_models").glob("*.ckpt")
