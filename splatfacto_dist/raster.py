@@ -19,6 +19,11 @@ from gsplat.rendering import rasterization as gsplat_rasterization
 RenderMode = Literal["RGB", "RGB+ED"]
 
 TILE_SIZE = 16
+# What counts as visible, for the rasterizer and for the sharded layout's choice of which Gaussians to
+# send a camera's rank (if the two disagreed, visible Gaussians would silently not be sent).
+NEAR_PLANE = 0.01
+FAR_PLANE = 1e10
+EPS2D = 0.3  # gsplat's default low-pass filter of the projected covariances
 _MIN_ALPHA = 1.0 / 255.0
 _MAX_ALPHA = 0.999
 _MIN_TRANSMITTANCE = 1e-4
@@ -57,7 +62,13 @@ def rasterize(
     )
     if means.is_cuda:
         return gsplat_rasterization(
-            packed=False, near_plane=0.01, far_plane=1e10, sparse_grad=False, tile_size=TILE_SIZE, **kwargs
+            packed=False,
+            near_plane=NEAR_PLANE,
+            far_plane=FAR_PLANE,
+            eps2d=EPS2D,
+            sparse_grad=False,
+            tile_size=TILE_SIZE,
+            **kwargs,
         )
     return reference_rasterization(**kwargs)
 
@@ -76,9 +87,9 @@ def reference_rasterization(
     render_mode: RenderMode = "RGB",
     rasterize_mode: Literal["classic", "antialiased"] = "classic",
     absgrad: bool = False,
-    near_plane: float = 0.01,
-    far_plane: float = 1e10,
-    eps2d: float = 0.3,
+    near_plane: float = NEAR_PLANE,
+    far_plane: float = FAR_PLANE,
+    eps2d: float = EPS2D,
 ) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, Any]]:
     """Pure-PyTorch twin of `gsplat.rasterization(packed=False)` for tests and tiny scenes.
 

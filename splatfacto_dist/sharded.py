@@ -31,6 +31,7 @@ from torch.utils.checkpoint import checkpoint
 from splatfacto_dist import comm
 from splatfacto_dist.layout import GAUSSIAN_NAMES, ReplicatedLayout, _named_tensors
 from splatfacto_dist.ops import RowCodec
+from splatfacto_dist.raster import EPS2D, FAR_PLANE, NEAR_PLANE
 
 REBALANCE_RATIO = 1.1
 """Rebalance after a refine once the largest shard exceeds the smallest by this factor (Grendel-GS's)."""
@@ -80,12 +81,12 @@ def _radii(gaussians: Dict[str, torch.Tensor], viewmats: torch.Tensor, Ks: torch
     if gaussians["means"].is_cuda:
         radii, *_ = fully_fused_projection(
             gaussians["means"], None, gaussians["quats"], gaussians["scales"], viewmats, Ks, width, height,
-            eps2d=0.3, near_plane=0.01, far_plane=1e10,
+            eps2d=EPS2D, near_plane=NEAR_PLANE, far_plane=FAR_PLANE,
         )  # fmt: skip
         return radii
     covars, _ = _quat_scale_to_covar_preci(gaussians["quats"], gaussians["scales"], compute_preci=False)
     radii, *_ = _fully_fused_projection(
-        gaussians["means"], covars, viewmats, Ks, width, height, eps2d=0.3, near_plane=0.01, far_plane=1e10
+        gaussians["means"], covars, viewmats, Ks, width, height, eps2d=EPS2D, near_plane=NEAR_PLANE, far_plane=FAR_PLANE
     )
     return radii
 
