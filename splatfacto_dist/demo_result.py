@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,7 +42,7 @@ class DemoResult:
 def evaluate(run_dir: Path) -> DemoResult:
     """Render every test view of the run's final checkpoint; write `demo.png` (one row per view:
     ground truth | render) and `demo_summary.json` into `run_dir`."""
-    with _quiet():  # loading repeats the datamanager's and checkpoint's start-up notes
+    with _held_back():  # loading repeats the training's start-up notes ("rank 0: trains on ...")
         _, pipeline, _, _ = eval_setup(run_dir / "config.yml", test_mode="test")
     model, dataset = pipeline.model, pipeline.datamanager.eval_dataset
     metrics, rows, views = [], [], []
@@ -72,10 +73,12 @@ def evaluate(run_dir: Path) -> DemoResult:
 
 
 @contextmanager
-def _quiet() -> Iterator[None]:
-    """nerfstudio's console silenced for a block (errors still raise)."""
-    was, CONSOLE.quiet = CONSOLE.quiet, True
+def _held_back() -> Iterator[None]:
+    """nerfstudio's console output of a block, shown only if the block fails (its errors print, then exit)."""
+    capture = CONSOLE.capture()
     try:
-        yield
-    finally:
-        CONSOLE.quiet = was
+        with capture:
+            yield
+    except BaseException:
+        sys.stdout.write(capture.get())
+        raise
