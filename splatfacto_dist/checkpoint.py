@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from nerfstudio.utils.rich_utils import CONSOLE
 
+from splatfacto_dist import comm
+
 if TYPE_CHECKING:
     from splatfacto_dist.trainer import DistTrainer
 
@@ -104,7 +106,8 @@ def resume(trainer: DistTrainer) -> None:
     config = trainer.config
     path = checkpoint_to_resume(config.load_dir, config.load_step, config.load_checkpoint)
     if path is None:
-        CONSOLE.print("No Nerfstudio checkpoint to load, so training from scratch.")
+        if comm.is_main():  # one line per job, as nerfstudio's own notes are
+            CONSOLE.print("No Nerfstudio checkpoint to load, so training from scratch.")
         return
     loaded = torch.load(path, map_location="cpu", weights_only=False)
     start = loaded["step"] + 1
@@ -121,10 +124,11 @@ def resume(trainer: DistTrainer) -> None:
     if config.load_scheduler:
         continue_schedules(trainer.optimizers.schedulers, start)
     trainer.grad_scaler.load_state_dict(loaded["scalers"])
-    CONSOLE.print(
-        f"Done loading Nerfstudio checkpoint from {path} (images seen: "
-        f"{start * trainer.images_per_step}, continuing at step {start})"
-    )
+    if comm.is_main():
+        CONSOLE.print(
+            f"Done loading Nerfstudio checkpoint from {path} (images seen: "
+            f"{start * trainer.images_per_step}, continuing at step {start})"
+        )
 
 
 def continue_schedules(schedulers: Dict[str, torch.optim.lr_scheduler.LRScheduler], start: int) -> None:
