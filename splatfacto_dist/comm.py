@@ -231,7 +231,10 @@ def gather_rows_to_main(
     counts = all_gather_ints(n)
     if not is_main():
         for start in range(0, n, chunk_rows):
-            dist.send(_to_comm(make_rows(start, min(n, start + chunk_rows)).detach()), dst=0)
+            chunk = _to_comm(make_rows(start, min(n, start + chunk_rows)).detach())
+            dist.send(chunk, dst=0)
+            if chunk.is_cuda:  # NCCL's send returns before the chunk left: one chunk in flight, not the shard
+                torch.cuda.current_stream().synchronize()
         return
     offset = 0
     for src, count in enumerate(counts):

@@ -155,7 +155,7 @@ TRAINER: Table = {
     "load_step": Honoured("DistTrainer._checkpoint_to_resume"),
     "load_config": Honoured("ns-train main, launch.main"),
     "load_checkpoint": Honoured("DistTrainer._checkpoint_to_resume"),
-    "log_gradients": Honoured("DistTrainer.train_iteration (norms of the all-reduced gradients)"),
+    "log_gradients": Honoured("DistTrainer._gradient_norms (whole-model norms of the gradients stepped with)"),
     "gradient_accumulation_steps": Honoured("DistTrainer.train_iteration (zero_grad_some / step_some)"),
     "start_paused": Honoured("Trainer.__init__ (training_state), DistTrainer._agree_to_continue"),
     "schedule_unit": Honoured("DistTrainer.__init__"),

@@ -73,7 +73,10 @@ class _AllCameras(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
         counts, mine = ctx.counts, ctx.counts[comm.rank()]
         back = comm.all_to_all_rows(grad.contiguous(), counts, [mine] * len(counts))
-        return back.reshape(len(counts), mine, -1).sum(dim=0), None
+        # x world size: the colours' gradients reached the owners through `_Exchange`, which divides
+        # by it for the Gaussians' average; a camera's gradient is its own rank's, averaged later
+        # with the other replicated parameters (as a replicated run averages it once).
+        return back.reshape(len(counts), mine, grad.shape[1]).sum(dim=0) * comm.world_size(), None
 
 
 def _radii(gaussians: Dict[str, torch.Tensor], viewmats: torch.Tensor, Ks: torch.Tensor, width: int, height: int):
@@ -262,7 +265,9 @@ class ShardedLayout(ReplicatedLayout):
         norms = super().squared_norms(grads)
         split = [name for name in norms if name in GAUSSIAN_NAMES]
         if split:
-            summed = comm.all_reduce_sum(torch.stack([norms[name] for name in split]))
+            devices = [norms[name].device for name in split if norms[name].device.type != "cpu"]
+            device = devices[0] if devices else torch.device("cpu")  # a group without gradients gives a CPU 0
+            summed = comm.all_reduce_sum(torch.stack([norms[name].to(device) for name in split]))
             norms.update(zip(split, summed))
         return norms
 

@@ -96,6 +96,10 @@ class DistTrainer(Trainer):
         super().__init__(config, local_rank=local_rank, world_size=world_size)
         if cuda:
             self.device = f"cuda:{gpu_of(local_rank, config)}"
+        if config.ranks_per_gpu > 1 and comm.is_distributed() and torch.distributed.get_backend() == "nccl":
+            raise RuntimeError(
+                "--ranks-per-gpu needs splatfacto-dist-train: this launcher gives each rank a GPU (NCCL)"
+            )
         self.images_per_step = world_size * config.pipeline.datamanager.cameras_per_rank  # type: ignore[attr-defined]
         if config.schedule_unit == "images":
             convert_images_to_steps(config, self.images_per_step)
@@ -236,9 +240,9 @@ class DistTrainer(Trainer):
         return loss, loss_dict, metrics_dict  # type: ignore[return-value]
 
     def _gradient_norms(self) -> Dict[str, torch.Tensor]:
-        """Stock --log-gradients metrics, read like stock after the optimizer step (unscaled), of the
-        gradients every rank stepped with, over the whole model (a Gaussian shard's are summed
-        over the shards). Every rank calls it."""
+        """Stock --log-gradients metrics, read like stock after the optimizer step, of the gradients
+        every rank stepped with, over the whole model (a Gaussian shard's are summed over the
+        shards). Every rank calls it."""
         named = {name: [p.grad] for name, p in self.pipeline.model.named_parameters() if p.grad is not None}
         by_group = {name.split(".")[1] if name.startswith("gauss_params.") else name: name for name in named}
         squared = self.pipeline.model.layout.squared_norms({group: named[name] for group, name in by_group.items()})

@@ -189,14 +189,9 @@ def test_a_save_makes_bounded_chunks_and_only_reads_the_live_optimizer_state(mon
             assert optimizer_states[name]["state"][0][key] is not live[name][key]  # the save's own copy
 
 
-def test_cameras_learn_through_view_dependent_colour_as_when_replicated(monkeypatch):
-    """The gradient of a render with respect to its cameras (a camera-pose optimizer's) equals the
-    replicated render's, the colour's dependence on the view direction included; without the
-    colour's part (cameras gathered without their gradient) it does not."""
-    from splatfacto_dist.layout import ReplicatedLayout
-    from splatfacto_dist.model import SplatfactoDistModel
-    from splatfacto_dist.raster import rasterize
-    from splatfacto_dist.scene import ground_truth_gaussians, ring_cameras
+def _colour_scene():
+    """600 Gaussians with strongly view-dependent colour (SH degree 3), drawn alike on every rank."""
+    from splatfacto_dist.scene import ground_truth_gaussians
 
     generator = torch.Generator().manual_seed(0)
     truth = ground_truth_gaussians()
@@ -209,18 +204,64 @@ def test_cameras_learn_through_view_dependent_colour_as_when_replicated(monkeypa
         "features_dc": torch.randn((n, 3), generator=generator),
         "features_rest": 0.5 * torch.randn((n, 15, 3), generator=generator),
     }
-    K = torch.tensor([[[43.2, 0.0, 24.0], [0.0, 43.2, 18.0], [0.0, 0.0, 1.0]]]).repeat(2, 1, 1)
     weights = torch.rand((2, 36, 48, 3), generator=generator)
+    return rows, weights
 
-    def camera_gradient(layout) -> torch.Tensor:
-        viewmats = ring_cameras(2).clone().requires_grad_()
-        render, _, _ = layout.render(
-            rasterize, rows, SplatfactoDistModel.activate, viewmats=viewmats, Ks=K, width=48, height=36, sh_degree=3
-        )
-        (grad,) = torch.autograd.grad((render * weights).sum(), viewmats)
-        return grad
 
-    replicated = camera_gradient(ReplicatedLayout())
-    assert torch.allclose(camera_gradient(ShardedLayout()), replicated, rtol=1e-4, atol=1e-5)
+def _camera_gradient(layout, rows, weights, cameras: slice) -> torch.Tensor:
+    """d(weighted render)/d(viewmats) of the ring cameras `cameras`, rendered from `rows` by `layout`."""
+    from splatfacto_dist.model import SplatfactoDistModel
+    from splatfacto_dist.raster import rasterize
+    from splatfacto_dist.scene import ring_cameras
+
+    viewmats = ring_cameras(2)[cameras].clone().requires_grad_()
+    K = torch.tensor([[[43.2, 0.0, 24.0], [0.0, 43.2, 18.0], [0.0, 0.0, 1.0]]]).repeat(len(viewmats), 1, 1)
+    render, _, _ = layout.render(
+        rasterize, rows, SplatfactoDistModel.activate, viewmats=viewmats, Ks=K, width=48, height=36, sh_degree=3
+    )
+    (grad,) = torch.autograd.grad((render * weights[cameras]).sum(), viewmats)
+    return grad
+
+
+def test_cameras_learn_through_view_dependent_colour_as_when_replicated(monkeypatch):
+    """The gradient of a render with respect to its cameras (a camera-pose optimizer's) equals the
+    replicated render's, the colour's dependence on the view direction included; without the
+    colour's part (cameras gathered without their gradient) it does not."""
+    from splatfacto_dist.layout import ReplicatedLayout
+
+    rows, weights = _colour_scene()
+    replicated = _camera_gradient(ReplicatedLayout(), rows, weights, slice(0, 2))
+    assert torch.allclose(
+        _camera_gradient(ShardedLayout(), rows, weights, slice(0, 2)), replicated, rtol=1e-4, atol=1e-5
+    )
     monkeypatch.setattr(sharded._AllCameras, "apply", lambda local, counts: local.detach())
-    assert not torch.allclose(camera_gradient(ShardedLayout()), replicated, rtol=1e-2, atol=1e-3)
+    cut = _camera_gradient(ShardedLayout(), rows, weights, slice(0, 2))
+    assert not torch.allclose(cut, replicated, rtol=1e-2, atol=1e-3)
+
+
+def _camera_worker(rank: int, port: int, results) -> None:
+    from splatfacto_dist.layout import ReplicatedLayout
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        rows, weights = _colour_scene()
+        layout = ShardedLayout()
+        shard = {k: v[layout.block(len(v))] for k, v in rows.items()}
+        mine = slice(rank, rank + 1)  # each rank renders one camera from every rank's Gaussians
+        results[rank] = (
+            _camera_gradient(layout, shard, weights, mine),
+            _camera_gradient(ReplicatedLayout(), rows, weights, mine),
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_cameras_get_the_whole_gradient_of_their_render():
+    """2 gloo ranks, each owning half of the Gaussians: a camera's gradient is that of its render
+    from the whole model (the colours' part came through the owners' exchange, which averages)."""
+    results = mp.Manager().dict()
+    mp.spawn(_camera_worker, args=(free_port(), results), nprocs=2)
+    for rank in (0, 1):
+        got, want = results[rank]
+        assert want.abs().max() > 1e-3
+        assert torch.allclose(got, want, rtol=1e-4, atol=1e-5), float((got - want).abs().max())
