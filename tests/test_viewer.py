@@ -100,7 +100,14 @@ def _start(tmp_path: Path, scene: Path, layout: str, port: int, args: list) -> t
     viewer = ["--vis", "viewer+tensorboard", "--viewer.websocket-port", str(port)]
     cmd = train_command(out, scene, 2, viewer + ["--pipeline.model.gaussian-layout", layout] + args)
     log = tmp_path / "log.txt"
-    launcher = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    # ctrl+c must reach the job as in a terminal, also where this test runs with SIGINT ignored (a
+    # non-interactive shell's background job), which the job would inherit: a handled signal is reset
+    # to its default in the child, an ignored one stays ignored.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        launcher = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     return launcher, out, log
 
 
