@@ -13,8 +13,10 @@ import threading
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
+from nerfstudio.data.scene_box import OrientedBox
 
 from splatfacto_dist import comm
+from splatfacto_dist.raster import empty_render, rasterize
 
 GAUSSIAN_NAMES = ("means", "scales", "quats", "features_dc", "features_rest", "opacities")
 
@@ -50,12 +52,19 @@ class ReplicatedLayout:
 
     def render(
         self,
-        rasterize: Callable[..., Tuple],
         rows: Dict[str, torch.Tensor],
         activate: Callable[[Dict[str, torch.Tensor]], Dict[str, torch.Tensor]],
+        crop: Optional[OrientedBox] = None,
         **cameras: Any,
     ) -> Tuple:
-        """`rasterize(**activate(rows), **cameras)`: every Gaussian (parameter row) is here."""
+        """`rasterize(**activate(rows), **cameras)` of the rows inside `crop` (the viewer's crop
+        box): every Gaussian (parameter row) is here."""
+        if crop is not None:
+            inside = crop.within(rows["means"]).reshape(-1)
+            if not bool(inside.any()):
+                return empty_render(rows["means"], len(cameras["viewmats"]), cameras["width"], cameras["height"],
+                                    cameras.get("render_mode", "RGB"))  # fmt: skip
+            rows = {k: v[inside] for k, v in rows.items()}
         return rasterize(**activate(rows), **cameras)
 
     def average_gradients(self, groups: Dict[str, List[torch.nn.Parameter]]) -> None:

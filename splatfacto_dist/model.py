@@ -5,7 +5,7 @@ It stays a `SplatfactoModel` so ns-export, ns-eval and the viewer keep their spe
 What changes and why:
 - initial Gaussians come from a seeded generator, are created contiguous and device-agnostic
   (stock calls `.cuda()` and leaves `features_dc`/`features_rest` as strided views);
-- rendering goes through `raster.rasterize` (gsplat on CUDA, the PyTorch reference on CPU) and
+- rendering goes through the layout (raster.py: gsplat on CUDA, the PyTorch reference on CPU) and
   accepts C same-sized cameras at once; losses are means over those C images;
 - the random background of each rendered image is drawn from a per-step seed for the global
   batch, so rank r's images get the colours a single process would give the same images;
@@ -33,7 +33,6 @@ from torchmetrics.image import PeakSignalNoiseRatio
 from splatfacto_dist import comm
 from splatfacto_dist.layout import make_layout
 from splatfacto_dist.metrics import LazyLPIPS
-from splatfacto_dist.raster import rasterize
 from splatfacto_dist.strategy import SynchronizedDefaultStrategy
 
 
@@ -263,19 +262,6 @@ class SplatfactoDistModel(SplatfactoModel):
             "colors": colors,
         }
 
-    def _rasterize_cropped(self, **kwargs) -> Tuple:
-        """`rasterize`, keeping only the Gaussians in the viewer's crop box (outside training); an
-        empty crop renders nothing (no Gaussian reaches the rasterizer), as stock's empty outputs."""
-        if self.crop_box is not None and not self.training:
-            inside = self.crop_box.within(kwargs["means"]).squeeze(-1)
-            if not bool(inside.any()):
-                views, height, width = kwargs["viewmats"].shape[0], kwargs["height"], kwargs["width"]
-                channels = 4 if kwargs["render_mode"] == "RGB+ED" else 3
-                empty = kwargs["means"].new_zeros((views, height, width, channels))
-                return empty, empty[..., :1], {}
-            kwargs.update({k: kwargs[k][inside] for k in ("means", "quats", "scales", "opacities", "colors")})
-        return rasterize(**kwargs)
-
     def get_outputs(self, camera: Cameras) -> Dict[str, Union[torch.Tensor, List]]:
         """Render C same-sized cameras; outputs are [C, H, W, .] (stock shapes when C == 1).
 
@@ -315,9 +301,9 @@ class SplatfactoDistModel(SplatfactoModel):
         rows, sh_degree = self._gaussian_rows()
         render_mode = "RGB+ED" if self.config.output_depth_during_training or not self.training else "RGB"
         render, alpha, self.info = self.layout.render(
-            self._rasterize_cropped,
             rows,
             self.activate,
+            crop=None if self.training else self.crop_box,
             viewmats=self._viewmats(camera_to_worlds),
             Ks=Ks,
             width=W,

@@ -14,6 +14,13 @@ from typing import Any, Dict, Literal, Optional, Tuple
 
 import torch
 from gsplat.cuda._torch_impl import _fully_fused_projection, _quat_scale_to_covar_preci, _spherical_harmonics
+from gsplat.cuda._wrapper import (
+    fully_fused_projection as gsplat_projection,
+    isect_offset_encode,
+    isect_tiles,
+    rasterize_to_pixels,
+    spherical_harmonics,
+)
 from gsplat.rendering import rasterization as gsplat_rasterization
 
 RenderMode = Literal["RGB", "RGB+ED"]
@@ -73,6 +80,99 @@ def rasterize(
     return reference_rasterization(**kwargs)
 
 
+def project(
+    means: torch.Tensor,
+    quats: torch.Tensor,
+    scales: torch.Tensor,
+    viewmats: torch.Tensor,
+    Ks: torch.Tensor,
+    width: int,
+    height: int,
+    compensate: bool = False,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """[C, N] (radii, means2d, depths, conics, compensations or None) of N Gaussians in C views: the
+    rasterizer's own projection, so that what is projected apart and rasterized later (the sharded
+    layout) is what one `rasterize` call computes."""
+    if means.is_cuda:
+        return gsplat_projection(
+            means, None, quats, scales, viewmats, Ks, width, height,
+            eps2d=EPS2D, near_plane=NEAR_PLANE, far_plane=FAR_PLANE, calc_compensations=compensate,
+        )  # fmt: skip
+    covars, _ = _quat_scale_to_covar_preci(quats, scales, compute_preci=False)
+    return _fully_fused_projection(
+        means, covars, viewmats, Ks, width, height,
+        eps2d=EPS2D, near_plane=NEAR_PLANE, far_plane=FAR_PLANE, calc_compensations=compensate,
+    )  # fmt: skip
+
+
+def view_colors(
+    means: torch.Tensor, coeffs: torch.Tensor, camera_to_world: torch.Tensor, sh_degree: Optional[int]
+) -> torch.Tensor:
+    """[N, 3] colours of N Gaussians seen from one camera: SH evaluated as the rasterizer does
+    (clamped at 0 after +0.5), or the colours themselves without SH."""
+    if sh_degree is None:
+        return coeffs
+    dirs = means - camera_to_world[:3, 3]
+    sh = (
+        spherical_harmonics(sh_degree, dirs, coeffs) if means.is_cuda else _spherical_harmonics(sh_degree, dirs, coeffs)
+    )
+    return torch.clamp_min(sh + 0.5, 0.0)
+
+
+def rasterize_pairs(
+    means2d: torch.Tensor,
+    conics: torch.Tensor,
+    opacities: torch.Tensor,
+    colors: torch.Tensor,
+    depths: torch.Tensor,
+    radii: torch.Tensor,
+    camera_ids: torch.Tensor,
+    n_cameras: int,
+    width: int,
+    height: int,
+    render_mode: RenderMode = "RGB",
+    absgrad: bool = False,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Renders [C, H, W, D] and alphas of P projected (Gaussian, camera) pairs ([P, .] inputs, as
+    `project` made them; with "RGB+ED" the depth is the colours' last channel): the second half of
+    `rasterize`, for a rank that received projected Gaussians instead of projecting them itself."""
+    if len(means2d) == 0:  # still a function of the inputs: their gradients' exchange runs everywhere
+        channels = colors.shape[-1]
+        zero = 0 * (means2d.sum() + conics.sum() + opacities.sum() + colors.sum())
+        renders = means2d.new_zeros((n_cameras, height, width, channels)) + zero
+        return renders, renders[..., :1]
+    if means2d.is_cuda:
+        tiles_x, tiles_y = math.ceil(width / TILE_SIZE), math.ceil(height / TILE_SIZE)
+        _, isect_ids, flatten_ids = isect_tiles(
+            means2d, radii, depths, TILE_SIZE, tiles_x, tiles_y, packed=True, n_cameras=n_cameras,
+            camera_ids=camera_ids, gaussian_ids=torch.arange(len(means2d), device=means2d.device),
+        )  # fmt: skip
+        offsets = isect_offset_encode(isect_ids, n_cameras, tiles_x, tiles_y)
+        renders, alphas = rasterize_to_pixels(
+            means2d, conics, colors, opacities, width, height, TILE_SIZE, offsets, flatten_ids,
+            packed=True, absgrad=absgrad,
+        )  # fmt: skip
+    else:
+        renders, alphas = _composite(
+            means2d, conics, opacities, colors, radii, depths, camera_ids, n_cameras, width, height, absgrad
+        )
+    return (_expected_depth(renders, alphas) if render_mode == "RGB+ED" else renders), alphas
+
+
+def empty_render(
+    like: torch.Tensor, n_views: int, width: int, height: int, render_mode: RenderMode
+) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, Any]]:
+    """What rendering no Gaussian gives (an empty crop box): zeros, as stock's empty outputs."""
+    channels = 4 if render_mode == "RGB+ED" else 3
+    empty = like.new_zeros((n_views, height, width, channels))
+    return empty, empty[..., :1], {}
+
+
+def _expected_depth(renders: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
+    """The accumulated depth (last channel) divided by the accumulated alpha, as gsplat's "ED"."""
+    return torch.cat([renders[..., :-1], renders[..., -1:] / alphas.clamp(min=1e-10)], dim=-1)
+
+
 def reference_rasterization(
     means: torch.Tensor,
     quats: torch.Tensor,
@@ -127,9 +227,12 @@ def reference_rasterization(
     if render_mode == "RGB+ED":
         view_colors = torch.cat([view_colors, depths[..., None]], dim=-1)
 
-    renders, alphas = _composite(means2d, conics, view_opacities, view_colors, radii, depths, width, height, absgrad)
+    camera_ids = torch.arange(C, device=means.device).repeat_interleave(means.shape[0])
+    renders, alphas = _composite(
+        means2d, conics, view_opacities, view_colors, radii, depths, camera_ids, C, width, height, absgrad
+    )
     if render_mode == "RGB+ED":
-        renders = torch.cat([renders[..., :-1], renders[..., -1:] / alphas.clamp(min=1e-10)], dim=-1)
+        renders = _expected_depth(renders, alphas)
 
     info: Dict[str, Any] = {
         "camera_ids": None,
@@ -176,36 +279,38 @@ class _GatherWithAbsGrad(torch.autograd.Function):
 
 @torch.no_grad()
 def _tile_pixel_pairs(
-    means2d: torch.Tensor, radii: torch.Tensor, depths: torch.Tensor, width: int, height: int
+    means2d: torch.Tensor, radii: torch.Tensor, depths: torch.Tensor, camera_ids: torch.Tensor, width: int, height: int
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """All (view*N + gaussian, view*H*W + pixel) pairs of the tiles each Gaussian touches."""
-    C, N = radii.shape
-    cam, gid = torch.nonzero(radii > 0, as_tuple=True)
-    if cam.numel() == 0:
+    """All (Gaussian row, camera*H*W + pixel) pairs of the tiles each visible row touches; rows are
+    the flattened leading dimensions of the inputs, `camera_ids` each row's camera."""
+    radii, depths = radii.reshape(-1), depths.reshape(-1)
+    (rows,) = torch.nonzero(radii > 0, as_tuple=True)
+    if rows.numel() == 0:
         empty = torch.zeros(0, dtype=torch.long, device=radii.device)
         return empty, empty, empty
+    cam = camera_ids[rows]
     tiles_x, tiles_y = math.ceil(width / TILE_SIZE), math.ceil(height / TILE_SIZE)
-    r = radii[cam, gid].float() / TILE_SIZE
-    center = means2d[cam, gid] / TILE_SIZE
+    r = radii[rows].float() / TILE_SIZE
+    center = means2d.reshape(-1, 2)[rows] / TILE_SIZE
     x0 = torch.clamp(torch.floor(center[:, 0] - r), 0, tiles_x).long()
     x1 = torch.clamp(torch.ceil(center[:, 0] + r), 0, tiles_x).long()
     y0 = torch.clamp(torch.floor(center[:, 1] - r), 0, tiles_y).long()
     y1 = torch.clamp(torch.ceil(center[:, 1] + r), 0, tiles_y).long()
     nx, ny = x1 - x0, y1 - y0
     per = nx * ny
-    owner = torch.repeat_interleave(torch.arange(cam.numel(), device=cam.device), per)
-    offset = torch.arange(owner.numel(), device=cam.device) - torch.repeat_interleave(torch.cumsum(per, 0) - per, per)
+    owner = torch.repeat_interleave(torch.arange(rows.numel(), device=rows.device), per)
+    offset = torch.arange(owner.numel(), device=rows.device) - torch.repeat_interleave(torch.cumsum(per, 0) - per, per)
     tx = x0[owner] + offset % nx[owner]
     ty = y0[owner] + offset // nx[owner]
-    k = torch.arange(TILE_SIZE * TILE_SIZE, device=cam.device)
+    k = torch.arange(TILE_SIZE * TILE_SIZE, device=rows.device)
     px = (tx[:, None] * TILE_SIZE + k[None, :] % TILE_SIZE).reshape(-1)
     py = (ty[:, None] * TILE_SIZE + k[None, :] // TILE_SIZE).reshape(-1)
     owner = owner.repeat_interleave(TILE_SIZE * TILE_SIZE)
     keep = (px < width) & (py < height)
     owner, px, py = owner[keep], px[keep], py[keep]
-    gauss_row = cam[owner] * N + gid[owner]
+    gauss_row = rows[owner]
     pixel_row = cam[owner] * (height * width) + py * width + px
-    return gauss_row, pixel_row, depths.reshape(-1)[gauss_row]
+    return gauss_row, pixel_row, depths[gauss_row]
 
 
 def _composite(
@@ -215,13 +320,18 @@ def _composite(
     colors: torch.Tensor,
     radii: torch.Tensor,
     depths: torch.Tensor,
+    camera_ids: torch.Tensor,
+    n_cameras: int,
     width: int,
     height: int,
     absgrad: bool,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    C, N = radii.shape
+    """[n_cameras, H, W, D] renders and alphas of projected rows (the flattened leading dimensions
+    of the inputs: [C, N] when projected densely, [P] for (Gaussian, camera) pairs)."""
     D = colors.shape[-1]
-    gauss_row, pixel_row, pair_depth = _tile_pixel_pairs(means2d.detach(), radii, depths.detach(), width, height)
+    gauss_row, pixel_row, pair_depth = _tile_pixel_pairs(
+        means2d.detach(), radii, depths.detach(), camera_ids, width, height
+    )
 
     def alphas_of(g: torch.Tensor, p: torch.Tensor, mean_xy: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         pix = p % (height * width)
@@ -248,12 +358,12 @@ def _composite(
         mean_xy = means2d.reshape(-1, 2)[gauss_row]
     _, alpha = alphas_of(gauss_row, pixel_row, mean_xy)
     weights = alpha * _segment_transmittance(alpha, pixel_row)
-    n_pixels = C * height * width
+    n_pixels = n_cameras * height * width
     pair_colors = colors.reshape(-1, D)[gauss_row]
     renders = torch.zeros(n_pixels, D, dtype=colors.dtype, device=colors.device)
     renders = renders.index_add(0, pixel_row, weights[:, None] * pair_colors)
     alphas = torch.zeros(n_pixels, dtype=weights.dtype, device=weights.device).index_add(0, pixel_row, weights)
-    return renders.reshape(C, height, width, D), alphas.reshape(C, height, width, 1)
+    return renders.reshape(n_cameras, height, width, D), alphas.reshape(n_cameras, height, width, 1)
 
 
 def _segment_transmittance(alpha: torch.Tensor, segment: torch.Tensor) -> torch.Tensor:

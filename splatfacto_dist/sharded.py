@@ -1,37 +1,36 @@
 """Gaussian-sharded layout: each rank owns a disjoint part of the Gaussians and their Adam state.
 
 One render, data's path: every rank learns every camera of the render (a small all-gather) ->
-each owner projects its Gaussians into them (no gradient) and sends each camera's rank the
-rasterizer inputs of the Gaussians visible there (one uneven all-to-all) -> the camera's rank
-rasterizes what it received -> in backward the gradients take the reverse all-to-all to the
-owners, summed over cameras and divided by the world size (the average a replicated run takes).
-After backward, per-Gaussian densification statistics return to the owners the same way, so an
-owner's statistics cover every camera of the step and its refine decisions equal a replicated
-run's. Shards drift as they densify; after a refine they are rebalanced (see `after_refine`).
-Checkpoints gather every shard to rank 0's CPU in splatfacto's layout, in bounded chunks. After
-training, if the viewer stays open, every rank keeps serving its renders (the model never has to
-fit on one GPU).
+each owner finds its Gaussians visible in each camera (no gradient), projects them into it and
+colours them for it (SH evaluated where the coefficients live), and sends each camera's rank the
+projected pairs (means2d, conic, opacity, colour, depth, radius: 12 floats; one uneven
+all-to-all) -> the camera's rank only rasterizes what it received, holding per received Gaussian
+what rasterizing needs and not a re-projection's worth -> in backward the pairs' gradients take
+the reverse all-to-all to the owners, through their projections, summed over cameras and
+divided by the world size (the average a replicated run takes). After backward, per-pair
+densification statistics return to the owners the same way, so an owner's statistics cover
+every camera of the step and its refine decisions equal a replicated run's. Shards drift as they
+densify; after a refine they are rebalanced (see `after_refine`). Checkpoints gather every shard
+to rank 0's CPU in splatfacto's layout, in bounded chunks. After training, if the viewer stays
+open, every rank keeps serving its renders (the model never has to fit on one GPU).
 """
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from concurrent.futures import Future
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
-from gsplat.cuda._torch_impl import _fully_fused_projection, _quat_scale_to_covar_preci, _spherical_harmonics
-from gsplat.cuda._wrapper import fully_fused_projection, spherical_harmonics
+from nerfstudio.data.scene_box import OrientedBox
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch.utils.checkpoint import checkpoint
 
 from splatfacto_dist import comm
 from splatfacto_dist.layout import GAUSSIAN_NAMES, ReplicatedLayout, _named_tensors
 from splatfacto_dist.ops import RowCodec
-from splatfacto_dist.raster import EPS2D, FAR_PLANE, NEAR_PLANE
+from splatfacto_dist.raster import project, rasterize_pairs, view_colors
 
 REBALANCE_RATIO = 1.1
 """Rebalance after a refine once the largest shard exceeds the smallest by this factor (Grendel-GS's)."""
@@ -40,8 +39,6 @@ SAVE_CHUNK_BYTES = 64 << 20
 """The most bytes of packed Gaussians (parameters, Adam moments, ids) a save puts in one GPU buffer:
 a model at capacity has no room for its shard twice, and 64 MiB chunks keep the save's transfers
 large enough to run at the link's speed."""
-
-_INPUTS = ("means", "quats", "scales", "opacities", "colors")
 
 
 class _Exchange(torch.autograd.Function):
@@ -60,9 +57,9 @@ class _Exchange(torch.autograd.Function):
 
 
 class _AllCameras(torch.autograd.Function):
-    """Every rank's camera rows ([C_r, 27]: viewmat, K, size) in forward, concatenated in rank order;
-    in backward each rank's cameras receive what every owner's view-dependent colours sent them,
-    summed. A camera-pose optimizer then learns through colour as it does when replicated."""
+    """Every rank's camera rows (`camera_rows`) in forward, concatenated in rank order; in backward
+    each rank's cameras receive what every owner's projections and view-dependent colours sent
+    them, summed. A camera-pose optimizer then learns as it does when replicated."""
 
     @staticmethod
     def forward(ctx, local: torch.Tensor, counts: List[int]) -> torch.Tensor:  # type: ignore[override]
@@ -73,79 +70,96 @@ class _AllCameras(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
         counts, mine = ctx.counts, ctx.counts[comm.rank()]
         back = comm.all_to_all_rows(grad.contiguous(), counts, [mine] * len(counts))
-        # x world size: the colours' gradients reached the owners through `_Exchange`, which divides
+        # x world size: the pairs' gradients reached the owners through `_Exchange`, which divides
         # by it for the Gaussians' average; a camera's gradient is its own rank's, averaged later
         # with the other replicated parameters (as a replicated run averages it once).
         return back.reshape(len(counts), mine, grad.shape[1]).sum(dim=0) * comm.world_size(), None
 
 
-def _radii(gaussians: Dict[str, torch.Tensor], viewmats: torch.Tensor, Ks: torch.Tensor, width: int, height: int):
-    """[C, N] projected radii, exactly as the rasterizer computes them (0: not visible)."""
-    if gaussians["means"].is_cuda:
-        radii, *_ = fully_fused_projection(
-            gaussians["means"], None, gaussians["quats"], gaussians["scales"], viewmats, Ks, width, height,
-            eps2d=EPS2D, near_plane=NEAR_PLANE, far_plane=FAR_PLANE,
-        )  # fmt: skip
-        return radii
-    covars, _ = _quat_scale_to_covar_preci(gaussians["quats"], gaussians["scales"], compute_preci=False)
-    radii, *_ = _fully_fused_projection(
-        gaussians["means"], covars, viewmats, Ks, width, height, eps2d=EPS2D, near_plane=NEAR_PLANE, far_plane=FAR_PLANE
-    )
-    return radii
-
-
-def _view_colors(
-    means: torch.Tensor, coeffs: torch.Tensor, cameras: torch.Tensor, sh_degree: int, widest: int
+def camera_rows(
+    viewmats: torch.Tensor,
+    Ks: torch.Tensor,
+    width: int,
+    height: int,
+    depth: bool,
+    antialiased: bool,
+    crop: Optional[OrientedBox],
+    device: torch.device,
 ) -> torch.Tensor:
-    """[S, widest, 3] colours of S Gaussians seen from each of one rank's cameras ([C, 27] rows),
-    zero-padded to `widest` cameras: the rasterizer's own SH evaluation (clamped at 0 after +0.5),
-    made where the coefficients live, as gsplat's distributed rasterization does."""
-    if len(means) == 0 or len(cameras) == 0:
-        # Still a function of the cameras: their gradient all-to-all runs on every rank or on none.
-        return means.new_zeros((len(means), widest, 3)) + 0 * cameras.sum()
-    centers = torch.inverse(cameras[:, :16].reshape(-1, 4, 4))[:, :3, 3]  # [C, 3]
-    dirs = means[None, :, :] - centers[:, None, :]  # [C, S, 3]
-    shs = coeffs.expand(len(cameras), -1, -1, -1)  # [C, S, K, 3]
-    sh = spherical_harmonics(sh_degree, dirs, shs) if means.is_cuda else _spherical_harmonics(sh_degree, dirs, shs)
-    colors = torch.clamp_min(sh + 0.5, 0.0).transpose(0, 1)  # [S, C, 3]
-    return F.pad(colors, (0, 0, 0, widest - len(cameras)))
+    """[C, 45] rows of one rank's cameras, differentiable in the viewmats: viewmat (16), K (9), width,
+    height, the render's flags (depth channel, antialiased), its crop box (present, R 9, T 3, S 3).
+    The owners project and colour for the renderer, so they must know all the renderer knows."""
+    n = viewmats.shape[0]
+    flags = torch.tensor([width, height, float(depth), float(antialiased)], dtype=torch.float32, device=device)
+    box = torch.zeros(16, dtype=torch.float32, device=device)
+    if crop is not None:
+        box = torch.cat([torch.ones(1), crop.R.reshape(9).cpu(), crop.T.reshape(3).cpu(), crop.S.reshape(3).cpu()])
+        box = box.float().to(device)
+    fixed = torch.cat([flags, box]).expand(n, 20)
+    return torch.cat([viewmats.reshape(n, 16).float().to(device), Ks.reshape(n, 9).float().to(device), fixed], 1)
 
 
-def pack_for_renderers(
+def _crop_of(row: torch.Tensor) -> Optional[OrientedBox]:
+    """The crop box a host copy of a camera row carries, if any."""
+    if float(row[29]) == 0:
+        return None
+    return OrientedBox(R=row[30:39].reshape(3, 3), T=row[39:42], S=row[42:45])
+
+
+def pair_width(cameras: torch.Tensor) -> int:
+    """Floats per sent (Gaussian, camera) pair: means2d 2, conic 3, opacity, colour 3 (+ depth when
+    a camera of the render asks for it), depth, radius, camera; every rank computes it alike."""
+    return 2 + 3 + 1 + 3 + int(bool((cameras[:, 27] > 0).any())) + 3
+
+
+def project_pairs(
     rows: Dict[str, torch.Tensor],
     order: torch.Tensor,
-    counts: List[int],
-    every: List[torch.Tensor],
+    segments: List[Tuple[int, int, int, int]],
+    cameras: torch.Tensor,
+    host_cameras: torch.Tensor,
     activate: Callable[[Dict[str, torch.Tensor]], Dict[str, torch.Tensor]],
     sh_degree: Optional[int],
-    shapes: Dict[str, torch.Size],
 ) -> torch.Tensor:
-    """[len(order), F] rasterizer inputs of the parameter rows `order`, the first counts[0] for rank
-    0's cameras `every[0]`, and so on; colours from SH evaluated per receiving camera (3 floats
-    each, not 48 coefficients). Fills `shapes` with each input's per-row shape.
+    """[len(order), pair_width] projected Gaussians to send: rows `order` projected into the
+    cameras their `segments` name ((camera, renderer's camera index, start, stop), camera-major, in
+    rank order of the renderers), coloured for that camera. What the renderer rasterizes, nothing
+    more: a renderer holds per received Gaussian what rasterizing needs, not a re-projection's
+    worth (the 3D inputs, covariances and their gradients).
 
-    Recomputed in backward instead of kept: the activated copies and SH coefficients of every sent
-    row (0.8 KB each at SH degree 3, on CPU) would otherwise live from the forward to the backward, on top of
-    the receiving side's render buffers; only `order` is kept. Nothing here draws random numbers.
+    One camera at a time, and recomputed in backward instead of kept (only `order` is kept): the
+    activated copies, SH coefficients and projections of the sent pairs would otherwise live from
+    the forward to the backward on top of the renderers' buffers, and an owner projects its shard
+    into every camera of the step, so all cameras' pairs at once would not divide with the rank
+    count. Nothing here draws random numbers.
     """
+    width = pair_width(host_cameras)
 
-    def pack(*values: torch.Tensor) -> torch.Tensor:
-        inputs = activate({k: v[order] for k, v in zip(rows, values)})
-        if sh_degree is not None:
-            widest = max(len(c) for c in every)
-            blocks = torch.split(torch.arange(len(order), device=order.device), counts)
-            inputs["colors"] = torch.cat(
-                [
-                    _view_colors(inputs["means"][b], inputs["colors"][b], cams, sh_degree, widest)
-                    for b, cams in zip(blocks, every)
-                ]
-            )
-        shapes.update({k: inputs[k].shape[1:] for k in _INPUTS})
-        return torch.cat([inputs[k].reshape(len(order), math.prod(shapes[k])) for k in _INPUTS], dim=1)
+    def pack(camera: int, local: int, start: int, stop: int, cams: torch.Tensor, *values: torch.Tensor):
+        part = activate({k: v[order[start:stop]] for k, v in zip(rows, values)})
+        viewmat, K = cams[camera, :16].reshape(1, 4, 4), cams[camera, 16:25].reshape(1, 3, 3)
+        w, h, depth, antialiased = (int(v) for v in host_cameras[camera, 25:29])
+        radii, means2d, depths, conics, compensations = project(
+            part["means"], part["quats"], part["scales"], viewmat, K, w, h, compensate=bool(antialiased)
+        )
+        opacities = part["opacities"] if compensations is None else part["opacities"] * compensations[0]
+        colors = view_colors(part["means"], part["colors"], torch.inverse(viewmat[0]), sh_degree)
+        columns = [means2d[0], conics[0], opacities[:, None], colors]
+        if width == 13:  # the render's depth channel (zeros for cameras that did not ask)
+            columns.append(depths[0][:, None] if depth else torch.zeros_like(depths[0][:, None]))
+        ids = torch.full((stop - start, 1), float(local), device=order.device)
+        return torch.cat([*columns, depths[0][:, None].detach(), radii[0][:, None].float(), ids], 1)
 
-    if not torch.is_grad_enabled():
-        return pack(*rows.values())
-    return checkpoint(pack, *rows.values(), use_reentrant=False, preserve_rng_state=False)
+    values = list(rows.values())
+    blocks = []
+    for segment in segments:
+        if not torch.is_grad_enabled():
+            blocks.append(pack(*segment, cameras, *values))
+        else:
+            blocks.append(checkpoint(pack, *segment, cameras, *values, use_reentrant=False, preserve_rng_state=False))
+    packed = torch.cat(blocks) if blocks else cameras.new_zeros((0, width))
+    # Still a function of the cameras when nothing is sent: their gradients' exchange runs everywhere.
+    return packed + 0 * cameras.sum()
 
 
 class ShardedLayout(ReplicatedLayout):
@@ -177,68 +191,89 @@ class ShardedLayout(ReplicatedLayout):
 
     def render(
         self,
-        rasterize: Callable[..., Tuple],
         rows: Dict[str, torch.Tensor],
         activate: Callable[[Dict[str, torch.Tensor]], Dict[str, torch.Tensor]],
+        crop: Optional[OrientedBox] = None,
         **cameras: Any,
     ):
         """Render this rank's cameras (possibly none: it then only serves the others) from every
-        rank's visible Gaussians; returns None when this rank has no camera. Only the parameter
-        rows some camera sees are activated and sent. The render's `info["exchange"]` says which
+        rank's visible Gaussians; returns None when this rank has no camera. Each owner projects
+        and colours its visible Gaussians for every camera of the render and sends the projected
+        pairs; the camera's rank only rasterizes them. The render's `info["exchange"]` says which
         rows went where, for `stats_to_owners`. One rank takes the same path (the exchange is then
         the identity), so a 1-rank sharded run tests this code."""
         viewmats, Ks = cameras["viewmats"], cameras["Ks"]
+        width, height = cameras["width"], cameras["height"]
+        render_mode = cameras.get("render_mode", "RGB")
         device = rows["means"].device
         n_views = viewmats.shape[0]
-        size = torch.tensor([cameras["width"], cameras["height"]], dtype=torch.float32, device=device).expand(
-            n_views, 2
-        )
-        local = torch.cat(
-            [viewmats.reshape(n_views, 16).float().to(device), Ks.reshape(n_views, 9).float().to(device), size], 1
-        )
+        antialiased = cameras.get("rasterize_mode", "classic") == "antialiased"
+        local = camera_rows(viewmats, Ks, width, height, render_mode == "RGB+ED", antialiased, crop, device)
         counts = comm.all_gather_ints(n_views, device)
-        every = _AllCameras.apply(local, counts).split(counts)
-        send_idx = [self._visible(rows, cameras_of_rank) for cameras_of_rank in every]
-        order = torch.cat(send_idx)
-        send_counts = [len(i) for i in send_idx]
-        sh_degree = cameras.get("sh_degree")
-        shapes: Dict[str, torch.Size] = {}
-        packed = pack_for_renderers(rows, order, send_counts, every, activate, sh_degree, shapes)
+        every = _AllCameras.apply(local, counts)
+        host = every.detach().cpu()
+        order, segments, send_counts = self._visible_pairs(rows, every.detach(), host, counts)
+        packed = project_pairs(rows, order, segments, every, host, activate, cameras.get("sh_degree"))
         recv_counts = comm.exchange_counts(send_counts, device)
         if sum(recv_counts) > self._most_received[0]:
             self._most_received = (sum(recv_counts), max(self.total, 1))
         received = _Exchange.apply(packed, send_counts, recv_counts)
         if n_views == 0:
             return None
-        parts = torch.split(received, [math.prod(shapes[k]) for k in _INPUTS], dim=1)
-        arrived = {k: part.reshape(-1, *shapes[k]) for k, part in zip(_INPUTS, parts)}
-        if sh_degree is not None:  # [M, widest, 3] -> this rank's cameras' [C, M, 3]
-            arrived["colors"] = arrived["colors"][:, :n_views].transpose(0, 1).contiguous()
-        render, alpha, info = rasterize(**arrived, **{**cameras, "sh_degree": None})
-        return render, alpha, {**info, "exchange": (order, send_counts, recv_counts)}
+        channels = received.shape[1] - 9
+        means2d, conics, opacities, colors, depths, radii, ids = torch.split(received, [2, 3, 1, channels, 1, 1, 1], 1)
+        means2d = means2d.contiguous()  # the tensor whose gradient densification reads
+        render, alpha = rasterize_pairs(
+            means2d, conics.contiguous(), opacities.reshape(-1), colors.contiguous(), depths.reshape(-1).detach(),
+            radii.reshape(-1).detach().int(), ids.reshape(-1).detach().long(), n_views, width, height,
+            render_mode=render_mode if channels == 4 else "RGB", absgrad=bool(cameras.get("absgrad")),
+        )  # fmt: skip
+        if channels == 4 and render_mode != "RGB+ED":
+            render = render[..., :3]
+        info = {
+            "means2d": means2d,
+            "radii": radii.reshape(-1).detach(),
+            "width": width,
+            "height": height,
+            "n_cameras": n_views,
+            "exchange": (order, send_counts, recv_counts),
+        }
+        return render, alpha, info
 
     @staticmethod
     @torch.no_grad()
-    def _visible(rows: Dict[str, torch.Tensor], cameras: torch.Tensor) -> torch.Tensor:
-        """Indices of the rows visible in any of one rank's cameras ([C, 27]: viewmat, K, width, height)."""
-        if len(cameras) == 0:
-            return torch.zeros(0, dtype=torch.long, device=rows["means"].device)
-        gaussians = {
-            "means": rows["means"].detach(),
-            "quats": rows["quats"].detach(),
-            "scales": rows["scales"].detach().exp(),
-        }
-        viewmats, Ks = cameras[:, :16].reshape(-1, 4, 4), cameras[:, 16:25].reshape(-1, 3, 3)
-        radii = _radii(gaussians, viewmats, Ks, int(cameras[0, 25]), int(cameras[0, 26]))
-        return torch.nonzero((radii > 0).any(dim=0)).squeeze(1)
+    def _visible_pairs(
+        rows: Dict[str, torch.Tensor], cameras: torch.Tensor, host: torch.Tensor, counts: List[int]
+    ) -> Tuple[torch.Tensor, List[Tuple[int, int, int, int]], List[int]]:
+        """The (row, camera) pairs to send: every row visible in a camera of the render (and inside
+        its crop box), as the rows `order` and the segments of `project_pairs`, camera-major, and
+        how many go to each rank."""
+        order, segments, sent, send_counts = [], [], 0, [0] * len(counts)
+        means, quats, scales = rows["means"].detach(), rows["quats"].detach(), rows["scales"].detach().exp()
+        camera = 0
+        for rank, count in enumerate(counts):
+            for local in range(count):
+                w, h = int(host[camera, 25]), int(host[camera, 26])
+                viewmat, K = cameras[camera, :16].reshape(1, 4, 4), cameras[camera, 16:25].reshape(1, 3, 3)
+                visible = project(means, quats, scales, viewmat, K, w, h)[0][0] > 0
+                crop = _crop_of(host[camera])
+                if crop is not None:
+                    visible &= crop.within(means).reshape(-1)
+                (index,) = torch.nonzero(visible, as_tuple=True)
+                order.append(index)
+                segments.append((camera, local, sent, sent + len(index)))
+                sent += len(index)
+                send_counts[rank] += len(index)
+                camera += 1
+        empty = torch.zeros(0, dtype=torch.long, device=means.device)
+        return (torch.cat(order) if order else empty), segments, send_counts
 
     def serve(self, rows: Dict[str, torch.Tensor], activate: Callable, sh_degree: Optional[int]) -> None:
         """Take part in a render for which this rank has no camera (another rank's eval or viewer);
         its rows must be made as the renderer's are (colours or coefficients: `sh_degree`)."""
         empty = {"viewmats": torch.zeros((0, 4, 4)), "Ks": torch.zeros((0, 3, 3)), "width": 0, "height": 0}
-        empty["sh_degree"] = sh_degree
         with torch.no_grad():
-            self.render(lambda **_: None, rows, activate, **empty)
+            self.render(rows, activate, sh_degree=sh_degree, **empty)
 
     def stats_to_owners(self, rows: torch.Tensor, reduce_max: Optional[torch.Tensor], n: int, info: Dict[str, Any]):
         """Per received row statistics ([M, k] sums, [M] maxima) of the render that made `info`

@@ -67,14 +67,15 @@ class SynchronizedDefaultStrategy(DefaultStrategy):
                 state[key] = torch.zeros(n, device=params["means"].device)
         means2d = info[self.key_for_gradient]
         views = info.get("views_in_loss", info["n_cameras"])
-        grads = (means2d.absgrad if self.absgrad else means2d.grad).clone()
+        radii = info["radii"].reshape(-1, info["radii"].shape[-1])  # [C, M], or [1, M] for M projected pairs
+        grads = (means2d.absgrad if self.absgrad else means2d.grad).reshape(*radii.shape, 2).clone()
         grads[..., 0] *= info["width"] / 2.0 * views
         grads[..., 1] *= info["height"] / 2.0 * views
-        visible = info["radii"] > 0  # [C, M]
+        visible = radii > 0
         rows = torch.stack([torch.where(visible, grads.norm(dim=-1), 0.0).sum(dim=0), visible.sum(dim=0).float()], 1)
         maxima = None
         if track_radii:
-            radii = torch.where(visible, info["radii"] / float(max(info["width"], info["height"])), 0.0)
+            radii = torch.where(visible, radii / float(max(info["width"], info["height"])), 0.0)
             maxima = radii.amax(dim=0)
         sums, maxima = self.layout.stats_to_owners(rows, maxima, n, info)
         state["grad2d"] += sums[:, 0]

@@ -12,7 +12,7 @@ from conftest import build_model, free_port
 
 from splatfacto_dist import comm, ops, sharded
 from splatfacto_dist.layout import GAUSSIAN_NAMES
-from splatfacto_dist.sharded import ShardedLayout, _view_colors, pack_for_renderers, rebalance_plan
+from splatfacto_dist.sharded import ShardedLayout, project_pairs, rebalance_plan
 
 
 def test_split_draws_depend_on_ids_not_on_storage_order():
@@ -26,10 +26,13 @@ def test_split_draws_depend_on_ids_not_on_storage_order():
     assert len(set(children.tolist()) | set(ids.tolist())) == 4 * len(ids)
 
 
-def test_rows_sent_to_renderers_are_recomputed_in_backward_not_kept():
-    """Between forward and backward the owner keeps nothing per sent row (the activated copies and
-    SH coefficients are recomputed); the values and gradients are those of the rows themselves."""
+def test_pairs_sent_to_renderers_are_recomputed_in_backward_not_kept():
+    """Between forward and backward the owner keeps nothing per sent pair (the activated copies, SH
+    coefficients and projections are recomputed); the values and gradients are those of projecting
+    and colouring the rows for each pair's camera, as the rasterizer would."""
     from splatfacto_dist.model import SplatfactoDistModel
+    from splatfacto_dist.raster import project, view_colors
+    from splatfacto_dist.sharded import camera_rows
 
     generator = torch.Generator().manual_seed(0)
     n = 400
@@ -42,11 +45,12 @@ def test_rows_sent_to_renderers_are_recomputed_in_backward_not_kept():
         "features_rest": torch.randn((n, 15, 3), generator=generator),
     }
     rows = {k: v.requires_grad_() for k, v in rows.items()}
-    camera = torch.cat(
-        [torch.eye(4).reshape(16), torch.tensor([50.0, 0, 32, 0, 50, 24, 0, 0, 1]), torch.tensor([64.0, 48])]
-    )
-    every = [camera[None], torch.stack([camera, camera + 0.01])]
+    K = torch.tensor([[50.0, 0, 32], [0, 50, 24], [0, 0, 1]])
+    viewmats = torch.eye(4).repeat(3, 1, 1)
+    viewmats[1:, :3, 3] = torch.tensor([[0.1, 0.0, 0.0], [0.0, 0.2, 0.3]])
+    cameras = camera_rows(viewmats.requires_grad_(), K.expand(3, 3, 3), 64, 48, False, True, None, torch.device("cpu"))
     order = torch.randperm(n, generator=generator)[:300]
+    segments = [(0, 0, 0, 100), (1, 0, 100, 220), (2, 1, 220, 300)]  # rank 0's camera, then rank 1's two
     saved = []
     parameters = {v.untyped_storage().data_ptr() for v in rows.values()}
 
@@ -55,33 +59,35 @@ def test_rows_sent_to_renderers_are_recomputed_in_backward_not_kept():
             saved.append(tensor.numel() * tensor.element_size())
         return tensor
 
-    shapes: dict = {}
     with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
-        packed = pack_for_renderers(rows, order, [100, 200], every, SplatfactoDistModel.activate, 3, shapes)
-    assert sum(saved) < 1024, saved  # without the recomputation: ~300 rows x 0.5 KB
-    assert packed.shape == (300, 3 + 4 + 3 + 1 + 2 * 3) and shapes["colors"] == (2, 3)
+        packed = project_pairs(rows, order, segments, cameras, cameras.detach(), SplatfactoDistModel.activate, 3)
+    assert sum(saved) < 1024 * len(segments), (
+        saved
+    )  # the cameras, per segment; without the recomputation: ~300 pairs x 0.5 KB
+    assert packed.shape == (300, 12)
     weights = torch.randn(packed.shape, generator=generator)
-    grads = torch.autograd.grad((packed * weights).sum(), list(rows.values()))
+    weights[:, -3:] = 0  # depth (sorting only), radius and camera carry no gradient
+    inputs = list(rows.values()) + [viewmats]
+    grads = torch.autograd.grad((packed * weights).sum(), inputs)
 
     direct = {k: v.detach().clone().requires_grad_() for k, v in rows.items()}
-    inputs = SplatfactoDistModel.activate({k: v[order] for k, v in direct.items()})
-    colors = [
-        _view_colors(inputs["means"][part], inputs["colors"][part], cams, 3, 2)
-        for part, cams in zip((slice(0, 100), slice(100, 300)), every)
-    ]
-    expected = torch.cat(
-        [
-            inputs["means"],
-            inputs["quats"],
-            inputs["scales"],
-            inputs["opacities"][:, None],
-            torch.cat(colors).flatten(1),
-        ],
-        1,
-    )
+    poses = viewmats.detach().clone().requires_grad_()
+    active = SplatfactoDistModel.activate({k: v[order] for k, v in direct.items()})
+    blocks = []
+    for camera, local, start, stop in segments:
+        part = {k: v[start:stop] for k, v in active.items()}
+        radii, means2d, depths, conics, compensations = project(
+            part["means"], part["quats"], part["scales"], poses[camera : camera + 1], K[None], 64, 48, True
+        )
+        colors = view_colors(part["means"], part["colors"], torch.inverse(poses[camera]), 3)
+        columns = [means2d[0], conics[0], (part["opacities"] * compensations[0])[:, None], colors, depths[0][:, None]]
+        blocks.append(torch.cat([*columns, radii[0][:, None].float(), torch.full((stop - start, 1), float(local))], 1))
+    expected = torch.cat(blocks)
     assert torch.equal(packed, expected)
-    for got, want in zip(grads, torch.autograd.grad((expected * weights).sum(), list(direct.values()))):
-        assert torch.allclose(got, want, atol=1e-6)
+    assert (packed[:, -2] > 0).sum() > 100  # many of the pairs are visible: the comparison means something
+    want = torch.autograd.grad((expected * weights).sum(), list(direct.values()) + [poses])
+    for got, wanted in zip(grads, want):
+        assert torch.allclose(got, wanted, atol=1e-6)
 
 
 def test_rebalance_plan_evens_out_shards():
@@ -211,23 +217,25 @@ def _colour_scene():
 def _camera_gradient(layout, rows, weights, cameras: slice) -> torch.Tensor:
     """d(weighted render)/d(viewmats) of the ring cameras `cameras`, rendered from `rows` by `layout`."""
     from splatfacto_dist.model import SplatfactoDistModel
-    from splatfacto_dist.raster import rasterize
     from splatfacto_dist.scene import ring_cameras
 
     viewmats = ring_cameras(2)[cameras].clone().requires_grad_()
     K = torch.tensor([[[43.2, 0.0, 24.0], [0.0, 43.2, 18.0], [0.0, 0.0, 1.0]]]).repeat(len(viewmats), 1, 1)
     render, _, _ = layout.render(
-        rasterize, rows, SplatfactoDistModel.activate, viewmats=viewmats, Ks=K, width=48, height=36, sh_degree=3
+        rows, SplatfactoDistModel.activate, viewmats=viewmats, Ks=K, width=48, height=36, sh_degree=3
     )
     (grad,) = torch.autograd.grad((render * weights[cameras]).sum(), viewmats)
     return grad
 
 
-def test_cameras_learn_through_view_dependent_colour_as_when_replicated(monkeypatch):
+def test_cameras_learn_through_the_owners_projection_and_colour_as_when_replicated(monkeypatch):
     """The gradient of a render with respect to its cameras (a camera-pose optimizer's) equals the
-    replicated render's, the colour's dependence on the view direction included; without the
-    colour's part (cameras gathered without their gradient) it does not."""
+    replicated render's, the colour's dependence on the view direction included. All of it comes
+    back through the gathered cameras (the owners project and colour): without their gradient the
+    render does not depend on its cameras at all."""
     from splatfacto_dist.layout import ReplicatedLayout
+    from splatfacto_dist.model import SplatfactoDistModel
+    from splatfacto_dist.scene import ring_cameras
 
     rows, weights = _colour_scene()
     replicated = _camera_gradient(ReplicatedLayout(), rows, weights, slice(0, 2))
@@ -235,8 +243,35 @@ def test_cameras_learn_through_view_dependent_colour_as_when_replicated(monkeypa
         _camera_gradient(ShardedLayout(), rows, weights, slice(0, 2)), replicated, rtol=1e-4, atol=1e-5
     )
     monkeypatch.setattr(sharded._AllCameras, "apply", lambda local, counts: local.detach())
-    cut = _camera_gradient(ShardedLayout(), rows, weights, slice(0, 2))
-    assert not torch.allclose(cut, replicated, rtol=1e-2, atol=1e-3)
+    K = torch.tensor([[[43.2, 0.0, 24.0], [0.0, 43.2, 18.0], [0.0, 0.0, 1.0]]])
+    render, _, _ = ShardedLayout().render(
+        rows, SplatfactoDistModel.activate, viewmats=ring_cameras(2)[:1].requires_grad_(), Ks=K, width=48,
+        height=36, sh_degree=3,
+    )  # fmt: skip
+    assert render.abs().sum() > 0 and not render.requires_grad
+
+
+def _cropped_view(layout, shard, rows):
+    """Rank 0's viewer render (depth included) with a crop box, rank 1 serving it without knowing
+    the box, next to the replicated render of it and of the whole scene."""
+    from nerfstudio.data.scene_box import OrientedBox
+
+    from splatfacto_dist.layout import ReplicatedLayout
+    from splatfacto_dist.model import SplatfactoDistModel
+    from splatfacto_dist.scene import ring_cameras
+
+    box = OrientedBox(R=torch.eye(3), T=rows["means"].mean(0), S=torch.full((3,), 1.6))
+    view = dict(viewmats=ring_cameras(2)[:1], Ks=torch.tensor([[[43.2, 0.0, 24.0], [0.0, 43.2, 18.0], [0.0, 0.0, 1.0]]]),
+                width=48, height=36, sh_degree=3, render_mode="RGB+ED")  # fmt: skip
+    with torch.no_grad():
+        if comm.rank() == 0:
+            got = layout.render(shard, SplatfactoDistModel.activate, crop=box, **view)[0]
+        else:
+            layout.serve(shard, SplatfactoDistModel.activate, 3)
+            got = None
+        want = ReplicatedLayout().render(rows, SplatfactoDistModel.activate, crop=box, **view)[0]
+        whole = ReplicatedLayout().render(rows, SplatfactoDistModel.activate, **view)[0]
+    return got, want, whole
 
 
 def _camera_worker(rank: int, port: int, results) -> None:
@@ -252,16 +287,22 @@ def _camera_worker(rank: int, port: int, results) -> None:
             _camera_gradient(layout, shard, weights, mine),
             _camera_gradient(ReplicatedLayout(), rows, weights, mine),
         )
+        results[f"crop{rank}"] = _cropped_view(layout, shard, rows)
     finally:
         dist.destroy_process_group()
 
 
 def test_two_ranks_cameras_get_the_whole_gradient_of_their_render():
     """2 gloo ranks, each owning half of the Gaussians: a camera's gradient is that of its render
-    from the whole model (the colours' part came through the owners' exchange, which averages)."""
+    from the whole model (it came through the owners' exchange, which averages). A viewer's crop
+    box (which only the viewer's rank knows) crops every owner's Gaussians."""
     results = mp.Manager().dict()
     mp.spawn(_camera_worker, args=(free_port(), results), nprocs=2)
     for rank in (0, 1):
         got, want = results[rank]
         assert want.abs().max() > 1e-3
         assert torch.allclose(got, want, rtol=1e-4, atol=1e-5), float((got - want).abs().max())
+    got, want, whole = results["crop0"]
+    assert not torch.allclose(want, whole, atol=1e-2)  # the box leaves part of the scene out
+    assert want[..., :3].abs().sum() > 1  # and keeps some of it
+    assert torch.allclose(got, want, atol=1e-5), float((got - want).abs().max())
