@@ -106,16 +106,22 @@ def project(
 
 
 def view_colors(
-    means: torch.Tensor, coeffs: torch.Tensor, camera_to_world: torch.Tensor, sh_degree: Optional[int]
+    means: torch.Tensor,
+    coeffs: torch.Tensor,
+    camera_to_world: torch.Tensor,
+    sh_degree: Optional[int],
+    mask: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """[N, 3] colours of N Gaussians seen from one camera: SH evaluated as the rasterizer does
-    (clamped at 0 after +0.5), or the colours themselves without SH."""
+    (clamped at 0 after +0.5), or the colours themselves without SH. gsplat skips the Gaussians
+    outside `mask` (their colours are then meaningless); the CPU reference evaluates every one."""
     if sh_degree is None:
         return coeffs
     dirs = means - camera_to_world[:3, 3]
-    sh = (
-        spherical_harmonics(sh_degree, dirs, coeffs) if means.is_cuda else _spherical_harmonics(sh_degree, dirs, coeffs)
-    )
+    if means.is_cuda:
+        sh = spherical_harmonics(sh_degree, dirs, coeffs, masks=mask)
+    else:
+        sh = _spherical_harmonics(sh_degree, dirs, coeffs)
     return torch.clamp_min(sh + 0.5, 0.0)
 
 

@@ -114,52 +114,70 @@ def pair_width(cameras: torch.Tensor) -> int:
 
 def project_pairs(
     rows: Dict[str, torch.Tensor],
-    order: torch.Tensor,
-    segments: List[Tuple[int, int, int, int]],
+    counts: List[int],
     cameras: torch.Tensor,
     host_cameras: torch.Tensor,
     activate: Callable[[Dict[str, torch.Tensor]], Dict[str, torch.Tensor]],
     sh_degree: Optional[int],
-) -> torch.Tensor:
-    """[len(order), pair_width] projected Gaussians to send: rows `order` projected into the
-    cameras their `segments` name ((camera, renderer's camera index, start, stop), camera-major, in
-    rank order of the renderers), coloured for that camera. What the renderer rasterizes, nothing
-    more: a renderer holds per received Gaussian what rasterizing needs, not a re-projection's
-    worth (the 3D inputs, covariances and their gradients).
+) -> Tuple[torch.Tensor, torch.Tensor, List[int]]:
+    """([P, pair_width] projected Gaussians to send, their rows `order`, how many go to each rank):
+    every row visible in a camera of the render (and inside its crop box), projected into it and
+    coloured for it, camera after camera in rank order of the renderers (`counts` cameras each).
+    What the renderer rasterizes, nothing more: a renderer holds per received Gaussian what
+    rasterizing needs, not a re-projection's worth (the 3D inputs, covariances and their gradients).
 
-    One camera at a time, and recomputed in backward instead of kept (only `order` is kept): the
-    activated copies, SH coefficients and projections of the sent pairs would otherwise live from
-    the forward to the backward on top of the renderers' buffers, and an owner projects its shard
-    into every camera of the step, so all cameras' pairs at once would not divide with the rank
-    count. Nothing here draws random numbers.
+    The shard is projected whole, as the rasterizer does, and only the projected pairs are
+    gathered: gathering the visible rows' inputs first (SH coefficients: 48 floats each) costs
+    more than projecting the invisible ones. One camera at a time, and recomputed in backward
+    instead of kept: the activations and projections would otherwise live from the forward to the
+    backward on top of the renderers' buffers, and an owner projects its shard into every camera
+    of the step, so all cameras at once would not divide with the rank count. Nothing here draws
+    random numbers.
     """
     width = pair_width(host_cameras)
 
-    def pack(camera: int, local: int, start: int, stop: int, cams: torch.Tensor, *values: torch.Tensor):
-        part = activate({k: v[order[start:stop]] for k, v in zip(rows, values)})
+    def pack(camera: int, local: int, cams: torch.Tensor, *values: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        inputs = activate(dict(zip(rows, values)))
         viewmat, K = cams[camera, :16].reshape(1, 4, 4), cams[camera, 16:25].reshape(1, 3, 3)
         w, h, depth, antialiased = (int(v) for v in host_cameras[camera, 25:29])
         radii, means2d, depths, conics, compensations = project(
-            part["means"], part["quats"], part["scales"], viewmat, K, w, h, compensate=bool(antialiased)
+            inputs["means"], inputs["quats"], inputs["scales"], viewmat, K, w, h, compensate=bool(antialiased)
         )
-        opacities = part["opacities"] if compensations is None else part["opacities"] * compensations[0]
-        colors = view_colors(part["means"], part["colors"], torch.inverse(viewmat[0]), sh_degree)
-        columns = [means2d[0], conics[0], opacities[:, None], colors]
+        visible = radii[0] > 0
+        crop = _crop_of(host_cameras[camera])
+        if crop is not None:
+            visible &= crop.within(inputs["means"].detach()).reshape(-1)
+        (index,) = torch.nonzero(visible, as_tuple=True)
+        opacities = inputs["opacities"] if compensations is None else inputs["opacities"] * compensations[0]
+        colors = view_colors(inputs["means"], inputs["colors"], torch.inverse(viewmat[0]), sh_degree, visible)
+        columns = [means2d[0][index], conics[0][index], opacities[index, None], colors[index]]
         if width == 13:  # the render's depth channel (zeros for cameras that did not ask)
-            columns.append(depths[0][:, None] if depth else torch.zeros_like(depths[0][:, None]))
-        ids = torch.full((stop - start, 1), float(local), device=order.device)
-        return torch.cat([*columns, depths[0][:, None].detach(), radii[0][:, None].float(), ids], 1)
+            columns.append(depths[0][index, None] if depth else torch.zeros_like(depths[0][index, None]))
+        ids = torch.full((len(index), 1), float(local), device=index.device)
+        tail = [depths[0][index, None].detach(), radii[0][index, None].float(), ids]
+        return torch.cat([*columns, *tail], 1), index
 
     values = list(rows.values())
-    blocks = []
-    for segment in segments:
-        if not torch.is_grad_enabled():
-            blocks.append(pack(*segment, cameras, *values))
-        else:
-            blocks.append(checkpoint(pack, *segment, cameras, *values, use_reentrant=False, preserve_rng_state=False))
-    packed = torch.cat(blocks) if blocks else cameras.new_zeros((0, width))
+    blocks, order, send_counts, camera = [], [], [], 0
+    for count in counts:
+        send_counts.append(0)
+        for local in range(count):
+            if torch.is_grad_enabled():
+                block, index = checkpoint(
+                    pack, camera, local, cameras, *values, use_reentrant=False, preserve_rng_state=False
+                )
+            else:
+                block, index = pack(camera, local, cameras, *values)
+            blocks.append(block)
+            order.append(index)
+            send_counts[-1] += len(index)
+            camera += 1
+    if not blocks:
+        packed, order = cameras.new_zeros((0, width)), [torch.zeros(0, dtype=torch.long, device=rows["means"].device)]
+    else:
+        packed = torch.cat(blocks)
     # Still a function of the cameras when nothing is sent: their gradients' exchange runs everywhere.
-    return packed + 0 * cameras.sum()
+    return packed + 0 * cameras.sum(), torch.cat(order), send_counts
 
 
 class ShardedLayout(ReplicatedLayout):
@@ -212,8 +230,7 @@ class ShardedLayout(ReplicatedLayout):
         counts = comm.all_gather_ints(n_views, device)
         every = _AllCameras.apply(local, counts)
         host = every.detach().cpu()
-        order, segments, send_counts = self._visible_pairs(rows, every.detach(), host, counts)
-        packed = project_pairs(rows, order, segments, every, host, activate, cameras.get("sh_degree"))
+        packed, order, send_counts = project_pairs(rows, counts, every, host, activate, cameras.get("sh_degree"))
         recv_counts = comm.exchange_counts(send_counts, device)
         if sum(recv_counts) > self._most_received[0]:
             self._most_received = (sum(recv_counts), max(self.total, 1))
@@ -239,34 +256,6 @@ class ShardedLayout(ReplicatedLayout):
             "exchange": (order, send_counts, recv_counts),
         }
         return render, alpha, info
-
-    @staticmethod
-    @torch.no_grad()
-    def _visible_pairs(
-        rows: Dict[str, torch.Tensor], cameras: torch.Tensor, host: torch.Tensor, counts: List[int]
-    ) -> Tuple[torch.Tensor, List[Tuple[int, int, int, int]], List[int]]:
-        """The (row, camera) pairs to send: every row visible in a camera of the render (and inside
-        its crop box), as the rows `order` and the segments of `project_pairs`, camera-major, and
-        how many go to each rank."""
-        order, segments, sent, send_counts = [], [], 0, [0] * len(counts)
-        means, quats, scales = rows["means"].detach(), rows["quats"].detach(), rows["scales"].detach().exp()
-        camera = 0
-        for rank, count in enumerate(counts):
-            for local in range(count):
-                w, h = int(host[camera, 25]), int(host[camera, 26])
-                viewmat, K = cameras[camera, :16].reshape(1, 4, 4), cameras[camera, 16:25].reshape(1, 3, 3)
-                visible = project(means, quats, scales, viewmat, K, w, h)[0][0] > 0
-                crop = _crop_of(host[camera])
-                if crop is not None:
-                    visible &= crop.within(means).reshape(-1)
-                (index,) = torch.nonzero(visible, as_tuple=True)
-                order.append(index)
-                segments.append((camera, local, sent, sent + len(index)))
-                sent += len(index)
-                send_counts[rank] += len(index)
-                camera += 1
-        empty = torch.zeros(0, dtype=torch.long, device=means.device)
-        return (torch.cat(order) if order else empty), segments, send_counts
 
     def serve(self, rows: Dict[str, torch.Tensor], activate: Callable, sh_degree: Optional[int]) -> None:
         """Take part in a render for which this rank has no camera (another rank's eval or viewer);
