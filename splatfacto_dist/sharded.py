@@ -76,47 +76,44 @@ class _AllCameras(torch.autograd.Function):
         return back.reshape(len(counts), mine, grad.shape[1]).sum(dim=0) * comm.world_size(), None
 
 
-def camera_rows(
-    viewmats: torch.Tensor,
-    Ks: torch.Tensor,
-    width: int,
-    height: int,
-    depth: bool,
-    antialiased: bool,
-    crop: Optional[OrientedBox],
-    device: torch.device,
-) -> torch.Tensor:
-    """[C, 45] rows of one rank's cameras, differentiable in the viewmats: viewmat (16), K (9), width,
-    height, the render's flags (depth channel, antialiased), its crop box (present, R 9, T 3, S 3).
-    The owners project and colour for the renderer, so they must know all the renderer knows."""
+def camera_rows(viewmats: torch.Tensor, Ks: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """[C, 25] rows of one rank's cameras (viewmat 16, K 9), differentiable in the viewmats: the
+    owners project and colour for the renderer, and a pose optimizer learns through both."""
     n = viewmats.shape[0]
-    flags = torch.tensor([width, height, float(depth), float(antialiased)], dtype=torch.float32, device=device)
-    box = torch.zeros(16, dtype=torch.float32, device=device)
+    return torch.cat([viewmats.reshape(n, 16).float().to(device), Ks.reshape(n, 9).float().to(device)], 1)
+
+
+def camera_meta(
+    n: int, width: int, height: int, depth: bool, antialiased: bool, crop: Optional[OrientedBox]
+) -> torch.Tensor:
+    """[n, 20] host rows of what else the owners must know of one rank's cameras: width, height, the
+    render's flags (depth channel, antialiased), its crop box (present, R 9, T 3, S 3). Made on the
+    host, apart from the poses: alone, a rank reads them without waiting for the GPU."""
+    box = torch.zeros(16)
     if crop is not None:
         box = torch.cat([torch.ones(1), crop.R.reshape(9).cpu(), crop.T.reshape(3).cpu(), crop.S.reshape(3).cpu()])
-        box = box.float().to(device)
-    fixed = torch.cat([flags, box]).expand(n, 20)
-    return torch.cat([viewmats.reshape(n, 16).float().to(device), Ks.reshape(n, 9).float().to(device), fixed], 1)
+    flags = torch.tensor([width, height, float(depth), float(antialiased)])
+    return torch.cat([flags, box.float()]).expand(n, 20)
 
 
-def _crop_of(row: torch.Tensor) -> Optional[OrientedBox]:
-    """The crop box a host copy of a camera row carries, if any."""
-    if float(row[29]) == 0:
+def _crop_of(meta: torch.Tensor) -> Optional[OrientedBox]:
+    """The crop box one camera's `camera_meta` row carries, if any."""
+    if float(meta[4]) == 0:
         return None
-    return OrientedBox(R=row[30:39].reshape(3, 3), T=row[39:42], S=row[42:45])
+    return OrientedBox(R=meta[5:14].reshape(3, 3), T=meta[14:17], S=meta[17:20])
 
 
-def pair_width(cameras: torch.Tensor) -> int:
+def pair_width(meta: torch.Tensor) -> int:
     """Floats per sent (Gaussian, camera) pair: means2d 2, conic 3, opacity, colour 3 (+ depth when
     a camera of the render asks for it), depth, radius, camera; every rank computes it alike."""
-    return 2 + 3 + 1 + 3 + int(bool((cameras[:, 27] > 0).any())) + 3
+    return 2 + 3 + 1 + 3 + int(bool((meta[:, 2] > 0).any())) + 3
 
 
 def project_pairs(
     rows: Dict[str, torch.Tensor],
     counts: List[int],
     cameras: torch.Tensor,
-    host_cameras: torch.Tensor,
+    meta: torch.Tensor,
     activate: Callable[[Dict[str, torch.Tensor]], Dict[str, torch.Tensor]],
     sh_degree: Optional[int],
 ) -> Tuple[torch.Tensor, torch.Tensor, List[int]]:
@@ -131,38 +128,39 @@ def project_pairs(
     more than projecting the invisible ones. One camera at a time, and recomputed in backward
     instead of kept: the activations and projections would otherwise live from the forward to the
     backward on top of the renderers' buffers, and an owner projects its shard into every camera
-    of the step, so all cameras at once would not divide with the rank count. Nothing here draws
-    random numbers.
+    of the step, so all cameras at once would not divide with the rank count. A render of one
+    camera in all keeps them instead: they are then what a replicated rank keeps, and recomputing
+    would only cost time. Nothing here draws random numbers.
     """
-    width = pair_width(host_cameras)
+    width = pair_width(meta)
 
     def pack(camera: int, local: int, cams: torch.Tensor, *values: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         inputs = activate(dict(zip(rows, values)))
         viewmat, K = cams[camera, :16].reshape(1, 4, 4), cams[camera, 16:25].reshape(1, 3, 3)
-        w, h, depth, antialiased = (int(v) for v in host_cameras[camera, 25:29])
+        w, h, depth, antialiased = (int(v) for v in meta[camera, :4])
         radii, means2d, depths, conics, compensations = project(
             inputs["means"], inputs["quats"], inputs["scales"], viewmat, K, w, h, compensate=bool(antialiased)
         )
         visible = radii[0] > 0
-        crop = _crop_of(host_cameras[camera])
+        crop = _crop_of(meta[camera])
         if crop is not None:
             visible &= crop.within(inputs["means"].detach()).reshape(-1)
         (index,) = torch.nonzero(visible, as_tuple=True)
         opacities = inputs["opacities"] if compensations is None else inputs["opacities"] * compensations[0]
         colors = view_colors(inputs["means"], inputs["colors"], torch.inverse(viewmat[0]), sh_degree, visible)
-        columns = [means2d[0][index], conics[0][index], opacities[index, None], colors[index]]
+        columns = [means2d[0], conics[0], opacities[:, None], colors]
         if width == 13:  # the render's depth channel (zeros for cameras that did not ask)
-            columns.append(depths[0][index, None] if depth else torch.zeros_like(depths[0][index, None]))
+            columns.append(depths[0][:, None] if depth else torch.zeros_like(depths[0][:, None]))
+        fixed = torch.stack([depths[0].detach(), radii[0].float()], 1)[index]  # sorting and tiles: no gradient
         ids = torch.full((len(index), 1), float(local), device=index.device)
-        tail = [depths[0][index, None].detach(), radii[0][index, None].float(), ids]
-        return torch.cat([*columns, *tail], 1), index
+        return torch.cat([torch.cat(columns, 1)[index], fixed, ids], 1), index
 
     values = list(rows.values())
     blocks, order, send_counts, camera = [], [], [], 0
     for count in counts:
         send_counts.append(0)
         for local in range(count):
-            if torch.is_grad_enabled():
+            if torch.is_grad_enabled() and len(cameras) > 1:
                 block, index = checkpoint(
                     pack, camera, local, cameras, *values, use_reentrant=False, preserve_rng_state=False
                 )
@@ -172,12 +170,11 @@ def project_pairs(
             order.append(index)
             send_counts[-1] += len(index)
             camera += 1
-    if not blocks:
-        packed, order = cameras.new_zeros((0, width)), [torch.zeros(0, dtype=torch.long, device=rows["means"].device)]
-    else:
-        packed = torch.cat(blocks)
+    if sum(send_counts) > 0:
+        return torch.cat(blocks), torch.cat(order), send_counts
     # Still a function of the cameras when nothing is sent: their gradients' exchange runs everywhere.
-    return packed + 0 * cameras.sum(), torch.cat(order), send_counts
+    nothing = torch.zeros(0, dtype=torch.long, device=rows["means"].device)
+    return cameras.new_zeros((0, width)) + 0 * cameras.sum(), nothing, send_counts
 
 
 class ShardedLayout(ReplicatedLayout):
@@ -226,11 +223,12 @@ class ShardedLayout(ReplicatedLayout):
         device = rows["means"].device
         n_views = viewmats.shape[0]
         antialiased = cameras.get("rasterize_mode", "classic") == "antialiased"
-        local = camera_rows(viewmats, Ks, width, height, render_mode == "RGB+ED", antialiased, crop, device)
+        local = camera_rows(viewmats, Ks, device)
+        mine = camera_meta(n_views, width, height, render_mode == "RGB+ED", antialiased, crop)
         counts = comm.all_gather_ints(n_views, device)
         every = _AllCameras.apply(local, counts)
-        host = every.detach().cpu()
-        packed, order, send_counts = project_pairs(rows, counts, every, host, activate, cameras.get("sh_degree"))
+        meta = torch.cat(comm.all_gather_rows(mine, counts))
+        packed, order, send_counts = project_pairs(rows, counts, every, meta, activate, cameras.get("sh_degree"))
         recv_counts = comm.exchange_counts(send_counts, device)
         if sum(recv_counts) > self._most_received[0]:
             self._most_received = (sum(recv_counts), max(self.total, 1))

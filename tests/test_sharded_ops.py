@@ -32,7 +32,7 @@ def test_pairs_sent_to_renderers_are_recomputed_in_backward_not_kept():
     and colouring the rows for each pair's camera, as the rasterizer would."""
     from splatfacto_dist.model import SplatfactoDistModel
     from splatfacto_dist.raster import project, view_colors
-    from splatfacto_dist.sharded import camera_rows
+    from splatfacto_dist.sharded import camera_meta, camera_rows
 
     generator = torch.Generator().manual_seed(0)
     n = 400
@@ -48,7 +48,8 @@ def test_pairs_sent_to_renderers_are_recomputed_in_backward_not_kept():
     K = torch.tensor([[50.0, 0, 32], [0, 50, 24], [0, 0, 1]])
     viewmats = torch.eye(4).repeat(3, 1, 1)
     viewmats[1:, :3, 3] = torch.tensor([[0.1, 0.0, 0.0], [0.0, 0.2, 0.3]])
-    cameras = camera_rows(viewmats.requires_grad_(), K.expand(3, 3, 3), 64, 48, False, True, None, torch.device("cpu"))
+    cameras = camera_rows(viewmats.requires_grad_(), K.expand(3, 3, 3), torch.device("cpu"))
+    meta = camera_meta(3, 64, 48, False, True, None)
     counts = [1, 2]  # rank 0's camera, then rank 1's two
     saved = []
     parameters = {v.untyped_storage().data_ptr() for v in rows.values()}
@@ -59,9 +60,7 @@ def test_pairs_sent_to_renderers_are_recomputed_in_backward_not_kept():
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
-        packed, order, send_counts = project_pairs(
-            rows, counts, cameras, cameras.detach(), SplatfactoDistModel.activate, 3
-        )
+        packed, order, send_counts = project_pairs(rows, counts, cameras, meta, SplatfactoDistModel.activate, 3)
     assert sum(saved) < 1024 * 3, saved  # the cameras, once per camera; without the recomputation: ~0.5 KB a pair
     assert packed.shape == (len(order), 12) and sum(send_counts) == len(order)
     weights = torch.randn(packed.shape, generator=generator)
