@@ -18,7 +18,7 @@ Gaussians from start to end. Training renders at full resolution from the first 
 (--pipeline.model.num-downscales 0) and reaches SH degree 3 by 3/8 of the --images budget, so
 the memory measured is that of a real step. The cap reaches every rank as the environment
 variable SPLATFACTO_DIST_MEMORY_CAP_GIB, which the trainer applies (`splatfacto_dist.memcap`);
-a log without the cap's line marks the run "uncapped". Arguments the benchmark does not know go
+a run whose rank records (`splatfacto_dist.records`) lack the cap is marked "uncapped". Arguments the benchmark does not know go
 to every training run. Writes results.json (every run, each rank's peak) and results.md.
 """
 
@@ -36,13 +36,12 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from splatfacto_dist.bench import layout_args, read_events, read_rank_gpu_memory, read_rank_lines
+from splatfacto_dist.bench import layout_args, rank_gpu_memory, read_events, summarize_ranks
 from splatfacto_dist.memcap import ENV as CAP_ENV
+from splatfacto_dist.records import read_rank_records
 from splatfacto_dist.synthetic import SceneSpec, generate, is_complete, parse_count
 
-CAP_LINE = re.compile(r"GPU \d+: memory capped at")
 OOM = re.compile(r"out of memory|OutOfMemoryError", re.IGNORECASE)
-RENDERED = re.compile(r"rendered up to (\d+) in one render")  # a sharded rank's end-of-run line
 CAPACITY_TARGET = 1.8  # sharded on N GPUs must hold at least this many times replicated's largest scene
 MEMORY_TARGET = 0.6  # sharded per-rank peak at most this fraction of replicated on 1 GPU, same scene
 
@@ -107,14 +106,15 @@ def train_command(
     ]
 
 
-def status_of(returncode: Optional[int], log: str, capped: bool) -> str:
-    """'trained', 'OOM', 'timeout' or 'failed (exit N)'; a run that trained without the cap in force
-    says so, since its size proves nothing about a capped card."""
+def status_of(returncode: Optional[int], ranks: List[Dict], capped: bool) -> str:
+    """'trained', 'OOM', 'timeout' or 'failed (exit N)' from the run's exit and its rank records; a
+    run that trained without the cap in force says so, since its size proves nothing about a capped
+    card."""
     if returncode is None:
         return "timeout"
     if returncode == 0:
         return "trained" if capped else "trained (uncapped)"
-    return "OOM" if OOM.search(log) else f"failed (exit {returncode})"
+    return "OOM" if any(OOM.search(r.get("failed", "")) for r in ranks) else f"failed (exit {returncode})"
 
 
 def run_one(layout: str, gpus: int, size: int, args: argparse.Namespace, extra: List[str]) -> Dict:
@@ -144,24 +144,24 @@ def run_one(layout: str, gpus: int, size: int, args: argparse.Namespace, extra: 
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             returncode = None
-    text = log_path.read_text(errors="replace")
-    capped = not cap or len(CAP_LINE.findall(text)) >= gpus
+    run = args.out / "runs" / "capacity" / "splatfacto-dist" / name
+    ranks = read_rank_records(run)
+    capped = not cap or sum(r.get("memory_cap_gib") is not None for r in ranks) >= gpus
     record = {
         "layout": layout,
         "gpus": gpus,
         "size": size,
         "cap_gib": cap,
         "images": args.images,
-        "status": status_of(returncode, text, capped),
+        "status": status_of(returncode, ranks, capped),
         "wall_s": time.perf_counter() - started,
-        "rank_peak_gpu_mb": read_rank_gpu_memory(log_path),
+        "rank_peak_gpu_mb": rank_gpu_memory(ranks),
         "log": str(log_path),
     }
-    record.update({k: v for k, v in read_rank_lines(log_path).items() if k in ("peak_host_mb", "startup_s")})
-    rendered = [int(n) for n in RENDERED.findall(text)]
-    if rendered:  # what the fullest rank's render buffers held, against the model's size
-        record["most_rendered"] = max(rendered)
-    run = args.out / "runs" / "capacity" / "splatfacto-dist" / name
+    record.update({k: v for k, v in summarize_ranks(ranks).items() if k in ("peak_host_mb", "startup_s")})
+    received = [r["most_received"] for r in ranks if "most_received" in r]
+    if received:  # what the fullest rank's render buffers held, against the model's size
+        record["most_rendered"] = max(received)
     if run.exists():
         events, _ = read_events(run, gpus, started_epoch)
         if "gaussians" in events:

@@ -28,12 +28,9 @@ import numpy as np
 
 from splatfacto_dist import bench_report
 from splatfacto_dist.argv import option
+from splatfacto_dist.records import read_rank_records
 
 STUB = Path(__file__).resolve().parent / "lpips_stub"
-_RANK_LINE = re.compile(
-    r"rank (\d+): (?:start-up ([\d.]+) s(?: \(([^)]*)\))?, )?peak host (\d+) MB(?:, peak GPU (\d+) MB)?"
-)
-_STAGE = re.compile(r"([a-z][a-z ]*?) (-?[\d.]+)(?:, |$)")
 _PROGRESS = re.compile(r"(\d+) \((\d+\.\d+)%\)")
 _EVAL_PREFIX = "Eval Images Metrics Dict (all images)/"
 
@@ -140,28 +137,27 @@ def read_events(run: Path, images_per_step: int, started_at: float) -> tuple:
     return res, curve
 
 
-def read_rank_lines(log: Path) -> Dict[str, float]:
+def summarize_ranks(records: List[Dict]) -> Dict[str, float]:
     """Largest per-rank start-up time (with that rank's stages, as "startup:STAGE"), peak host and
-    GPU memory printed in a job's log."""
+    GPU memory of a job's rank records (`records.py`)."""
     res: Dict[str, float] = {}
-    for m in _RANK_LINE.finditer(log.read_text(errors="replace")):
-        startup, stages, host, gpu = m.group(2), m.group(3), m.group(4), m.group(5)
-        if startup and float(startup) >= res.get("startup_s", 0.0):
+    for record in records:
+        startup = record.get("startup_s")
+        if startup is not None and startup >= res.get("startup_s", 0.0):
             res = {k: v for k, v in res.items() if not k.startswith("startup:")}
             res["startup_s"] = float(startup)
-            res.update({f"startup:{name}": float(value) for name, value in _STAGE.findall(stages or "")})
-        res["peak_host_mb"] = max(res.get("peak_host_mb", 0.0), float(host))
-        if gpu:
-            res["peak_mem_mb"] = max(res.get("peak_mem_mb", 0.0), float(gpu))
+            res.update({f"startup:{name}": float(s) for name, s in record.get("startup_stages", {}).items()})
+        if record.get("peak_host_mb") is not None:
+            res["peak_host_mb"] = max(res.get("peak_host_mb", 0.0), float(record["peak_host_mb"]))
+        if record.get("peak_gpu_mb") is not None:
+            res["peak_mem_mb"] = max(res.get("peak_mem_mb", 0.0), float(record["peak_gpu_mb"]))
     return res
 
 
-def read_rank_gpu_memory(log: Path) -> List[float]:
-    """Peak GPU memory (MB) of each rank that reported one, in rank order (none on CPU). A sharded
+def rank_gpu_memory(records: List[Dict]) -> List[float]:
+    """Peak GPU memory (MB) of each rank that recorded one, in rank order (none on CPU). A sharded
     layout is judged by its fullest rank, and by how evenly the ranks share the load."""
-    text = log.read_text(errors="replace")
-    peaks = {int(m.group(1)): float(m.group(5)) for m in _RANK_LINE.finditer(text) if m.group(5)}
-    return [peaks[rank] for rank in sorted(peaks)]
+    return [float(r["peak_gpu_mb"]) for r in records if r.get("peak_gpu_mb") is not None]
 
 
 def _progress(log: Path) -> str:
@@ -176,8 +172,9 @@ def _finish(job: Job, returncode: int, wall_s: float, started_at: float, out: Pa
     if run.exists():
         res, job.curve = read_events(run, job.images_per_step, started_at)
         job.result.update(res)
-    job.result.update(read_rank_lines(out / f"{job.name}.log"))
-    job.rank_peak_gpu_mb = read_rank_gpu_memory(out / f"{job.name}.log")
+    records = read_rank_records(run)
+    job.result.update(summarize_ranks(records))
+    job.rank_peak_gpu_mb = rank_gpu_memory(records)
     if "loop_s" in job.result:
         job.result["outside_loop_s"] = wall_s - job.result["loop_s"]
         job.result["loop_ms_per_step"] = 1000 * job.result["loop_s"] / steps

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Optional
+from typing import Any, Dict, Optional, Protocol
 
 import numpy as np
 import torch
@@ -21,8 +21,20 @@ from nerfstudio.utils.rich_utils import CONSOLE
 
 from splatfacto_dist import comm
 
-if TYPE_CHECKING:
-    from splatfacto_dist.trainer import DistTrainer
+
+class Checkpointed(Protocol):
+    """What saving and resuming read and set on a trainer (the trainer calls them: this module
+    does not import it)."""
+
+    config: Any  # DistTrainerConfig: save_only_latest_checkpoint, load_dir / load_step / load_checkpoint, ...
+    pipeline: Any
+    optimizers: Any
+    grad_scaler: torch.amp.GradScaler
+    checkpoint_dir: Path
+    images_per_step: int
+    _start_step: int
+
+    def setup_optimizers(self) -> Any: ...
 
 
 def to_builtin(obj: Any) -> Any:
@@ -45,7 +57,7 @@ def save_atomic(state: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def save(trainer: DistTrainer, step: int) -> None:
+def save(trainer: Checkpointed, step: int) -> None:
     """Every rank calls this (a sharded model is gathered collectively); rank 0 writes."""
     full = trainer.pipeline.model.layout.full_state(trainer.pipeline, trainer.optimizers)
     if full is None:
@@ -101,7 +113,7 @@ def load_moments(optimizer: torch.optim.Optimizer, saved: Dict[str, Any]) -> Non
                     state["step"] = state["step"].to(device=p.device, dtype=torch.float32)
 
 
-def resume(trainer: DistTrainer) -> None:
+def resume(trainer: Checkpointed) -> None:
     """Load the checkpoint the config names (if any) into the trainer, see the module docstring."""
     config = trainer.config
     path = checkpoint_to_resume(config.load_dir, config.load_step, config.load_checkpoint)

@@ -21,15 +21,6 @@ from splatfacto_dist.raster import empty_render, rasterize
 GAUSSIAN_NAMES = ("means", "scales", "quats", "features_dc", "features_rest", "opacities")
 
 
-def make_layout(kind: str) -> "ReplicatedLayout":
-    """The layout named by `--pipeline.model.gaussian-layout`."""
-    if kind == "sharded":
-        from splatfacto_dist.sharded import ShardedLayout  # it builds on this module
-
-        return ShardedLayout()
-    return ReplicatedLayout()
-
-
 class ReplicatedLayout:
     """Every rank holds the whole model; see the module docstring."""
 
@@ -122,6 +113,10 @@ class ReplicatedLayout:
     def named_replicated(self, model: torch.nn.Module, optimizers: Any) -> List[Tuple[str, torch.Tensor]]:
         """Every tensor that must be bitwise equal on all ranks: here, all parameters and Adam states."""
         return _named_tensors(model, optimizers, skip=())
+
+    def record(self, local: int) -> Dict[str, Any]:
+        """What the rank's end-of-run record says of this layout: every rank holds all."""
+        return {"gaussians": local}
 
     def report(self, local: int) -> str:
         """What the rank's end-of-run line adds about this layout (nothing: every rank holds all)."""

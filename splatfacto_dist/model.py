@@ -31,8 +31,9 @@ from pytorch_msssim import SSIM
 from torchmetrics.image import PeakSignalNoiseRatio
 
 from splatfacto_dist import comm
-from splatfacto_dist.layout import make_layout
+from splatfacto_dist.layout import ReplicatedLayout
 from splatfacto_dist.metrics import LazyLPIPS
+from splatfacto_dist.sharded import ShardedLayout
 from splatfacto_dist.strategy import SynchronizedDefaultStrategy
 
 
@@ -51,6 +52,10 @@ class SplatfactoDistModelConfig(SplatfactoModelConfig):
     images_per_step: int = 1
     """Images rendered per step across all ranks. Set by the trainer when it converts the schedule
     from images to steps; it sizes the pause after an opacity reset (one pass over the cameras)."""
+
+
+LAYOUTS = {"replicated": ReplicatedLayout, "sharded": ShardedLayout}
+"""The layouts `--pipeline.model.gaussian-layout` names."""
 
 
 def _random_quats(n: int, generator: torch.Generator) -> torch.Tensor:
@@ -88,7 +93,7 @@ class SplatfactoDistModel(SplatfactoModel):
     config: SplatfactoDistModelConfig
 
     def populate_modules(self) -> None:
-        self.layout = make_layout(self.config.gaussian_layout)
+        self.layout = LAYOUTS[self.config.gaussian_layout]()
         gaussians, ids = self._initial_gaussians()
         self.gauss_params = torch.nn.ParameterDict(
             {name: torch.nn.Parameter(value.contiguous()) for name, value in gaussians.items()}

@@ -164,12 +164,12 @@ TRAINER: Table = {
     "fused_adam": Honoured("scaling.fuse_adam"),
     "eval_all_images_at_end": Honoured("DistTrainer._after_train"),
     "control_every": Honoured("DistTrainer._agree_to_continue"),
-    "ranks_per_gpu": Honoured("launch.run_rank, DistTrainer.__init__ (devices.gpu_of); preflight.shared_gpu_refusal"),
+    "ranks_per_gpu": Honoured("rank.run_rank, DistTrainer.__init__ (devices.gpu_of); preflight.shared_gpu_refusal"),
     "profile_phases_every": Honoured("profiling.PHASES"),
 }
 
 MACHINE: Table = {
-    "seed": Honoured("launch._train / ns-train train_loop (seed + rank), the model's shared seed"),
+    "seed": Honoured("rank._train / ns-train train_loop (seed + rank), the model's shared seed"),
     "num_devices": Honoured("launch.launch / ns-train launch"),
     "num_machines": Honoured("launch.launch / ns-train launch"),
     "machine_rank": Honoured("launch.launch / ns-train launch"),

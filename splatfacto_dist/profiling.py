@@ -92,13 +92,17 @@ class StartupTimeline:
         """`stage` has just finished (wall clock)."""
         self.marks.append((stage, time.time()))
 
-    def breakdown(self, since: float) -> str:
-        """ "stage seconds, ..." with each stage's time since the previous mark (the first since `since`)."""
-        parts, last = [], since
+    def stages(self, since: float) -> Dict[str, float]:
+        """Each stage's seconds since the previous mark (the first since `since`), in order."""
+        out, last = {}, since
         for stage, at in self.marks:
-            parts.append(f"{stage} {at - last:.1f}")
+            out[stage] = at - last
             last = at
-        return ", ".join(parts)
+        return out
+
+    def breakdown(self, since: float) -> str:
+        """ "stage seconds, ..." of `stages`."""
+        return ", ".join(f"{stage} {seconds:.1f}" for stage, seconds in self.stages(since).items())
 
 
 STARTUP = StartupTimeline()

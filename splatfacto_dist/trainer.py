@@ -12,9 +12,10 @@ preflight.py.
 from __future__ import annotations
 
 import functools
+import os
 import resource
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Literal, Type
+from typing import Callable, Dict, List, Literal, Optional, Type
 
 import psutil
 import torch
@@ -29,11 +30,12 @@ from nerfstudio.utils.writer import EventName, TimeWriter
 from splatfacto_dist import checkpoint, comm
 from splatfacto_dist.control import PAUSE, RUN, STOP, RankControl
 from splatfacto_dist.devices import gpu_of
-from splatfacto_dist.memcap import apply_memory_cap
+from splatfacto_dist.memcap import ENV as MEMORY_CAP_ENV, apply_memory_cap
 from splatfacto_dist.model import SplatfactoDistModelConfig
 from splatfacto_dist.optimizer_step import live_parameters, step_optimizers
 from splatfacto_dist.preflight import refuse_at_parse
 from splatfacto_dist.profiling import PHASES, STARTUP
+from splatfacto_dist.records import write_rank_record
 from splatfacto_dist.scaling import ScalingRule, convert_images_to_steps, fuse_adam, scale_optimizers
 
 
@@ -83,9 +85,11 @@ class DistTrainer(Trainer):
 
     def __init__(self, config: DistTrainerConfig, local_rank: int = 0, world_size: int = 1) -> None:
         cuda = config.machine.device_type == "cuda"
+        self.memory_cap_gib: Optional[float] = None  # the capacity benchmark's stand-in for a smaller card
         if cuda:
             torch.cuda.set_device(gpu_of(local_rank, config))
-            apply_memory_cap()  # the capacity benchmark's stand-in for a smaller card
+            if apply_memory_cap() is not None:
+                self.memory_cap_gib = float(os.environ[MEMORY_CAP_ENV])
             # ns-train turns cuDNN autotuning on when its module is imported; our launcher, torchrun
             # and SLURM jobs never import it. Without it cuDNN's heuristics pick slower kernels for
             # the SSIM loss's convolutions, a large share of each full-resolution step.
@@ -184,17 +188,27 @@ class DistTrainer(Trainer):
                 writer.write_out_storage()
 
     def _report_rank(self) -> None:
-        """One line per rank: start-up (process start to the end of the first step, by stage), peak
-        host and GPU memory."""
+        """Each rank's record (`records.py`) and its line: start-up (process start to the end of the
+        first step, by stage), peak host and GPU memory, what the layout held."""
         created = psutil.Process().create_time()
         startup = STARTUP.marks[-1][1] - created if STARTUP.marks else 0.0
         host_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        gpu = f", peak GPU {torch.cuda.max_memory_allocated() / 2**20:.0f} MB" if "cuda" in self.device else ""
+        gpu_mb = torch.cuda.max_memory_allocated() / 2**20 if "cuda" in self.device else None
         model = self.pipeline.model
-        layout = model.layout.report(len(model.gauss_params["means"]))
-        CONSOLE.print(  # one line, however long: the benchmark reads it back from the log
+        local = len(model.gauss_params["means"])
+        record = {
+            "startup_s": startup,
+            "startup_stages": STARTUP.stages(created),
+            "peak_host_mb": host_mb,
+            "peak_gpu_mb": gpu_mb,
+            "memory_cap_gib": self.memory_cap_gib,
+            **model.layout.record(local),
+        }
+        write_rank_record(self.base_dir, comm.rank(), record)
+        gpu = f", peak GPU {gpu_mb:.0f} MB" if gpu_mb is not None else ""
+        CONSOLE.print(
             f"rank {comm.rank()}: start-up {startup:.1f} s ({STARTUP.breakdown(created)}), peak host {host_mb:.0f} MB"
-            f"{gpu}{layout}",
+            f"{gpu}{model.layout.report(local)}",
             soft_wrap=True,
         )
 

@@ -159,15 +159,19 @@ def test_every_job_runs_once_per_seed_with_that_seed():
         assert cmd[cmd.index("--pipeline.datamanager.train-cameras-sampling-seed") + 1] == "7"
 
 
-def test_rank_lines_give_the_slowest_ranks_start_up_stages(tmp_path):
-    from splatfacto_dist.bench import read_rank_lines
+def test_rank_records_give_the_slowest_ranks_start_up_stages(tmp_path):
+    from splatfacto_dist.bench import summarize_ranks
+    from splatfacto_dist.records import read_rank_records, write_rank_record
 
-    log = tmp_path / "job.log"
-    log.write_text(
-        "rank 0: start-up 10.0 s (imports 4.0, command line 1.0, setup 5.0), peak host 100 MB, peak GPU 50 MB\n"
-        "noise\nrank 1: start-up 12.5 s (imports 5.0, command line 0.5, setup 7.0), peak host 120 MB, peak GPU 40 MB\n"
+    write_rank_record(tmp_path, 1, {"startup_s": 12.5, "peak_host_mb": 120.0, "peak_gpu_mb": 40.0})
+    write_rank_record(tmp_path, 1, {"startup_stages": {"imports": 5.0, "command line": 0.5, "setup": 7.0}})
+    stages = {"imports": 4.0, "command line": 1.0, "setup": 5.0}
+    write_rank_record(
+        tmp_path, 0, {"startup_s": 10.0, "startup_stages": stages, "peak_host_mb": 100.0, "peak_gpu_mb": 50.0}
     )
-    assert read_rank_lines(log) == {
+    records = read_rank_records(tmp_path)
+    assert [r["rank"] for r in records] == [0, 1]  # in rank order, a second write completing the first
+    assert summarize_ranks(records) == {
         "startup_s": 12.5,
         "startup:imports": 5.0,
         "startup:command line": 0.5,
@@ -175,6 +179,7 @@ def test_rank_lines_give_the_slowest_ranks_start_up_stages(tmp_path):
         "peak_host_mb": 120.0,
         "peak_mem_mb": 50.0,
     }
+    assert read_rank_records(tmp_path / "elsewhere") == []
 
 
 def test_layout_reaches_every_dist_job_and_replicated_passes_nothing():
@@ -194,14 +199,10 @@ def test_layout_reaches_every_dist_job_and_replicated_passes_nothing():
 
 
 def test_report_shows_the_fullest_and_emptiest_ranks_gpu_memory(tmp_path):
-    from splatfacto_dist.bench import read_rank_gpu_memory
+    from splatfacto_dist.bench import rank_gpu_memory
 
-    log = tmp_path / "job.log"
-    log.write_text(
-        "rank 1: start-up 2.0 s, peak host 90 MB, peak GPU 610 MB\n"
-        "rank 0: start-up 1.0 s, peak host 100 MB, peak GPU 702 MB\nrank 2: peak host 80 MB\n"
-    )
-    assert read_rank_gpu_memory(log) == [702.0, 610.0]
+    records = [{"rank": 0, "peak_gpu_mb": 702.0}, {"rank": 1, "peak_gpu_mb": 610.0}, {"rank": 2, "peak_gpu_mb": None}]
+    assert rank_gpu_memory(records) == [702.0, 610.0]
     sharded = _job("dist-2gpu", "splatfacto-dist", 2, 50.0, 70.0, 25.0, [])
     sharded["rank_peak_gpu_mb"] = [702.0, 610.0]
     sharded["result"]["peak_mem_mb"] = 702.0

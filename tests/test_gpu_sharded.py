@@ -13,8 +13,9 @@ import pytest
 import torch
 from conftest import CUDA_TWO_RANKS, SAVES, SCHEDULE, SHARDED, assert_renders_match, gaussians, train
 
-from splatfacto_dist import ops, sharded
+from splatfacto_dist import ops
 from splatfacto_dist.layout import GAUSSIAN_NAMES
+from splatfacto_dist.sharded import saving
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 CUDA = CUDA_TWO_RANKS
@@ -72,7 +73,7 @@ def test_a_save_of_a_large_shard_needs_only_chunk_sized_gpu_buffers(monkeypatch)
     extra = torch.cuda.max_memory_allocated() - before
     shard = sum(p.numel() * 3 * 4 for p in params.values())
     assert torch.equal(state["_model.gauss_params.means"], params["means"].cpu())
-    bound = 4 * sharded.SAVE_CHUNK_BYTES + n * 8  # a chunk, its packed columns, copies; the ids on the GPU
+    bound = 4 * saving.SAVE_CHUNK_BYTES + n * 8  # a chunk, its packed columns, copies; the ids on the GPU
     assert bound < shard / 4
     assert extra <= bound, (extra, shard)
     assert ops.RowCodec(params, optimizers.optimizers, {"ids": model.strategy_state["ids"]}).width == 3 * 59 + 2

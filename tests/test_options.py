@@ -21,7 +21,7 @@ from nerfstudio.engine.schedulers import (
 )
 from nerfstudio.engine.trainer import TrainerConfig
 
-from splatfacto_dist import launch, preflight
+from splatfacto_dist import preflight, rank
 from splatfacto_dist.datamanager import ShardedFullImageDatamanagerConfig
 from splatfacto_dist.layout import ReplicatedLayout
 from splatfacto_dist.method import splatfacto_dist_config
@@ -197,7 +197,7 @@ def test_launcher_refuses_a_loaded_config(scene):
     config.machine.device_type = "cpu"
     config.pipeline.datamanager.data = scene
     config.pipeline.datamanager.train_cameras_sampling_strategy = "fps"
-    job = launch.Job(world_size=1, num_devices_per_machine=1, machine_rank=0, init_method="tcp://127.0.0.1:1")
+    job = rank.Job(world_size=1, num_devices_per_machine=1, machine_rank=0, init_method="tcp://127.0.0.1:1")
     with pytest.raises(preflight.LaunchError) as err:
         preflight.check_job(config, job)
     assert "use random" in err.value.message

@@ -26,6 +26,8 @@ from conftest import (
 )
 from ecosystem import check_ns_eval, check_ns_export, checkpoint
 
+from splatfacto_dist.records import read_rank_records
+
 
 @pytest.mark.parametrize("world, sh_interval", [(2, 8), (3, 64)])
 def test_union_of_shards_equals_replicated(tmp_path, scene, world, sh_interval):
@@ -40,11 +42,9 @@ def test_union_of_shards_equals_replicated(tmp_path, scene, world, sh_interval):
     sharded = train(tmp_path / "sharded", scene, world, schedule + SHARDED)
     log = (tmp_path / "sharded" / "train.log").read_text()
     assert "Step 32:" in log and "GSs split" in log, log[-2000:]
-    shards = [
-        re.search(rf"rank {r}: .*, owns (\d+) of (\d+) Gaussians, rendered up to (\d+)", log) for r in range(world)
-    ]
-    assert all(shards), log[-2000:]
-    owned, totals, rendered = zip(*[(int(m[1]), int(m[2]), int(m[3])) for m in shards])
+    shards = read_rank_records(sharded)
+    assert [r["rank"] for r in shards] == list(range(world)), log[-2000:]
+    owned, totals, rendered = zip(*[(r["owned"], r["total"], r["most_received"]) for r in shards])
     assert sum(owned) == totals[0] == len(gaussians(replicated)["means"]) and len(set(totals)) == 1
     counted = re.findall(r"GSs pruned. Now having (\d+) GSs", log)  # the last refine's, of the whole model
     assert counted and int(counted[-1]) == totals[0], counted
@@ -65,9 +65,8 @@ def test_one_rank_sharded_equals_replicated(tmp_path, scene):
     schedule = SCHEDULE + ROUNDING_FREE_ADAM + SAVES
     replicated = train(tmp_path / "replicated", scene, 1, schedule)
     sharded = train(tmp_path / "sharded", scene, 1, schedule + SHARDED)
-    log = (tmp_path / "sharded" / "train.log").read_text()
-    received = re.search(r"rank 0: .*, owns (\d+) of (\d+) Gaussians, rendered up to (\d+)", log)
-    assert received and int(received[3]) > 0, log[-2000:]  # the exchange ran
+    (record,) = read_rank_records(sharded)
+    assert record["most_received"] > 0  # the exchange ran
     a, b = gaussians(replicated), gaussians(sharded)
     for name in a:
         assert a[name].shape == b[name].shape, name

@@ -10,9 +10,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import build_model, free_port
 
-from splatfacto_dist import comm, ops, sharded
+from splatfacto_dist import comm, ops
 from splatfacto_dist.layout import GAUSSIAN_NAMES
-from splatfacto_dist.sharded import ShardedLayout, project_pairs, rebalance_plan
+from splatfacto_dist.sharded import ShardedLayout, exchange, saving
+from splatfacto_dist.sharded.exchange import project_pairs
+from splatfacto_dist.sharded.rebalance import rebalance_plan
 
 
 def test_split_draws_depend_on_ids_not_on_storage_order():
@@ -32,7 +34,7 @@ def test_pairs_sent_to_renderers_are_recomputed_in_backward_not_kept():
     and colouring the rows for each pair's camera, as the rasterizer would."""
     from splatfacto_dist.model import SplatfactoDistModel
     from splatfacto_dist.raster import project, view_colors
-    from splatfacto_dist.sharded import camera_meta, camera_rows
+    from splatfacto_dist.sharded.exchange import camera_meta, camera_rows
 
     generator = torch.Generator().manual_seed(0)
     n = 400
@@ -176,7 +178,7 @@ def test_a_save_makes_bounded_chunks_and_only_reads_the_live_optimizer_state(mon
         optimizer.step()
     live = {name: dict(optimizers.optimizers[name].state[params[name]]) for name in GAUSSIAN_NAMES}
     width = ops.RowCodec(params, optimizers.optimizers, {"ids": model.strategy_state["ids"]}).width
-    monkeypatch.setattr(sharded, "SAVE_CHUNK_BYTES", 7 * 4 * width)
+    monkeypatch.setattr(saving, "SAVE_CHUNK_BYTES", 7 * 4 * width)
     packed_rows = []
     pack = ops.RowCodec.pack
 
@@ -247,7 +249,7 @@ def test_cameras_learn_through_the_owners_projection_and_colour_as_when_replicat
     assert torch.allclose(
         _camera_gradient(ShardedLayout(), rows, weights, slice(0, 2)), replicated, rtol=1e-4, atol=1e-5
     )
-    monkeypatch.setattr(sharded._AllCameras, "apply", lambda local, counts: local.detach())
+    monkeypatch.setattr(exchange.AllCameras, "apply", lambda local, counts: local.detach())
     K = torch.tensor([[[43.2, 0.0, 24.0], [0.0, 43.2, 18.0], [0.0, 0.0, 1.0]]])
     render, _, _ = ShardedLayout().render(
         rows, SplatfactoDistModel.activate, viewmats=ring_cameras(2)[:1].requires_grad_(), Ks=K, width=48,

@@ -1,0 +1,33 @@
+"""What each rank of a run reports, as files that programs read (the benchmark, the tests): one JSON
+object per rank in the run's `ranks/` folder, written at the end of its training (start-up by
+stage, peak memory, what its layout held) or when it fails (the error). Console lines say the
+same for people; nothing parses them."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, List
+
+RANKS_DIR = "ranks"
+
+
+def write_rank_record(run_dir: Path, rank: int, record: Dict[str, Any]) -> Path:
+    """Write (or, after a failure, complete) `rank`'s record atomically: a reader never sees half
+    of one. A failure record keeps what the rank reported before failing."""
+    folder = Path(run_dir) / RANKS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"rank-{rank}.json"
+    merged = {**(json.loads(path.read_text()) if path.exists() else {}), "rank": rank, **record}
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(merged, indent=1))  # in order: start-up stages are read in the order they ran
+    os.replace(tmp, path)
+    return path
+
+
+def read_rank_records(run_dir: Path) -> List[Dict[str, Any]]:
+    """Every rank's record of the run in `run_dir`, in rank order (none if no rank wrote one)."""
+    folder = Path(run_dir) / RANKS_DIR
+    records = [json.loads(path.read_text()) for path in folder.glob("rank-*.json")] if folder.is_dir() else []
+    return sorted(records, key=lambda record: record["rank"])

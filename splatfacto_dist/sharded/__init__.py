@@ -1,0 +1,25 @@
+"""Gaussian-sharded layout: each rank owns a disjoint part of the Gaussians and their Adam state.
+
+One render, data's path: every rank learns every camera of the render (a small all-gather) ->
+each owner projects its shard into each camera, keeps the Gaussians visible there and colours
+them for it (SH evaluated where the coefficients live), and sends each camera's rank the
+projected pairs (means2d, conic, opacity, colour, depth, radius: 12 floats; one uneven
+all-to-all) -> the camera's rank only rasterizes what it received, holding per received Gaussian
+what rasterizing needs and not a re-projection's worth -> in backward the pairs' gradients take
+the reverse all-to-all to the owners, through their projections, summed over cameras and
+divided by the world size (the average a replicated run takes). After backward, per-pair
+densification statistics return to the owners the same way, so an owner's statistics cover
+every camera of the step and its refine decisions equal a replicated run's. Shards drift as they
+densify; after a refine they are rebalanced. Checkpoints gather every shard
+to rank 0's CPU in splatfacto's layout, in bounded chunks. After training, if the viewer stays
+open, every rank keeps serving its renders (the model never has to fit on one GPU).
+
+Modules, one concern each: `exchange` (a render's cameras and projected pairs between ranks, with
+their gradients), `rebalance` (evening out shards after a refine), `saving` (checkpoints gathered in
+chunks), `viewer_queue` (viewer renders every rank serves), `layout` (`ShardedLayout`, the step's
+interface, which calls them).
+"""
+
+from splatfacto_dist.sharded.layout import ShardedLayout
+
+__all__ = ["ShardedLayout"]

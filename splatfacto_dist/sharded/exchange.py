@@ -1,0 +1,150 @@
+"""A render's data path between ranks: every rank's cameras to the owners, each owner's projected
+(Gaussian, camera) pairs to the cameras' ranks, and in backward their gradients back (see the
+package docstring)."""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+from nerfstudio.data.scene_box import OrientedBox
+from torch.utils.checkpoint import checkpoint
+
+from splatfacto_dist import comm
+from splatfacto_dist.raster import project, view_colors
+
+
+class Exchange(torch.autograd.Function):
+    """Rows to their renderers in forward; their gradients back to the owners in backward."""
+
+    @staticmethod
+    def forward(ctx, send: torch.Tensor, send_counts: List[int], recv_counts: List[int]) -> torch.Tensor:  # type: ignore[override]
+        ctx.counts = (send_counts, recv_counts)
+        return comm.all_to_all_rows(send, send_counts, recv_counts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        send_counts, recv_counts = ctx.counts
+        back = comm.all_to_all_rows(grad.contiguous(), recv_counts, send_counts)
+        return back / comm.world_size(), None, None
+
+
+class AllCameras(torch.autograd.Function):
+    """Every rank's camera rows (`camera_rows`) in forward, concatenated in rank order; in backward
+    each rank's cameras receive what every owner's projections and view-dependent colours sent
+    them, summed. A camera-pose optimizer then learns as it does when replicated."""
+
+    @staticmethod
+    def forward(ctx, local: torch.Tensor, counts: List[int]) -> torch.Tensor:  # type: ignore[override]
+        ctx.counts = counts
+        return torch.cat(comm.all_gather_rows(local, counts))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        counts, mine = ctx.counts, ctx.counts[comm.rank()]
+        back = comm.all_to_all_rows(grad.contiguous(), counts, [mine] * len(counts))
+        # x world size: the pairs' gradients reached the owners through `_Exchange`, which divides
+        # by it for the Gaussians' average; a camera's gradient is its own rank's, averaged later
+        # with the other replicated parameters (as a replicated run averages it once).
+        return back.reshape(len(counts), mine, grad.shape[1]).sum(dim=0) * comm.world_size(), None
+
+
+def camera_rows(viewmats: torch.Tensor, Ks: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """[C, 25] rows of one rank's cameras (viewmat 16, K 9), differentiable in the viewmats: the
+    owners project and colour for the renderer, and a pose optimizer learns through both."""
+    n = viewmats.shape[0]
+    return torch.cat([viewmats.reshape(n, 16).float().to(device), Ks.reshape(n, 9).float().to(device)], 1)
+
+
+def camera_meta(
+    n: int, width: int, height: int, depth: bool, antialiased: bool, crop: Optional[OrientedBox]
+) -> torch.Tensor:
+    """[n, 20] host rows of what else the owners must know of one rank's cameras: width, height, the
+    render's flags (depth channel, antialiased), its crop box (present, R 9, T 3, S 3). Made on the
+    host, apart from the poses: alone, a rank reads them without waiting for the GPU."""
+    box = torch.zeros(16)
+    if crop is not None:
+        box = torch.cat([torch.ones(1), crop.R.reshape(9).cpu(), crop.T.reshape(3).cpu(), crop.S.reshape(3).cpu()])
+    flags = torch.tensor([width, height, float(depth), float(antialiased)])
+    return torch.cat([flags, box.float()]).expand(n, 20)
+
+
+def _crop_of(meta: torch.Tensor) -> Optional[OrientedBox]:
+    """The crop box one camera's `camera_meta` row carries, if any."""
+    if float(meta[4]) == 0:
+        return None
+    return OrientedBox(R=meta[5:14].reshape(3, 3), T=meta[14:17], S=meta[17:20])
+
+
+def pair_width(meta: torch.Tensor) -> int:
+    """Floats per sent (Gaussian, camera) pair: means2d 2, conic 3, opacity, colour 3 (+ depth when
+    a camera of the render asks for it), depth, radius, camera; every rank computes it alike."""
+    return 2 + 3 + 1 + 3 + int(bool((meta[:, 2] > 0).any())) + 3
+
+
+def project_pairs(
+    rows: Dict[str, torch.Tensor],
+    counts: List[int],
+    cameras: torch.Tensor,
+    meta: torch.Tensor,
+    activate: Callable[[Dict[str, torch.Tensor]], Dict[str, torch.Tensor]],
+    sh_degree: Optional[int],
+) -> Tuple[torch.Tensor, torch.Tensor, List[int]]:
+    """([P, pair_width] projected Gaussians to send, their rows `order`, how many go to each rank):
+    every row visible in a camera of the render (and inside its crop box), projected into it and
+    coloured for it, camera after camera in rank order of the renderers (`counts` cameras each).
+    What the renderer rasterizes, nothing more: a renderer holds per received Gaussian what
+    rasterizing needs, not a re-projection's worth (the 3D inputs, covariances and their gradients).
+
+    The shard is projected whole, as the rasterizer does, and only the projected pairs are
+    gathered: gathering the visible rows' inputs first (SH coefficients: 48 floats each) costs
+    more than projecting the invisible ones. One camera at a time, and recomputed in backward
+    instead of kept: the activations and projections would otherwise live from the forward to the
+    backward on top of the renderers' buffers, and an owner projects its shard into every camera
+    of the step, so all cameras at once would not divide with the rank count. A render of one
+    camera in all keeps them instead: they are then what a replicated rank keeps, and recomputing
+    would only cost time. Nothing here draws random numbers.
+    """
+    width = pair_width(meta)
+
+    def pack(camera: int, local: int, cams: torch.Tensor, *values: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        inputs = activate(dict(zip(rows, values)))
+        viewmat, K = cams[camera, :16].reshape(1, 4, 4), cams[camera, 16:25].reshape(1, 3, 3)
+        w, h, depth, antialiased = (int(v) for v in meta[camera, :4])
+        radii, means2d, depths, conics, compensations = project(
+            inputs["means"], inputs["quats"], inputs["scales"], viewmat, K, w, h, compensate=bool(antialiased)
+        )
+        visible = radii[0] > 0
+        crop = _crop_of(meta[camera])
+        if crop is not None:
+            visible &= crop.within(inputs["means"].detach()).reshape(-1)
+        (index,) = torch.nonzero(visible, as_tuple=True)
+        opacities = inputs["opacities"] if compensations is None else inputs["opacities"] * compensations[0]
+        colors = view_colors(inputs["means"], inputs["colors"], torch.inverse(viewmat[0]), sh_degree, visible)
+        columns = [means2d[0], conics[0], opacities[:, None], colors]
+        if width == 13:  # the render's depth channel (zeros for cameras that did not ask)
+            columns.append(depths[0][:, None] if depth else torch.zeros_like(depths[0][:, None]))
+        fixed = torch.stack([depths[0].detach(), radii[0].float()], 1)[index]  # sorting and tiles: no gradient
+        ids = torch.full((len(index), 1), float(local), device=index.device)
+        return torch.cat([torch.cat(columns, 1)[index], fixed, ids], 1), index
+
+    values = list(rows.values())
+    blocks, order, send_counts, camera = [], [], [], 0
+    for count in counts:
+        send_counts.append(0)
+        for local in range(count):
+            if torch.is_grad_enabled() and len(cameras) > 1:
+                block, index = checkpoint(
+                    pack, camera, local, cameras, *values, use_reentrant=False, preserve_rng_state=False
+                )
+            else:
+                block, index = pack(camera, local, cameras, *values)
+            blocks.append(block)
+            order.append(index)
+            send_counts[-1] += len(index)
+            camera += 1
+    if sum(send_counts) > 0:
+        return torch.cat(blocks), torch.cat(order), send_counts
+    # Still a function of the cameras when nothing is sent: their gradients' exchange runs everywhere.
+    nothing = torch.zeros(0, dtype=torch.long, device=rows["means"].device)
+    return cameras.new_zeros((0, width)) + 0 * cameras.sum(), nothing, send_counts

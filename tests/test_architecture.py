@@ -1,0 +1,99 @@
+"""The package's import graph has no cycle: every module can be read (and imported) after the
+modules it names, function-level imports included. Imports under `if TYPE_CHECKING:` are left out:
+annotations never import at run time."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from typing import Dict, List, Set
+
+PACKAGE = Path(__file__).resolve().parents[1] / "splatfacto_dist"
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def imports_of(source: str, modules: Set[str]) -> Set[str]:
+    """The package's modules that `source` imports anywhere (also `importlib.import_module("...")`)."""
+    found: Set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and _is_type_checking(node):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "import_module"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+        ):
+            found.add(str(node.args[0].value))
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(source))
+    return {name for name in found if name in modules}
+
+
+def find_cycle(graph: Dict[str, Set[str]]) -> List[str]:
+    """One cycle of `graph` (its modules in import order, the first repeated at the end), or []."""
+    state: Dict[str, int] = {}  # 1: on the current path, 2: done
+    path: List[str] = []
+
+    def walk(node: str) -> List[str]:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt) :] + [nxt]
+            if nxt not in state:
+                cycle = walk(nxt)
+                if cycle:
+                    return cycle
+        state[node] = 2
+        path.pop()
+        return []
+
+    for node in sorted(graph):
+        if node not in state:
+            cycle = walk(node)
+            if cycle:
+                return cycle
+    return []
+
+
+def test_the_cycle_finder_finds_cycles_through_function_level_imports():
+    modules = {"pkg.a", "pkg.b", "pkg.c"}
+    a = "import os\nfrom pkg import b\n"
+    b = "def f():\n    from pkg.c import thing\n"
+    c = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg import b\ndef g():\n    import pkg.a\n"
+    graph = {"pkg.a": imports_of(a, modules), "pkg.b": imports_of(b, modules), "pkg.c": imports_of(c, modules)}
+    assert graph == {"pkg.a": {"pkg.b"}, "pkg.b": {"pkg.c"}, "pkg.c": {"pkg.a"}}
+    assert find_cycle(graph) == ["pkg.a", "pkg.b", "pkg.c", "pkg.a"]
+    graph["pkg.c"] = set()
+    assert find_cycle(graph) == []
+
+
+def test_no_module_of_the_package_imports_itself_back():
+    paths = sorted(PACKAGE.rglob("*.py"))
+    modules = {_module_name(path) for path in paths}
+    graph = {_module_name(path): imports_of(path.read_text(), modules) - {_module_name(path)} for path in paths}
+    assert sum(len(targets) for targets in graph.values()) > 50  # the graph was read
+    assert find_cycle(graph) == []
