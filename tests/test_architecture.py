@@ -97,3 +97,14 @@ def test_no_module_of_the_package_imports_itself_back():
     graph = {_module_name(path): imports_of(path.read_text(), modules) - {_module_name(path)} for path in paths}
     assert sum(len(targets) for targets in graph.values()) > 50  # the graph was read
     assert find_cycle(graph) == []
+
+
+def test_a_non_editable_install_ships_every_package():
+    """pyproject lists packages by hand (for lpips_stub, a folder without __init__): a new package
+    missing from the list would install without its modules (the GPU machines install that way)."""
+    import re
+
+    line = re.search(r"^packages = \[(.*)\]$", (PACKAGE.parent / "pyproject.toml").read_text(), re.M)
+    listed = {name.strip().strip('"') for name in line[1].split(",")} if line else set()
+    folders = {_module_name(path.parent / "__init__.py") for path in PACKAGE.rglob("*.py")}
+    assert folders == listed
