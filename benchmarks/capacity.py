@@ -38,7 +38,7 @@ from typing import Dict, List, Optional
 
 from splatfacto_dist.bench import layout_args, rank_gpu_memory, read_events, summarize_ranks
 from splatfacto_dist.memcap import ENV as CAP_ENV
-from splatfacto_dist.records import read_rank_records
+from splatfacto_dist.records import clear_rank_records, read_rank_records
 from splatfacto_dist.synthetic import SceneSpec, generate, is_complete, parse_count
 
 OOM = re.compile(r"out of memory|OutOfMemoryError", re.IGNORECASE)
@@ -128,6 +128,8 @@ def run_one(layout: str, gpus: int, size: int, args: argparse.Namespace, extra: 
     env.pop(CAP_ENV, None)
     if cap:
         env[CAP_ENV] = f"{cap:g}"
+    run = args.out / "runs" / "capacity" / "splatfacto-dist" / name
+    clear_rank_records(run)  # a rerun into the same folder
     print(f"[capacity] train {name}", flush=True)
     started, started_epoch = time.perf_counter(), time.time()
     with open(log_path, "w") as log:
@@ -144,7 +146,6 @@ def run_one(layout: str, gpus: int, size: int, args: argparse.Namespace, extra: 
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             returncode = None
-    run = args.out / "runs" / "capacity" / "splatfacto-dist" / name
     ranks = read_rank_records(run)
     capped = not cap or sum(r.get("memory_cap_gib") is not None for r in ranks) >= gpus
     record = {

@@ -28,7 +28,7 @@ import numpy as np
 
 from splatfacto_dist import bench_report
 from splatfacto_dist.argv import option
-from splatfacto_dist.records import read_rank_records
+from splatfacto_dist.records import clear_rank_records, read_rank_records
 
 STUB = Path(__file__).resolve().parent / "lpips_stub"
 _PROGRESS = re.compile(r"(\d+) \((\d+\.\d+)%\)")
@@ -45,7 +45,7 @@ class Job:
     gpus: List[int] = field(default_factory=list)
     result: Dict[str, float] = field(default_factory=dict)
     curve: List[List[float]] = field(default_factory=list)  # [seconds since job start, images seen, test PSNR]
-    rank_peak_gpu_mb: List[float] = field(default_factory=list)  # by rank, from the ranks' own lines
+    rank_peak_gpu_mb: List[float] = field(default_factory=list)  # by rank, from the ranks' own records
 
     @property
     def images_per_step(self) -> int:
@@ -201,6 +201,7 @@ def run_jobs(
             env = dict(os.environ, CUDA_VISIBLE_DEVICES=",".join(visible[g] for g in job.gpus), NCCL_NVLS_ENABLE="0")
             if job.method == "splatfacto":
                 env["PYTHONPATH"] = f"{STUB}{os.pathsep}{env.get('PYTHONPATH', '')}"
+            clear_rank_records(out / "bench" / job.method / job.name)  # a rerun into the same folder
             log = open(out / f"{job.name}.log", "w")
             started = (time.perf_counter(), time.time())
             proc = subprocess.Popen(_command(job, args, extra, out), env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -1,9 +1,9 @@
 """Where the Gaussians live: the one interface the trainer, model, strategy and checkpoints ask.
 
 `ReplicatedLayout` (the default): every rank holds every Gaussian and its Adam state; gradients
-and densification statistics are all-reduced. `ShardedLayout` (sharded.py): each rank owns a
-disjoint part; the cameras' ranks receive the Gaussians they see and gradients return to the
-owners. Everything that differs between the two is a method here, so the training step has one
+and densification statistics are all-reduced. `ShardedLayout` (sharded/): each rank owns a
+disjoint part; the owners send the cameras' ranks their Gaussians projected into those cameras
+and gradients return to the owners. Everything that differs between the two is a method here, so the training step has one
 path for both.
 """
 

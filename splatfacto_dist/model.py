@@ -242,8 +242,8 @@ class SplatfactoDistModel(SplatfactoModel):
 
     def _gaussian_rows(self) -> Tuple[Dict[str, torch.Tensor], Optional[int]]:
         """The parameters the rasterizer's inputs are made of (SH cut to the active degree), and that
-        degree. They are activated (`activate`) only after a sharded layout picked the rows some
-        camera sees, so no tensor of activations the size of the whole shard is ever made."""
+        degree. The layout activates them (`activate`) where it needs them: a sharded owner once per
+        camera, each recomputed in backward rather than kept."""
         params = self.gauss_params
         rows = {name: params[name] for name in ("means", "quats", "scales", "opacities", "features_dc")}
         sh_degree: Optional[int] = None

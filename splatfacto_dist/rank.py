@@ -21,7 +21,7 @@ from nerfstudio.utils import comms, profiler
 from splatfacto_dist import comm
 from splatfacto_dist.devices import gpu_of, gpus_needed, ranks_per_gpu
 from splatfacto_dist.profiling import STARTUP
-from splatfacto_dist.records import write_rank_record
+from splatfacto_dist.records import clear_rank_records, write_rank_record
 
 DEFAULT_TIMEOUT = timedelta(minutes=10)
 
@@ -52,12 +52,16 @@ def _train(local_rank: int, world_size: int, config: TrainerConfig, global_rank:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+    clear_rank_records(config.get_base_dir(), global_rank)
     try:
         trainer = config.setup(local_rank=local_rank, world_size=world_size)
         trainer.setup()
         trainer.train()
     except Exception as err:
-        write_rank_record(config.get_base_dir(), global_rank, {"failed": f"{type(err).__name__}: {err}"[:4000]})
+        try:
+            write_rank_record(config.get_base_dir(), global_rank, {"failed": f"{type(err).__name__}: {err}"[:4000]})
+        except Exception as unwritten:  # noqa: BLE001 - the training error is the one to raise
+            print(f"rank {global_rank}: could not write its failure record: {unwritten}", file=sys.stderr, flush=True)
         raise
     finally:
         profiler.flush_profiler(config.logging)  # as ns-train's launcher does; rank 0 only holds one

@@ -146,6 +146,8 @@ def rasterize_pairs(
         channels = colors.shape[-1]
         zero = 0 * (means2d.sum() + conics.sum() + opacities.sum() + colors.sum())
         renders = means2d.new_zeros((n_cameras, height, width, channels)) + zero
+        if absgrad:
+            means2d.absgrad = torch.zeros_like(means2d)  # what a rasterizer leaves for densification
         return renders, renders[..., :1]
     if means2d.is_cuda:
         tiles_x, tiles_y = math.ceil(width / TILE_SIZE), math.ceil(height / TILE_SIZE)

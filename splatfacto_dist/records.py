@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 RANKS_DIR = "ranks"
 
@@ -24,6 +24,16 @@ def write_rank_record(run_dir: Path, rank: int, record: Dict[str, Any]) -> Path:
     tmp.write_text(json.dumps(merged, indent=1))  # in order: start-up stages are read in the order they ran
     os.replace(tmp, path)
     return path
+
+
+def clear_rank_records(run_dir: Path, rank: Optional[int] = None) -> None:
+    """Forget an earlier run's records in `run_dir` (all, or `rank`'s): a benchmark reruns into the
+    same folder, and neither a record of this run nor a run that writes none (killed, or failed
+    before training) may be read as that earlier one."""
+    folder = Path(run_dir) / RANKS_DIR
+    pattern = "rank-*.json*" if rank is None else f"rank-{rank}.json*"
+    for path in folder.glob(pattern) if folder.is_dir() else []:
+        path.unlink(missing_ok=True)
 
 
 def read_rank_records(run_dir: Path) -> List[Dict[str, Any]]:

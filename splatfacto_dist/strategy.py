@@ -56,7 +56,7 @@ class SynchronizedDefaultStrategy(DefaultStrategy):
             for part in info:
                 self._update_state(params, state, part, packed=packed)
             return None
-        assert not packed, "splatfacto-dist renders unpacked"
+        assert not packed, "splatfacto-dist's renders give [C, N] or [P] pair statistics, not gsplat's packed ones"
         n = len(params["means"])
         ids = state.get("ids")  # the model's (made on the CPU with it); split and duplicate need them
         if ids is not None and ids.device != params["means"].device:
@@ -67,7 +67,7 @@ class SynchronizedDefaultStrategy(DefaultStrategy):
                 state[key] = torch.zeros(n, device=params["means"].device)
         means2d = info[self.key_for_gradient]
         views = info.get("views_in_loss", info["n_cameras"])
-        radii = info["radii"].reshape(-1, info["radii"].shape[-1])  # [C, M], or [1, M] for M projected pairs
+        radii = info["radii"] if info["radii"].dim() == 2 else info["radii"][None]  # [C, M]; [1, M] for M pairs
         grads = (means2d.absgrad if self.absgrad else means2d.grad).reshape(*radii.shape, 2).clone()
         grads[..., 0] *= info["width"] / 2.0 * views
         grads[..., 1] *= info["height"] / 2.0 * views

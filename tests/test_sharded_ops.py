@@ -313,3 +313,54 @@ def test_two_ranks_cameras_get_the_whole_gradient_of_their_render():
     assert not torch.allclose(want, whole, atol=1e-2)  # the box leaves part of the scene out
     assert want[..., :3].abs().sum() > 1  # and keeps some of it
     assert torch.allclose(got, want, atol=1e-5), float((got - want).abs().max())
+
+
+def _empty_side_worker(rank: int, port: int, results) -> None:
+    from datetime import timedelta
+
+    from splatfacto_dist.model import SplatfactoDistModel
+    from splatfacto_dist.scene import ring_cameras
+    from splatfacto_dist.strategy import SynchronizedDefaultStrategy
+
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2, timeout=timedelta(seconds=60)
+    )
+    try:
+        rows, _ = _colour_scene()
+        layout = ShardedLayout()
+        shard = {k: v[layout.block(len(v))].clone() for k, v in rows.items()}
+        if rank == 0:
+            shard["means"] = shard["means"] + torch.tensor([0.0, 0.0, 1e3])  # far out of every view
+        shard = {k: v.requires_grad_() for k, v in shard.items()}  # a default run: no camera optimizer
+        viewmats = ring_cameras(2)[rank : rank + 1]
+        if rank == 0:
+            viewmats = viewmats.clone()
+            viewmats[0, 2, 3] = -1e4  # rank 0's camera sees no Gaussian either
+        K = torch.tensor([[[43.2, 0.0, 24.0], [0.0, 43.2, 18.0], [0.0, 0.0, 1.0]]])
+        render, _, info = layout.render(
+            shard, SplatfactoDistModel.activate, viewmats=viewmats, Ks=K, width=48, height=36, sh_degree=3, absgrad=True
+        )
+        info["means2d"].retain_grad()
+        render.sum().backward()  # both ranks reach the exchanges' backward, or this hangs until the timeout
+        strategy = SynchronizedDefaultStrategy(layout=layout, absgrad=True)
+        state = {"grad2d": None, "count": None, "radii": None}
+        strategy._update_state(shard, state, {**info, "views_in_loss": 1})
+        results[rank] = (
+            len(info["radii"]),
+            float(render.abs().sum()),
+            float(shard["means"].grad.abs().sum()),
+            float(state["count"].sum()),
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_rank_that_sends_and_receives_nothing_still_takes_part_in_backward_and_statistics():
+    """Rank 0's shard is out of every view and its camera sees nothing: it sends and receives no pair.
+    With gradients on the parameters only (a default run), its backward still reaches both exchanges
+    and its densification statistics still take their all-to-all, so rank 1 trains."""
+    results = mp.Manager().dict()
+    mp.spawn(_empty_side_worker, args=(free_port(), results), nprocs=2)
+    (received0, image0, grad0, count0), (received1, image1, grad1, count1) = results[0], results[1]
+    assert received0 == 0 and image0 == 0 and grad0 == 0 and count0 == 0
+    assert received1 > 50 and image1 > 1 and grad1 > 0 and count1 == received1

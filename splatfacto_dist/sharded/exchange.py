@@ -43,7 +43,7 @@ class AllCameras(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
         counts, mine = ctx.counts, ctx.counts[comm.rank()]
         back = comm.all_to_all_rows(grad.contiguous(), counts, [mine] * len(counts))
-        # x world size: the pairs' gradients reached the owners through `_Exchange`, which divides
+        # x world size: the pairs' gradients reached the owners through `Exchange`, which divides
         # by it for the Gaussians' average; a camera's gradient is its own rank's, averaged later
         # with the other replicated parameters (as a replicated run averages it once).
         return back.reshape(len(counts), mine, grad.shape[1]).sum(dim=0) * comm.world_size(), None
@@ -61,7 +61,8 @@ def camera_meta(
 ) -> torch.Tensor:
     """[n, 20] host rows of what else the owners must know of one rank's cameras: width, height, the
     render's flags (depth channel, antialiased), its crop box (present, R 9, T 3, S 3). Made on the
-    host, apart from the poses: alone, a rank reads them without waiting for the GPU."""
+    host, apart from the poses: a rank alone reads them without waiting for the GPU (over NCCL their
+    gather goes through it)."""
     box = torch.zeros(16)
     if crop is not None:
         box = torch.cat([torch.ones(1), crop.R.reshape(9).cpu(), crop.T.reshape(3).cpu(), crop.S.reshape(3).cpu()])
@@ -145,6 +146,8 @@ def project_pairs(
             camera += 1
     if sum(send_counts) > 0:
         return torch.cat(blocks), torch.cat(order), send_counts
-    # Still a function of the cameras when nothing is sent: their gradients' exchange runs everywhere.
+    # Nothing to send: still a function of the parameters and cameras, so that this rank's backward
+    # reaches the exchanges (their all-to-alls run on every rank or on none).
+    anchor = 0 * (cameras.sum() + sum(v.sum() for v in values))
     nothing = torch.zeros(0, dtype=torch.long, device=rows["means"].device)
-    return cameras.new_zeros((0, width)) + 0 * cameras.sum(), nothing, send_counts
+    return cameras.new_zeros((0, width)) + anchor, nothing, send_counts
