@@ -34,6 +34,7 @@ from splatfacto_dist import comm
 from splatfacto_dist.layout import ReplicatedLayout
 from splatfacto_dist.metrics import LazyLPIPS
 from splatfacto_dist.sharded import ShardedLayout
+from splatfacto_dist.ssim import LossSSIM
 from splatfacto_dist.strategy import SynchronizedDefaultStrategy
 
 
@@ -52,6 +53,10 @@ class SplatfactoDistModelConfig(SplatfactoModelConfig):
     images_per_step: int = 1
     """Images rendered per step across all ranks. Set by the trainer when it converts the schedule
     from images to steps; it sizes the pause after an opacity reset (one pass over the cameras)."""
+    fused_ssim: bool = True
+    """The SSIM loss by fussim's fused CUDA kernel on CUDA (stock's pytorch_msssim value and gradient
+    to float tolerance, several times faster); the CPU, or a machine where it does not load, uses
+    pytorch_msssim. Evaluation SSIM is stock's either way."""
 
 
 LAYOUTS = {"replicated": ReplicatedLayout, "sharded": ShardedLayout}
@@ -101,6 +106,7 @@ class SplatfactoDistModel(SplatfactoModel):
         self.camera_optimizer = self.config.camera_optimizer.setup(num_cameras=self.num_train_data, device="cpu")
         self.psnr = PeakSignalNoiseRatio(data_range=1.0)
         self.ssim = SSIM(data_range=1.0, size_average=True, channel=3)
+        self.ssim_loss = LossSSIM(self.ssim, fused=self.config.fused_ssim)
         self.lpips = LazyLPIPS()
         self.step = 0
         self.crop_box = None
@@ -400,7 +406,7 @@ class SplatfactoDistModel(SplatfactoModel):
         gt_nchw = gt.reshape(-1, *gt.shape[-3:]).permute(0, 3, 1, 2).contiguous()
         pred_nchw = pred.reshape(-1, *pred.shape[-3:]).permute(0, 3, 1, 2).contiguous()
         l1 = torch.abs(gt - pred).mean()
-        ssim_loss = 1 - self.ssim(gt_nchw, pred_nchw)
+        ssim_loss = 1 - self.ssim_loss(gt_nchw, pred_nchw)
         if self.config.use_scale_regularization and self.step % 10 == 0:
             scale_exp = torch.exp(self.scales)
             ratio = scale_exp.amax(dim=-1) / scale_exp.amin(dim=-1)

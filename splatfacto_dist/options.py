@@ -285,6 +285,7 @@ MODEL: Table = {
     "color_corrected_metrics": Honoured("SplatfactoDistModel.get_image_metrics_and_images"),
     "seed": Honoured("SplatfactoDistModel.seed"),
     "images_per_step": _inert(f"{_M}images-per-step", "is set by the trainer from the GPUs and cameras per rank"),
+    "fused_ssim": Honoured("ssim.LossSSIM (SplatfactoDistModel.get_loss_dict)"),
     "gaussian_layout": Honoured("where the Gaussians live (replicated or sharded)"),
 }
 
