@@ -54,8 +54,8 @@ class SplatfactoDistModelConfig(SplatfactoModelConfig):
     """Images rendered per step across all ranks. Set by the trainer when it converts the schedule
     from images to steps; it sizes the pause after an opacity reset (one pass over the cameras)."""
     fused_ssim: bool = True
-    """The SSIM loss by fussim's fused CUDA kernel on CUDA (stock's pytorch_msssim value and gradient
-    to float tolerance, several times faster); the CPU, or a machine where it does not load, uses
+    """The SSIM loss by a fused Triton kernel on CUDA (stock's pytorch_msssim value and gradient to
+    float tolerance, several times faster); the CPU, or a machine where it does not compile, uses
     pytorch_msssim. Evaluation SSIM is stock's either way."""
 
 

@@ -200,6 +200,14 @@ ROUNDING_FREE_ADAM = [
     for arg in (f"--optimizers.{group}.optimizer.eps", "1e-6")
 ]
 
+
+@pytest.fixture(scope="session")
+def straight_run(tmp_path_factory: pytest.TempPathFactory, scene: Path) -> Path:
+    """2 ranks for steps 0-47 on SCHEDULE + ROUNDING_FREE_ADAM: what the equivalence, resume and
+    sharded-checkpoint tests compare against (trained once; they only read it)."""
+    return train(tmp_path_factory.mktemp("straight"), scene, 2, SCHEDULE + ROUNDING_FREE_ADAM)
+
+
 # Two CUDA ranks: on two GPUs over NCCL, or sharing one over gloo where the machine has one.
 CUDA_TWO_RANKS = ["--machine.device-type", "cuda"] + (
     [] if torch.cuda.device_count() >= 2 else ["--ranks-per-gpu", "2"]

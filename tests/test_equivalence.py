@@ -15,23 +15,24 @@ import torch
 from conftest import ROUNDING_FREE_ADAM, SCHEDULE, renders, train
 
 
-def spread_and_batched(tmp_path, scene, world: int, schedule: list):
-    spread = train(tmp_path / "ranks", scene, world, schedule)
-    batched = train(
+def batched_like(tmp_path, scene, world: int, schedule: list):
+    """One process rendering `world` cameras per step, as `world` ranks of one camera do."""
+    return train(
         tmp_path / "batch",
         scene,
         1,
         schedule
         + ["--pipeline.datamanager.cameras-per-rank", str(world), "--pipeline.datamanager.data-shards", str(world)],
     )
-    return spread, batched
 
 
 @pytest.mark.parametrize("world", [2, 3])
-def test_ranks_equal_one_process_rendering_the_same_batch(tmp_path, scene, world):
-    spread, batched = spread_and_batched(tmp_path, scene, world, SCHEDULE + ROUNDING_FREE_ADAM)
-    for run in ("ranks", "batch"):
-        log = (tmp_path / run / "train.log").read_text()
+def test_ranks_equal_one_process_rendering_the_same_batch(tmp_path, scene, straight_run, world):
+    schedule = SCHEDULE + ROUNDING_FREE_ADAM
+    spread = straight_run if world == 2 else train(tmp_path / "ranks", scene, world, schedule)
+    batched = batched_like(tmp_path, scene, world, schedule)
+    for run in (spread, batched):
+        log = (run.parents[2] / "train.log").read_text()
         assert "Step 32:" in log and "GSs split" in log, log[-2000:]
     count_a, images_a = renders(spread)
     count_b, images_b = renders(batched)
@@ -51,7 +52,8 @@ def test_mixed_image_sizes_rendered_by_size_equal_ranks(tmp_path, mixed_scene):
     """
     schedule = SCHEDULE + ROUNDING_FREE_ADAM
     schedule[schedule.index("48")] = "32"
-    spread, batched = spread_and_batched(tmp_path, mixed_scene, 2, schedule)
+    spread = train(tmp_path / "ranks", mixed_scene, 2, schedule)
+    batched = batched_like(tmp_path, mixed_scene, 2, schedule)
     count_a, images_a = renders(spread)
     count_b, images_b = renders(batched)
     assert count_a == count_b

@@ -16,12 +16,13 @@ from conftest import CLI, ROUNDING_FREE_ADAM, SCHEDULE, renders, tool, train, tr
 
 
 @pytest.mark.parametrize("first_procs, then_procs", [(2, 1), (1, 2)])
-def test_resume_on_another_process_count_equals_training_straight(tmp_path, scene, first_procs, then_procs):
+def test_resume_on_another_process_count_equals_training_straight(
+    tmp_path, scene, straight_run, first_procs, then_procs
+):
     """Steps 0-32 on one layout (a refine at 32 empties the statistics), steps 33-47 on the other
     (2 ranks of 1 camera, or 1 process rendering the same 2 cameras) == 2 ranks for steps 0-47."""
     compared = SCHEDULE + ROUNDING_FREE_ADAM
     layout = {2: [], 1: ["--pipeline.datamanager.cameras-per-rank", "2", "--pipeline.datamanager.data-shards", "2"]}
-    straight = train(tmp_path / "straight", scene, 2, compared)
     first = train(
         tmp_path / "first", scene, first_procs, compared + layout[first_procs] + ["--max-num-iterations", "33"]
     )
@@ -34,7 +35,7 @@ def test_resume_on_another_process_count_equals_training_straight(tmp_path, scen
     assert "continuing at step 33" in (tmp_path / "resumed" / "train.log").read_text()
     (ckpt,) = (resumed / "nerfstudio_models").glob("*.ckpt")
     assert ckpt.name == "step-000000047.ckpt"
-    count_a, images_a = renders(straight)
+    count_a, images_a = renders(straight_run)
     count_b, images_b = renders(resumed)
     assert count_a == count_b
     mse = torch.mean((torch.stack(images_a) - torch.stack(images_b)) ** 2)

@@ -113,11 +113,10 @@ def test_batches_of_cameras_train_equal_to_replicated(tmp_path, scene):
     assert_renders_match(replicated, sharded)
 
 
-def test_sharded_checkpoint_exports_every_gaussian_and_resumes_replicated(tmp_path, scene):
+def test_sharded_checkpoint_exports_every_gaussian_and_resumes_replicated(tmp_path, scene, straight_run):
     """A sharded run's checkpoint is one whole splatfacto model: ns-export writes one PLY of every
     Gaussian, and it resumes replicated (and back) equal to training straight through."""
     compared = SCHEDULE + ROUNDING_FREE_ADAM
-    straight = train(tmp_path / "straight", scene, 2, compared)
     first = train(tmp_path / "first", scene, 2, compared + SHARDED + ["--max-num-iterations", "33"])
     check_ns_export(first, tmp_path / "export")
     middle = train(
@@ -133,7 +132,7 @@ def test_sharded_checkpoint_exports_every_gaussian_and_resumes_replicated(tmp_pa
         compared + SHARDED + ["--max-num-iterations", "8", "--load-dir", str(middle / "nerfstudio_models")],
     )
     assert "continuing at step 40" in (tmp_path / "resumed" / "train.log").read_text()
-    assert_renders_match(straight, resumed)
+    assert_renders_match(straight_run, resumed)
 
 
 def test_sharded_eval_of_uneven_shares_equals_stock_ns_eval(tmp_path, scene):
