@@ -1,5 +1,6 @@
 """`splatfacto-dist-demo` ends with its result: test metrics that describe the picture it writes, and
-one end-of-training box and LPIPS note however many ranks trained (2 gloo processes here)."""
+one end-of-training box and LPIPS note however many ranks trained (2 gloo processes on the CPU; the
+GPU's schedule on the GPU machines)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import subprocess
 
 import numpy as np
+import pytest
 import torch
 from conftest import tool
 from PIL import Image
@@ -29,7 +31,19 @@ def _ssim(a: np.ndarray, b: np.ndarray) -> float:
 
 def test_demo_ends_with_test_metrics_and_a_picture_of_the_test_views(tmp_path):
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")  # the CPU demo (2 gloo ranks) on any machine
-    cmd = [tool("splatfacto-dist-demo"), "--images", str(IMAGES), "--out", str(tmp_path)]
+    check_demo(tmp_path, env, IMAGES)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_demo_trains_past_the_screen_size_splits(tmp_path):
+    """6,000 images of the GPU schedule: past the 3,000 at which stock's screen-size splits had made
+    the model millions of Gaussians on the scene's small images (seconds per step)."""
+    check_demo(tmp_path, dict(os.environ), 6000)
+
+
+def check_demo(tmp_path, env: dict, images: int) -> None:
+    cmd = [tool("splatfacto-dist-demo"), "--images", str(images), "--out", str(tmp_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
