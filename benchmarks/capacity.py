@@ -10,14 +10,14 @@ layouts can be measured in separate calls:
     python benchmarks/capacity.py --layout replicated --gpus 1 --sizes 4e6 6e6 8e6 12e6 16e6
     python benchmarks/capacity.py --layout sharded --gpus 2 --sizes 8e6 12e6 16e6 24e6 32e6
 
-Each size is a `splatfacto_dist.synthetic` scene whose points3D holds exactly that many points
+Each size is a `splatfacto_dist.scenes.synthetic` scene whose points3D holds exactly that many points
 (generated once, cached under --cache). splatfacto starts from one Gaussian per point, and
 densification is off (--pipeline.model.stop-split-at 0: no split, duplicate, prune or opacity
 reset; the culling thresholds only act inside a refine), so a run holds exactly that many
 Gaussians from start to end. Training renders at full resolution from the first step
 (--pipeline.model.num-downscales 0) and reaches SH degree 3 by 3/8 of the --images budget, so
 the memory measured is that of a real step. The cap reaches every rank as the environment
-variable SPLATFACTO_DIST_MEMORY_CAP_GIB, which the trainer applies (`splatfacto_dist.memcap`);
+variable SPLATFACTO_DIST_MEMORY_CAP_GIB, which the trainer applies (`splatfacto_dist.launching.memcap`);
 a run whose rank records (`splatfacto_dist.records`) lack the cap is marked "uncapped". Arguments the benchmark does not know go
 to every training run. Writes results.json (every run, each rank's peak) and results.md.
 """
@@ -36,10 +36,10 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from splatfacto_dist.bench import layout_args, rank_gpu_memory, read_events, summarize_ranks
-from splatfacto_dist.memcap import ENV as CAP_ENV
+from splatfacto_dist.benchmarking.bench import layout_args, rank_gpu_memory, read_events, summarize_ranks
+from splatfacto_dist.launching.memcap import ENV as CAP_ENV
 from splatfacto_dist.records import clear_rank_records, read_rank_records
-from splatfacto_dist.synthetic import SceneSpec, generate, is_complete, parse_count
+from splatfacto_dist.scenes.synthetic import SceneSpec, generate, is_complete, parse_count
 
 OOM = re.compile(r"out of memory|OutOfMemoryError", re.IGNORECASE)
 CAPACITY_TARGET = 1.8  # sharded on N GPUs must hold at least this many times replicated's largest scene

@@ -15,7 +15,7 @@ parser=()
 work=/tmp/before_after
 mkdir -p "$out" "$work"
 bench() {  # TREE NAME GPUS COUNT
-  (cd "$1" && CUDA_VISIBLE_DEVICES=$3 python -m splatfacto_dist.bench --data "$data" "${parser[@]}" --budget "$images" \
+  (cd "$1" && CUDA_VISIBLE_DEVICES=$3 python -m splatfacto_dist.benchmarking.bench --data "$data" "${parser[@]}" --budget "$images" \
     --gpus "$4" --no-stock --out "$work/$2_$4gpu" "${@:5}" 2>&1 | grep '^|' | sed "s/^/$2 /")
 }
 for n in ${counts//,/ }; do

@@ -13,7 +13,7 @@ parser=()
 [ -f "$data/transforms.json" ] && parser=(--dataparser nerfstudio-data)
 work=/tmp/bench_$scene
 mkdir -p "$out/$scene" "$work"
-timeout "$seconds" python -m splatfacto_dist.bench --data "$data" "${parser[@]}" --budget 30000 --gpus 1 2 4 \
+timeout "$seconds" python -m splatfacto_dist.benchmarking.bench --data "$data" "${parser[@]}" --budget 30000 --gpus 1 2 4 \
   --parallel --out "$work" "${@:4}" 2>&1 | grep --line-buffered '^\[bench\] \(start\|done\|failed\)'
 cp "$work"/results.json "$work"/results.md "$work"/scaling.png "$out/$scene/" 2>/dev/null
 left=$((deadline - SECONDS))

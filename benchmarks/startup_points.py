@@ -6,7 +6,7 @@ large run takes to start (and how much of a capacity benchmark's device time is 
 
     python benchmarks/startup_points.py --sizes 1e6 4e6 --out docs/bench/startup_points
 
-Each size is a `splatfacto_dist.synthetic` scene (cached under --cache). Timed, in this process,
+Each size is a `splatfacto_dist.scenes.synthetic` scene (cached under --cache). Timed, in this process,
 with the threads a rank would have (--threads, default: all cores over --ranks):
 - stock's COLMAP parser (`ColmapDataParser`, points3D through nerfstudio's per-point reader) and
   ours (`BulkPointsColmapDataParser`), whole `get_dataparser_outputs`;
@@ -26,7 +26,7 @@ from typing import Callable, Dict, Tuple
 
 import torch
 
-from splatfacto_dist.synthetic import SceneSpec, generate, is_complete, parse_count
+from splatfacto_dist.scenes.synthetic import SceneSpec, generate, is_complete, parse_count
 
 
 def _timed(fn: Callable[[], object]) -> Tuple[object, float]:
@@ -40,8 +40,8 @@ def measure(scene: Path, ranks: int) -> Dict[str, float]:
     from nerfstudio.data.dataparsers.colmap_dataparser import ColmapDataParserConfig
     from nerfstudio.models.splatfacto import SplatfactoModel
 
-    from splatfacto_dist.colmap_points import BulkPointsColmapDataParser
     from splatfacto_dist.model import nearest_distances
+    from splatfacto_dist.scenes.colmap_points import BulkPointsColmapDataParser
 
     config = ColmapDataParserConfig(data=scene)
     theirs, stock_parse = _timed(lambda: config.setup().get_dataparser_outputs("train"))

@@ -7,7 +7,7 @@ and the host's time per step, so a change to the step can be aimed at what costs
 same call as stock's table.
 
 Usage (GPU machine): cd TREE && python PATH/TO/benchmarks/step_profile.py {stock|dist} OUT.txt [--skip N --active N] -- METHOD ARGS...
-Stock splatfacto needs the LPIPS stub on PYTHONPATH (splatfacto_dist/lpips_stub), as in the benchmark.
+Stock splatfacto needs the LPIPS stub on PYTHONPATH (splatfacto_dist/benchmarking/lpips_stub), as in the benchmark.
 """
 
 from __future__ import annotations

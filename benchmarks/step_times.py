@@ -9,7 +9,7 @@ time and the excess of it plus the 3 following steps over the median of the 20 s
 
 Usage (GPU machine): cd TREE && python PATH/TO/benchmarks/step_times.py {stock|dist} OUT.json METHOD ARGS...
 TREE's splatfacto_dist is the one imported (so a copy of an older tree can be measured). Stock splatfacto
-needs the LPIPS stub on PYTHONPATH (splatfacto_dist/lpips_stub), as in the benchmark.
+needs the LPIPS stub on PYTHONPATH (splatfacto_dist/benchmarking/lpips_stub), as in the benchmark.
 """
 
 from __future__ import annotations

@@ -14,10 +14,10 @@ import sys
 from pathlib import Path
 from typing import List, Mapping, Optional
 
-from splatfacto_dist import refusals
-from splatfacto_dist.argv import option, values
-from splatfacto_dist.gpu_count import visible_gpus
-from splatfacto_dist.prespawn import Prespawned, RankFailed
+from splatfacto_dist.launching import refusals
+from splatfacto_dist.launching.argv import option, values
+from splatfacto_dist.launching.gpu_count import visible_gpus
+from splatfacto_dist.launching.prespawn import Prespawned, RankFailed
 
 
 def _parse_decides(argv: List[str]) -> bool:
@@ -65,7 +65,7 @@ def entrypoint() -> None:
         raise SystemExit(2)
     ranks = Prespawned(count) if count else None
     try:
-        from splatfacto_dist import launch
+        from splatfacto_dist.launching import launch
 
         launch.parse_and_launch(ranks)
     except RankFailed as err:

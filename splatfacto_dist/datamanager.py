@@ -29,7 +29,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from rich.progress import track
 
 from splatfacto_dist import comm
-from splatfacto_dist.colmap_points import BulkPointsColmapDataParser
+from splatfacto_dist.scenes.colmap_points import BulkPointsColmapDataParser
 
 
 class ConfigError(ValueError):

@@ -17,7 +17,7 @@ from nerfstudio.data.dataparsers.colmap_dataparser import ColmapDataParserConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from splatfacto_dist.demo_result import SUMMARY, evaluate
-from splatfacto_dist.launch import main as train_main
+from splatfacto_dist.launching.launch import main as train_main
 from splatfacto_dist.method import splatfacto_dist_config
 
 
@@ -30,7 +30,7 @@ def main() -> None:
     if not (scene / "colmap").exists():
         # Rendered in a child process: this one forks the CPU ranks later, and a process that has
         # already run torch's OpenMP thread pool cannot be forked safely.
-        subprocess.run([sys.executable, "-m", "splatfacto_dist.scene", str(scene)], check=True)
+        subprocess.run([sys.executable, "-m", "splatfacto_dist.scenes.scene", str(scene)], check=True)
     CONSOLE.log(f"embedded scene: {scene}")
 
     gpus = torch.cuda.device_count()

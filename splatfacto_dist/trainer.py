@@ -29,11 +29,11 @@ from nerfstudio.utils.writer import EventName, TimeWriter
 
 from splatfacto_dist import checkpoint, comm
 from splatfacto_dist.control import PAUSE, RUN, STOP, RankControl
-from splatfacto_dist.devices import gpu_of
-from splatfacto_dist.memcap import ENV as MEMORY_CAP_ENV, apply_memory_cap
+from splatfacto_dist.launching.devices import gpu_of
+from splatfacto_dist.launching.memcap import ENV as MEMORY_CAP_ENV, apply_memory_cap
+from splatfacto_dist.launching.preflight import refuse_at_parse
 from splatfacto_dist.model import SplatfactoDistModelConfig
 from splatfacto_dist.optimizer_step import live_parameters, step_optimizers
-from splatfacto_dist.preflight import refuse_at_parse
 from splatfacto_dist.profiling import PHASES, STARTUP
 from splatfacto_dist.records import write_rank_record
 from splatfacto_dist.scaling import ScalingRule, convert_images_to_steps, fuse_adam, scale_optimizers

@@ -14,7 +14,7 @@ from typing import List, Optional, Sequence
 import pytest
 import torch
 
-from splatfacto_dist.scene import generate_scene
+from splatfacto_dist.scenes.scene import generate_scene
 
 BIN = Path(sys.executable).parent
 

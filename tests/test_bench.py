@@ -8,7 +8,7 @@ import sys
 
 from conftest import TINY_DENSIFICATION
 
-from splatfacto_dist import bench_report
+from splatfacto_dist.benchmarking import bench_report
 
 SCHEDULE = ["--machine.device-type", "cpu", *TINY_DENSIFICATION]
 
@@ -18,7 +18,7 @@ def test_bench_trains_every_job_and_writes_json_table_and_plot(tmp_path, scene):
     cmd = [
         sys.executable,
         "-m",
-        "splatfacto_dist.bench",
+        "splatfacto_dist.benchmarking.bench",
         "--data",
         str(scene),
         "--budget",
@@ -96,7 +96,7 @@ def test_report_merges_results_of_several_runs(tmp_path):
         [
             sys.executable,
             "-m",
-            "splatfacto_dist.bench_report",
+            "splatfacto_dist.benchmarking.bench_report",
             str(tmp_path / "out"),
             str(first),
             str(second),
@@ -115,7 +115,7 @@ def test_report_merges_results_of_several_runs(tmp_path):
 
 def test_bench_rejects_bad_input_in_one_line(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "splatfacto_dist.bench", "--data", str(tmp_path / "nowhere")],
+        [sys.executable, "-m", "splatfacto_dist.benchmarking.bench", "--data", str(tmp_path / "nowhere")],
         capture_output=True,
         text=True,
         timeout=120,
@@ -148,7 +148,7 @@ def test_every_job_runs_once_per_seed_with_that_seed():
     import argparse
     from pathlib import Path
 
-    from splatfacto_dist.bench import Job, _command
+    from splatfacto_dist.benchmarking.bench import Job, _command
 
     args = argparse.Namespace(
         budget=100, eval_every=50, profile_every=53, dataparser=["colmap"], data="scene", layout="replicated"
@@ -160,7 +160,7 @@ def test_every_job_runs_once_per_seed_with_that_seed():
 
 
 def test_rank_records_give_the_slowest_ranks_start_up_stages(tmp_path):
-    from splatfacto_dist.bench import summarize_ranks
+    from splatfacto_dist.benchmarking.bench import summarize_ranks
     from splatfacto_dist.records import read_rank_records, write_rank_record
 
     write_rank_record(tmp_path, 1, {"startup_s": 12.5, "peak_host_mb": 120.0, "peak_gpu_mb": 40.0})
@@ -186,7 +186,7 @@ def test_layout_reaches_every_dist_job_and_replicated_passes_nothing():
     import argparse
     from pathlib import Path
 
-    from splatfacto_dist.bench import Job, _command
+    from splatfacto_dist.benchmarking.bench import Job, _command
 
     args = argparse.Namespace(budget=100, eval_every=50, profile_every=53, dataparser=["colmap"], data="scene")
     dist, stock = Job("dist-2gpu", "splatfacto-dist", 2), Job("stock-1gpu", "splatfacto", 1)
@@ -199,7 +199,7 @@ def test_layout_reaches_every_dist_job_and_replicated_passes_nothing():
 
 
 def test_report_shows_the_fullest_and_emptiest_ranks_gpu_memory(tmp_path):
-    from splatfacto_dist.bench import rank_gpu_memory
+    from splatfacto_dist.benchmarking.bench import rank_gpu_memory
 
     records = [{"rank": 0, "peak_gpu_mb": 702.0}, {"rank": 1, "peak_gpu_mb": 610.0}, {"rank": 2, "peak_gpu_mb": None}]
     assert rank_gpu_memory(records) == [702.0, 610.0]

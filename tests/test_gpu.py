@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from splatfacto_dist.raster import rasterize
-from splatfacto_dist.scene import ground_truth_gaussians, ring_cameras
+from splatfacto_dist.scenes.scene import ground_truth_gaussians, ring_cameras
 
 pytestmark = pytest.mark.gpu
 

@@ -65,7 +65,7 @@ def test_guess_local_ranks_reads_cuda_device_counts_off_the_raw_arguments():
 
 
 def test_visible_gpus_follow_cuda_visible_devices_or_say_unsure():
-    from splatfacto_dist.gpu_count import count_visible
+    from splatfacto_dist.launching.gpu_count import count_visible
 
     assert count_visible(4, None) == 4
     assert count_visible(4, "") == 0
@@ -77,7 +77,7 @@ def test_visible_gpus_follow_cuda_visible_devices_or_say_unsure():
 
 
 def test_the_drivers_gpu_list_is_counted_unless_a_gpu_is_split_into_mig_instances(monkeypatch):
-    from splatfacto_dist import gpu_count
+    from splatfacto_dist.launching import gpu_count
 
     listing = "GPU 0: NVIDIA H200 (UUID: GPU-1)\nGPU 1: NVIDIA H200 (UUID: GPU-2)\n"
     monkeypatch.setattr(gpu_count.shutil, "which", lambda name: "/usr/bin/nvidia-smi")
@@ -112,7 +112,7 @@ def test_more_gpus_than_the_driver_lists_are_refused_before_torch_is_imported(tm
     """The commonest impossible launch fails at once: no import of torch or nerfstudio, no rank
     spawned (the driver's count is stubbed to 2: the CPU machines have none)."""
     code = (
-        "import sys\nimport splatfacto_dist.gpu_count as g\ng.physical_gpus = lambda: 2\n"
+        "import sys\nimport splatfacto_dist.launching.gpu_count as g\ng.physical_gpus = lambda: 2\n"
         f"sys.argv = ['splatfacto-dist-train', 'splatfacto-dist', '--machine.num-devices', '4', '--data', {str(tmp_path)!r}]\n"
         "from splatfacto_dist import cli\ntry:\n    cli.entrypoint()\nexcept SystemExit as e:\n"
         "    print('exit', e.code, 'torch' in sys.modules, 'multiprocessing.popen_spawn_posix' in sys.modules)\n"
@@ -134,8 +134,8 @@ def _parsed(args: list):
 
 def test_prespawned_ranks_train_the_parsed_job(tmp_path, scene, capfd):
     """The ranks `splatfacto-dist-train` starts before parsing (on CUDA) run the job they are handed."""
-    from splatfacto_dist import launch
-    from splatfacto_dist.prespawn import Prespawned
+    from splatfacto_dist.launching import launch
+    from splatfacto_dist.launching.prespawn import Prespawned
 
     config = _parsed(train_command(tmp_path, scene, 2, ARGS, launcher=()))
     ranks = Prespawned(2)
@@ -154,8 +154,8 @@ def test_a_failing_prespawned_rank_stops_the_others(tmp_path, scene):
 
     import pytest
 
-    from splatfacto_dist import launch
-    from splatfacto_dist.prespawn import Prespawned, RankFailed
+    from splatfacto_dist.launching import launch
+    from splatfacto_dist.launching.prespawn import Prespawned, RankFailed
 
     broken = tmp_path / "scene"
     subprocess.run(["cp", "-r", str(scene), str(broken)], check=True)
@@ -176,7 +176,7 @@ def test_prespawned_ranks_that_are_not_needed_exit_when_dismissed():
     ended after a short grace if still importing."""
     import time
 
-    from splatfacto_dist.prespawn import Prespawned
+    from splatfacto_dist.launching.prespawn import Prespawned
 
     ranks = Prespawned(2)
     start = time.monotonic()

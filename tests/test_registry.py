@@ -31,7 +31,7 @@ def test_our_launchers_short_parse_of_splatfacto_dist_equals_ns_trains_parse():
     import tyro
     from nerfstudio.configs.method_configs import AnnotatedBaseConfigUnion
 
-    from splatfacto_dist.launch import parse
+    from splatfacto_dist.launching.launch import parse
 
     for options in (
         ["colmap", "--data", "scene"],
@@ -69,7 +69,7 @@ def test_splatfacto_dist_big_has_stock_splatfacto_bigs_settings():
 
     from nerfstudio.configs.method_configs import method_configs
 
-    from splatfacto_dist.launch import parse
+    from splatfacto_dist.launching.launch import parse
 
     methods, _ = discover_methods()
     ours, stock = methods["splatfacto-dist-big"], method_configs["splatfacto-big"]

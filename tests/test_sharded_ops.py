@@ -204,7 +204,7 @@ def test_a_save_makes_bounded_chunks_and_only_reads_the_live_optimizer_state(mon
 
 def _colour_scene():
     """600 Gaussians with strongly view-dependent colour (SH degree 3), drawn alike on every rank."""
-    from splatfacto_dist.scene import ground_truth_gaussians
+    from splatfacto_dist.scenes.scene import ground_truth_gaussians
 
     generator = torch.Generator().manual_seed(0)
     truth = ground_truth_gaussians()
@@ -224,7 +224,7 @@ def _colour_scene():
 def _camera_gradient(layout, rows, weights, cameras: slice) -> torch.Tensor:
     """d(weighted render)/d(viewmats) of the ring cameras `cameras`, rendered from `rows` by `layout`."""
     from splatfacto_dist.model import SplatfactoDistModel
-    from splatfacto_dist.scene import ring_cameras
+    from splatfacto_dist.scenes.scene import ring_cameras
 
     viewmats = ring_cameras(2)[cameras].clone().requires_grad_()
     K = torch.tensor([[[43.2, 0.0, 24.0], [0.0, 43.2, 18.0], [0.0, 0.0, 1.0]]]).repeat(len(viewmats), 1, 1)
@@ -242,7 +242,7 @@ def test_cameras_learn_through_the_owners_projection_and_colour_as_when_replicat
     render does not depend on its cameras at all."""
     from splatfacto_dist.layout import ReplicatedLayout
     from splatfacto_dist.model import SplatfactoDistModel
-    from splatfacto_dist.scene import ring_cameras
+    from splatfacto_dist.scenes.scene import ring_cameras
 
     rows, weights = _colour_scene()
     replicated = _camera_gradient(ReplicatedLayout(), rows, weights, slice(0, 2))
@@ -265,7 +265,7 @@ def _cropped_view(layout, shard, rows):
 
     from splatfacto_dist.layout import ReplicatedLayout
     from splatfacto_dist.model import SplatfactoDistModel
-    from splatfacto_dist.scene import ring_cameras
+    from splatfacto_dist.scenes.scene import ring_cameras
 
     box = OrientedBox(R=torch.eye(3), T=rows["means"].mean(0), S=torch.full((3,), 1.6))
     view = dict(viewmats=ring_cameras(2)[:1], Ks=torch.tensor([[[43.2, 0.0, 24.0], [0.0, 43.2, 18.0], [0.0, 0.0, 1.0]]]),
@@ -319,7 +319,7 @@ def _empty_side_worker(rank: int, port: int, results) -> None:
     from datetime import timedelta
 
     from splatfacto_dist.model import SplatfactoDistModel
-    from splatfacto_dist.scene import ring_cameras
+    from splatfacto_dist.scenes.scene import ring_cameras
     from splatfacto_dist.strategy import SynchronizedDefaultStrategy
 
     dist.init_process_group(

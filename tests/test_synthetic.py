@@ -15,7 +15,7 @@ from conftest import train
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from splatfacto_dist.synthetic import SceneSpec, generate, is_complete
+from splatfacto_dist.scenes.synthetic import SceneSpec, generate, is_complete
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_SCENE = SceneSpec(gaussians=5000, views=10, width=48, height=36, objects=9)
@@ -74,7 +74,7 @@ def test_one_process_trains_on_it_without_changing_the_gaussian_count(synthetic,
 def test_memory_cap_is_off_without_the_variable_or_without_cuda(monkeypatch):
     import torch
 
-    from splatfacto_dist.memcap import ENV, apply_memory_cap
+    from splatfacto_dist.launching.memcap import ENV, apply_memory_cap
 
     monkeypatch.delenv(ENV, raising=False)
     assert apply_memory_cap() is None
@@ -86,7 +86,7 @@ def test_memory_cap_is_off_without_the_variable_or_without_cuda(monkeypatch):
 @pytest.mark.gpu
 def test_memory_cap_turns_a_larger_allocation_into_out_of_memory():
     code = (
-        "import torch\nfrom splatfacto_dist.memcap import apply_memory_cap\n"
+        "import torch\nfrom splatfacto_dist.launching.memcap import apply_memory_cap\n"
         "torch.cuda.set_device(0)\nassert apply_memory_cap() < 1\nkeep = torch.empty(2**29, device='cuda')\n"
         "try:\n    torch.empty(2**29, device='cuda')\nexcept torch.OutOfMemoryError:\n    print('capped')\n"
     )

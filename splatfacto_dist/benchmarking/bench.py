@@ -26,8 +26,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from splatfacto_dist import bench_report
-from splatfacto_dist.argv import option
+from splatfacto_dist.benchmarking import bench_report
+from splatfacto_dist.launching.argv import option
 from splatfacto_dist.records import clear_rank_records, read_rank_records
 
 STUB = Path(__file__).resolve().parent / "lpips_stub"
@@ -78,7 +78,7 @@ def _command(job: Job, args: argparse.Namespace, extra: List[str], out: Path) ->
         str(job.seed),
     ]
     if job.method == "splatfacto":  # stock counts steps of one image: the same numbers, in images
-        cmd = [sys.executable, "-m", "splatfacto_dist.bench_stock", "splatfacto", *common]
+        cmd = [sys.executable, "-m", "splatfacto_dist.benchmarking.bench_stock", "splatfacto", *common]
     else:  # splatfacto-dist counts images by default and divides by the images per step itself
         cmd = [
             sys.executable,

@@ -19,11 +19,11 @@ import yaml
 from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from splatfacto_dist.preflight import LaunchError, check_job
-from splatfacto_dist.rank import Job, run_rank
+from splatfacto_dist.launching.preflight import LaunchError, check_job
+from splatfacto_dist.launching.rank import Job, run_rank
 
 if TYPE_CHECKING:
-    from splatfacto_dist.prespawn import Prespawned
+    from splatfacto_dist.launching.prespawn import Prespawned
 
 
 def _env_job() -> Optional[Job]:

@@ -23,7 +23,7 @@ from typing import Dict, Tuple
 import numpy as np
 from PIL import Image
 
-from splatfacto_dist.colmap_writer import PointsFormat, PointsWriter, write_images, write_pinhole_camera
+from splatfacto_dist.scenes.colmap_writer import PointsFormat, PointsWriter, write_images, write_pinhole_camera
 
 CHUNK = 1 << 20  # points generated per chunk; part of the output's definition (one random stream each)
 SPACING = 3.0  # metres between neighbouring objects

@@ -4,7 +4,7 @@ The final test metrics are computed after the last step (stock nerfstudio only e
 multiples of --steps-per-eval-all-images), exactly as splatfacto-dist's --eval-all-images-at-end
 does, and the peak host memory goes into the rank record splatfacto-dist's ranks write
 (`records.py`); the peak GPU memory is the training's, from its events, as before.
-Usage: python -m splatfacto_dist.bench_stock <ns-train arguments>
+Usage: python -m splatfacto_dist.benchmarking.bench_stock <ns-train arguments>
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ def _worker(local_rank: int, conn: Connection) -> None:
     """Import what every rank needs, then run the rank the parent describes (or exit on None)."""
     import importlib
 
-    from splatfacto_dist import rank
+    from splatfacto_dist.launching import rank
 
     importlib.import_module("splatfacto_dist.method")  # the config classes the parent will send
     from splatfacto_dist.profiling import STARTUP

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from splatfacto_dist.devices import gpus_needed
+from splatfacto_dist.launching.devices import gpus_needed
 
 
 def too_many_gpus(requested: int, visible: int, per_gpu: int = 1) -> Optional[str]:

@@ -19,7 +19,7 @@ from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.utils import comms, profiler
 
 from splatfacto_dist import comm
-from splatfacto_dist.devices import gpu_of, gpus_needed, ranks_per_gpu
+from splatfacto_dist.launching.devices import gpu_of, gpus_needed, ranks_per_gpu
 from splatfacto_dist.profiling import STARTUP
 from splatfacto_dist.records import clear_rank_records, write_rank_record
 

@@ -1,7 +1,7 @@
 """Tables and plots of a scaling benchmark, from its results.json (one or several, merged).
 
 Separate from `bench` so a report can be redrawn, or assembled from runs made in several calls,
-without training again: python -m splatfacto_dist.bench_report OUT RESULTS.json [RESULTS.json ...]
+without training again: python -m splatfacto_dist.benchmarking.bench_report OUT RESULTS.json [RESULTS.json ...]
 """
 
 from __future__ import annotations
