@@ -16,7 +16,7 @@ import torch
 from nerfstudio.data.scene_box import OrientedBox
 
 from splatfacto_dist import comm
-from splatfacto_dist.raster import empty_render, rasterize
+from splatfacto_dist.raster import activate, empty_render, rasterize
 
 GAUSSIAN_NAMES = ("means", "scales", "quats", "features_dc", "features_rest", "opacities")
 
@@ -44,7 +44,6 @@ class ReplicatedLayout:
     def render(
         self,
         rows: Dict[str, torch.Tensor],
-        activate: Callable[[Dict[str, torch.Tensor]], Dict[str, torch.Tensor]],
         crop: Optional[OrientedBox] = None,
         **cameras: Any,
     ) -> Tuple:
@@ -127,7 +126,7 @@ class ReplicatedLayout:
         if local != self.total:
             raise comm.ReplicaMismatch(f"rank {comm.rank()} holds {local} Gaussians, expected {self.total}")
 
-    def serve(self, rows: Dict[str, torch.Tensor], activate: Callable, sh_degree: Optional[int]) -> None:
+    def serve(self, rows: Dict[str, torch.Tensor], sh_degree: Optional[int]) -> None:
         """Take part in a render that only another rank asked for: nothing to do when replicated."""
 
     def render_for_viewer(self, render: Callable[[], Any]) -> Any:

@@ -248,7 +248,7 @@ class SplatfactoDistModel(SplatfactoModel):
 
     def _gaussian_rows(self) -> Tuple[Dict[str, torch.Tensor], Optional[int]]:
         """The parameters the rasterizer's inputs are made of (SH cut to the active degree), and that
-        degree. The layout activates them (`activate`) where it needs them: a sharded owner once per
+        degree. The layout activates them (`raster.activate`) where it needs them: a sharded owner once per
         camera, each recomputed in backward rather than kept."""
         params = self.gauss_params
         rows = {name: params[name] for name in ("means", "quats", "scales", "opacities", "features_dc")}
@@ -257,21 +257,6 @@ class SplatfactoDistModel(SplatfactoModel):
             sh_degree = min(self.step // self.config.sh_degree_interval, self.config.sh_degree)
             rows["features_rest"] = params["features_rest"][:, : (sh_degree + 1) ** 2 - 1]
         return rows, sh_degree
-
-    @staticmethod
-    def activate(rows: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        """Rasterizer inputs (means, quats, scales, opacities, colors) of parameter rows."""
-        if "features_rest" in rows:
-            colors = torch.cat((rows["features_dc"][:, None, :], rows["features_rest"]), dim=1)
-        else:
-            colors = torch.sigmoid(rows["features_dc"])
-        return {
-            "means": rows["means"],
-            "quats": rows["quats"],
-            "scales": torch.exp(rows["scales"]),
-            "opacities": torch.sigmoid(rows["opacities"]).squeeze(-1),
-            "colors": colors,
-        }
 
     def get_outputs(self, camera: Cameras) -> Dict[str, Union[torch.Tensor, List]]:
         """Render C same-sized cameras; outputs are [C, H, W, .] (stock shapes when C == 1).
@@ -297,7 +282,7 @@ class SplatfactoDistModel(SplatfactoModel):
         """Take part in a render another rank asked for (sharded mode: its eval or viewer camera)."""
         with torch.no_grad():
             rows, sh_degree = self._gaussian_rows()
-            self.layout.serve(rows, self.activate, sh_degree)
+            self.layout.serve(rows, sh_degree)
 
     def _render(self, camera: Cameras) -> Dict[str, Union[torch.Tensor, List]]:
         n_views = camera.shape[0]
@@ -313,7 +298,6 @@ class SplatfactoDistModel(SplatfactoModel):
         render_mode = "RGB+ED" if self.config.output_depth_during_training or not self.training else "RGB"
         render, alpha, self.info = self.layout.render(
             rows,
-            self.activate,
             crop=None if self.training else self.crop_box,
             viewmats=self._viewmats(camera_to_worlds),
             Ks=Ks,

@@ -36,6 +36,24 @@ _MAX_ALPHA = 0.999
 _MIN_TRANSMITTANCE = 1e-4
 
 
+def activate(rows: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Rasterizer inputs (means, quats, scales, opacities, colors) of splatfacto's parameter rows
+    (SH coefficients when `features_rest` is among them, else sigmoid colours). A pure function:
+    a layout applies it where it needs the inputs (a sharded owner once per camera, recomputed in
+    backward), so nothing of the model is handed to it."""
+    if "features_rest" in rows:
+        colors = torch.cat((rows["features_dc"][:, None, :], rows["features_rest"]), dim=1)
+    else:
+        colors = torch.sigmoid(rows["features_dc"])
+    return {
+        "means": rows["means"],
+        "quats": rows["quats"],
+        "scales": torch.exp(rows["scales"]),
+        "opacities": torch.sigmoid(rows["opacities"]).squeeze(-1),
+        "colors": colors,
+    }
+
+
 def rasterize(
     means: torch.Tensor,
     quats: torch.Tensor,

@@ -94,7 +94,6 @@ def test_projected_pairs_render_as_one_rasterization(rasterize_mode):
     pairs with gsplat's packed kernels; here on one rank) renders what one gsplat call renders,
     with the same gradients, absgrad and radii; and the CPU reference of that path matches it."""
     from splatfacto_dist.layout import ReplicatedLayout
-    from splatfacto_dist.model import SplatfactoDistModel
     from splatfacto_dist.sharded import ShardedLayout
 
     results = {}
@@ -105,7 +104,7 @@ def test_projected_pairs_render_as_one_rasterization(rasterize_mode):
     ):
         rows, cameras = _parameter_rows(device)
         render, alpha, info = layout.render(
-            rows, SplatfactoDistModel.activate, sh_degree=3, render_mode="RGB+ED", rasterize_mode=rasterize_mode,
+            rows, sh_degree=3, render_mode="RGB+ED", rasterize_mode=rasterize_mode,
             absgrad=True, **cameras,
         )  # fmt: skip
         info["means2d"].retain_grad()

@@ -32,8 +32,7 @@ def test_pairs_sent_to_renderers_are_recomputed_in_backward_not_kept():
     """Between forward and backward the owner keeps nothing per sent pair (the activated copies, SH
     coefficients and projections are recomputed); the values and gradients are those of projecting
     and colouring the rows for each pair's camera, as the rasterizer would."""
-    from splatfacto_dist.model import SplatfactoDistModel
-    from splatfacto_dist.raster import project, view_colors
+    from splatfacto_dist.raster import activate, project, view_colors
     from splatfacto_dist.sharded.exchange import camera_meta, camera_rows
 
     generator = torch.Generator().manual_seed(0)
@@ -62,7 +61,7 @@ def test_pairs_sent_to_renderers_are_recomputed_in_backward_not_kept():
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
-        packed, order, send_counts = project_pairs(rows, counts, cameras, meta, SplatfactoDistModel.activate, 3)
+        packed, order, send_counts = project_pairs(rows, counts, cameras, meta, 3)
     assert sum(saved) < 1024 * 3, saved  # the cameras, once per camera; without the recomputation: ~0.5 KB a pair
     assert packed.shape == (len(order), 12) and sum(send_counts) == len(order)
     weights = torch.randn(packed.shape, generator=generator)
@@ -72,7 +71,7 @@ def test_pairs_sent_to_renderers_are_recomputed_in_backward_not_kept():
 
     direct = {k: v.detach().clone().requires_grad_() for k, v in rows.items()}
     poses = viewmats.detach().clone().requires_grad_()
-    active = SplatfactoDistModel.activate(direct)
+    active = activate(direct)
     blocks, indices = [], []
     for camera, local in ((0, 0), (1, 0), (2, 1)):
         radii, means2d, depths, conics, compensations = project(
@@ -223,14 +222,11 @@ def _colour_scene():
 
 def _camera_gradient(layout, rows, weights, cameras: slice) -> torch.Tensor:
     """d(weighted render)/d(viewmats) of the ring cameras `cameras`, rendered from `rows` by `layout`."""
-    from splatfacto_dist.model import SplatfactoDistModel
     from splatfacto_dist.scenes.scene import ring_cameras
 
     viewmats = ring_cameras(2)[cameras].clone().requires_grad_()
     K = torch.tensor([[[43.2, 0.0, 24.0], [0.0, 43.2, 18.0], [0.0, 0.0, 1.0]]]).repeat(len(viewmats), 1, 1)
-    render, _, _ = layout.render(
-        rows, SplatfactoDistModel.activate, viewmats=viewmats, Ks=K, width=48, height=36, sh_degree=3
-    )
+    render, _, _ = layout.render(rows, viewmats=viewmats, Ks=K, width=48, height=36, sh_degree=3)
     (grad,) = torch.autograd.grad((render * weights[cameras]).sum(), viewmats)
     return grad
 
@@ -241,7 +237,6 @@ def test_cameras_learn_through_the_owners_projection_and_colour_as_when_replicat
     back through the gathered cameras (the owners project and colour): without their gradient the
     render does not depend on its cameras at all."""
     from splatfacto_dist.layout import ReplicatedLayout
-    from splatfacto_dist.model import SplatfactoDistModel
     from splatfacto_dist.scenes.scene import ring_cameras
 
     rows, weights = _colour_scene()
@@ -252,7 +247,7 @@ def test_cameras_learn_through_the_owners_projection_and_colour_as_when_replicat
     monkeypatch.setattr(exchange.AllCameras, "apply", lambda local, counts: local.detach())
     K = torch.tensor([[[43.2, 0.0, 24.0], [0.0, 43.2, 18.0], [0.0, 0.0, 1.0]]])
     render, _, _ = ShardedLayout().render(
-        rows, SplatfactoDistModel.activate, viewmats=ring_cameras(2)[:1].requires_grad_(), Ks=K, width=48,
+        rows, viewmats=ring_cameras(2)[:1].requires_grad_(), Ks=K, width=48,
         height=36, sh_degree=3,
     )  # fmt: skip
     assert render.abs().sum() > 0 and not render.requires_grad
@@ -264,7 +259,6 @@ def _cropped_view(layout, shard, rows):
     from nerfstudio.data.scene_box import OrientedBox
 
     from splatfacto_dist.layout import ReplicatedLayout
-    from splatfacto_dist.model import SplatfactoDistModel
     from splatfacto_dist.scenes.scene import ring_cameras
 
     box = OrientedBox(R=torch.eye(3), T=rows["means"].mean(0), S=torch.full((3,), 1.6))
@@ -272,12 +266,12 @@ def _cropped_view(layout, shard, rows):
                 width=48, height=36, sh_degree=3, render_mode="RGB+ED")  # fmt: skip
     with torch.no_grad():
         if comm.rank() == 0:
-            got = layout.render(shard, SplatfactoDistModel.activate, crop=box, **view)[0]
+            got = layout.render(shard, crop=box, **view)[0]
         else:
-            layout.serve(shard, SplatfactoDistModel.activate, 3)
+            layout.serve(shard, 3)
             got = None
-        want = ReplicatedLayout().render(rows, SplatfactoDistModel.activate, crop=box, **view)[0]
-        whole = ReplicatedLayout().render(rows, SplatfactoDistModel.activate, **view)[0]
+        want = ReplicatedLayout().render(rows, crop=box, **view)[0]
+        whole = ReplicatedLayout().render(rows, **view)[0]
     return got, want, whole
 
 
@@ -318,7 +312,6 @@ def test_two_ranks_cameras_get_the_whole_gradient_of_their_render():
 def _empty_side_worker(rank: int, port: int, results) -> None:
     from datetime import timedelta
 
-    from splatfacto_dist.model import SplatfactoDistModel
     from splatfacto_dist.scenes.scene import ring_cameras
     from splatfacto_dist.strategy import SynchronizedDefaultStrategy
 
@@ -337,9 +330,7 @@ def _empty_side_worker(rank: int, port: int, results) -> None:
             viewmats = viewmats.clone()
             viewmats[0, 2, 3] = -1e4  # rank 0's camera sees no Gaussian either
         K = torch.tensor([[[43.2, 0.0, 24.0], [0.0, 43.2, 18.0], [0.0, 0.0, 1.0]]])
-        render, _, info = layout.render(
-            shard, SplatfactoDistModel.activate, viewmats=viewmats, Ks=K, width=48, height=36, sh_degree=3, absgrad=True
-        )
+        render, _, info = layout.render(shard, viewmats=viewmats, Ks=K, width=48, height=36, sh_degree=3, absgrad=True)
         info["means2d"].retain_grad()
         render.sum().backward()  # both ranks reach the exchanges' backward, or this hangs until the timeout
         strategy = SynchronizedDefaultStrategy(layout=layout, absgrad=True)

@@ -4,14 +4,14 @@ package docstring)."""
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from nerfstudio.data.scene_box import OrientedBox
 from torch.utils.checkpoint import checkpoint
 
 from splatfacto_dist import comm
-from splatfacto_dist.raster import project, view_colors
+from splatfacto_dist.raster import activate, project, view_colors
 
 
 class Exchange(torch.autograd.Function):
@@ -88,7 +88,6 @@ def project_pairs(
     counts: List[int],
     cameras: torch.Tensor,
     meta: torch.Tensor,
-    activate: Callable[[Dict[str, torch.Tensor]], Dict[str, torch.Tensor]],
     sh_degree: Optional[int],
 ) -> Tuple[torch.Tensor, torch.Tensor, List[int]]:
     """([P, pair_width] projected Gaussians to send, their rows `order`, how many go to each rank):

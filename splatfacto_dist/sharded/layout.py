@@ -45,7 +45,6 @@ class ShardedLayout(ReplicatedLayout):
     def render(
         self,
         rows: Dict[str, torch.Tensor],
-        activate: Callable[[Dict[str, torch.Tensor]], Dict[str, torch.Tensor]],
         crop: Optional[OrientedBox] = None,
         **cameras: Any,
     ):
@@ -66,7 +65,7 @@ class ShardedLayout(ReplicatedLayout):
         counts = comm.all_gather_ints(n_views, device)
         every = AllCameras.apply(local, counts)
         meta = torch.cat(comm.all_gather_rows(mine, counts))
-        packed, order, send_counts = project_pairs(rows, counts, every, meta, activate, cameras.get("sh_degree"))
+        packed, order, send_counts = project_pairs(rows, counts, every, meta, cameras.get("sh_degree"))
         recv_counts = comm.exchange_counts(send_counts, device)
         if sum(recv_counts) > self._most_received[0]:
             self._most_received = (sum(recv_counts), max(self.total, 1))
@@ -93,12 +92,12 @@ class ShardedLayout(ReplicatedLayout):
         }
         return render, alpha, info
 
-    def serve(self, rows: Dict[str, torch.Tensor], activate: Callable, sh_degree: Optional[int]) -> None:
+    def serve(self, rows: Dict[str, torch.Tensor], sh_degree: Optional[int]) -> None:
         """Take part in a render for which this rank has no camera (another rank's eval or viewer);
         its rows must be made as the renderer's are (colours or coefficients: `sh_degree`)."""
         empty = {"viewmats": torch.zeros((0, 4, 4)), "Ks": torch.zeros((0, 3, 3)), "width": 0, "height": 0}
         with torch.no_grad():
-            self.render(rows, activate, sh_degree=sh_degree, **empty)
+            self.render(rows, sh_degree=sh_degree, **empty)
 
     def stats_to_owners(self, rows: torch.Tensor, reduce_max: Optional[torch.Tensor], n: int, info: Dict[str, Any]):
         """Per received row statistics ([M, k] sums, [M] maxima) of the render that made `info`
