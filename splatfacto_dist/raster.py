@@ -213,49 +213,33 @@ def reference_rasterization(
     render_mode: RenderMode = "RGB",
     rasterize_mode: Literal["classic", "antialiased"] = "classic",
     absgrad: bool = False,
-    near_plane: float = NEAR_PLANE,
-    far_plane: float = FAR_PLANE,
-    eps2d: float = EPS2D,
 ) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, Any]]:
     """Pure-PyTorch twin of `gsplat.rasterization(packed=False)` for tests and tiny scenes.
 
-    Projection and SH evaluation reuse gsplat's own PyTorch reference functions; compositing
-    follows gsplat's kernel: tiles of 16 px, pixels sorted front to back, Gaussians with alpha
-    below 1/255 skipped, a pixel stops once its transmittance would fall to 1e-4. `info` carries
-    `means2d` (retainable, with `.absgrad` after backward when `absgrad`), `radii`, `width`,
-    `height`, `n_cameras` and the other keys gsplat's strategies read.
+    Projection and colours are `project`'s and `view_colors`' (gsplat's own PyTorch reference
+    functions on the CPU); compositing follows gsplat's kernel: tiles of 16 px, pixels sorted front
+    to back, Gaussians with alpha below 1/255 skipped, a pixel stops once its transmittance would
+    fall to 1e-4. `info` carries `means2d` (retainable, with `.absgrad` after backward when
+    `absgrad`), `radii`, `width`, `height`, `n_cameras` and the other keys gsplat's strategies read.
     """
     C = viewmats.shape[0]
-    covars, _ = _quat_scale_to_covar_preci(quats, scales, compute_preci=False)
-    radii, means2d, depths, conics, compensations = _fully_fused_projection(
-        means,
-        covars,
-        viewmats,
-        Ks,
-        width,
-        height,
-        eps2d=eps2d,
-        near_plane=near_plane,
-        far_plane=far_plane,
-        calc_compensations=rasterize_mode == "antialiased",
+    radii, means2d, depths, conics, compensations = project(
+        means, quats, scales, viewmats, Ks, width, height, compensate=rasterize_mode == "antialiased"
     )
     view_opacities = opacities.repeat(C, 1)
     if compensations is not None:
         view_opacities = view_opacities * compensations
-
-    if sh_degree is None:
-        view_colors = colors.expand(C, -1, -1) if colors.dim() == 2 else colors
-    else:
-        camera_centers = torch.inverse(viewmats)[:, :3, 3]
-        dirs = means[None, :, :] - camera_centers[:, None, :]
-        shs = colors.expand(C, -1, -1, -1) if colors.dim() == 3 else colors
-        view_colors = torch.clamp_min(_spherical_harmonics(sh_degree, dirs, shs) + 0.5, 0.0)
+    per_view = colors.dim() == (3 if sh_degree is None else 4)  # gsplat takes [C, N, ...] colours too
+    camera_to_worlds = torch.inverse(viewmats)
+    colours = torch.stack(
+        [view_colors(means, colors[c] if per_view else colors, camera_to_worlds[c], sh_degree) for c in range(C)]
+    )
     if render_mode == "RGB+ED":
-        view_colors = torch.cat([view_colors, depths[..., None]], dim=-1)
+        colours = torch.cat([colours, depths[..., None]], dim=-1)
 
     camera_ids = torch.arange(C, device=means.device).repeat_interleave(means.shape[0])
     renders, alphas = _composite(
-        means2d, conics, view_opacities, view_colors, radii, depths, camera_ids, C, width, height, absgrad
+        means2d, conics, view_opacities, colours, radii, depths, camera_ids, C, width, height, absgrad
     )
     if render_mode == "RGB+ED":
         renders = _expected_depth(renders, alphas)
