@@ -168,6 +168,7 @@ class FusedSSIM(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.dtype = x.dtype  # the gradient's (mixed precision renders in half); the kernels work in float32
         x, y = x.contiguous().float(), y.contiguous().float()
         B, C, H, W = x.shape
         planes, H_out, W_out = B * C, H - TAPS + 1, W - TAPS + 1
@@ -201,4 +202,4 @@ class FusedSSIM(torch.autograd.Function):
         _columns_full_grad[_grid(planes * H, W)](
             rows, x, y, g, scale, grad, H, H_out, W, planes * H_out * W, ctx.n_pixels, TAPS=TAPS, BLOCK=BLOCK
         )
-        return grad, None
+        return grad.to(ctx.dtype), None
