@@ -129,3 +129,27 @@ def test_a_non_editable_install_ships_every_package():
     listed = {name.strip().strip('"') for name in line[1].split(",")} if line else set()
     folders = {_module_name(path.parent / "__init__.py") for path in PACKAGE.rglob("*.py")}
     assert folders == listed
+
+
+# The classes a run's config.yml names by module path (nerfstudio loads them back for resume, ns-eval,
+# ns-export and the viewer): runs written before any refactor must still find them there.
+CONFIG_PATHS = (
+    "splatfacto_dist.trainer.DistTrainerConfig",
+    "splatfacto_dist.trainer.DistTrainer",
+    "splatfacto_dist.pipeline.DistPipelineConfig",
+    "splatfacto_dist.pipeline.DistPipeline",
+    "splatfacto_dist.datamanager.ShardedFullImageDatamanagerConfig",
+    "splatfacto_dist.datamanager.ShardedFullImageDatamanager",
+    "splatfacto_dist.model.SplatfactoDistModelConfig",
+    "splatfacto_dist.model.SplatfactoDistModel",
+    "splatfacto_dist.scaling.AdamConfig",
+)
+
+
+def test_earlier_runs_config_paths_still_resolve():
+    """A config.yml written by a run (its !!python tags) loads with nerfstudio's own loader."""
+    import yaml
+
+    tags = "\n".join(f"- !!python/name:{path} ''" for path in CONFIG_PATHS)
+    loaded = yaml.load(tags, Loader=yaml.Loader)
+    assert [f"{c.__module__}.{c.__qualname__}" for c in loaded] == list(CONFIG_PATHS)
