@@ -128,8 +128,11 @@ def test_capacity_report_finds_the_largest_size_and_judges_both_targets():
     assert summary[("replicated", 1, 24.0)] == {"trained": 4_000_000, "failed": 8_000_000}
     assert summary[("sharded", 2, 24.0)] == {"trained": 8_000_000, "failed": 16_000_000}
     table = capacity.markdown(records, {})
-    assert "2.00x the largest replicated scene (meets >= 1.8x" in table
-    assert "4,000,000 Gaussians: fullest rank sharded on 2 GPUs / replicated on 1 GPU = 0.56 (meets <= 0.6)" in table
+    assert (
+        "2.00x the largest replicated scene (a lower bound on the true ratio at this grid of sizes; meets >= 1.9x)"
+        in table
+    )
+    assert "4,000,000 Gaussians: fullest rank sharded on 2 GPUs / replicated on 1 GPU = 0.56 (misses <= 0.5)" in table
     assert "| sharded | 2 | 24 | 4,000,000 | 300 | trained | 5600 / 5000 | 30 | - | - | 1 |" in table
     assert "| replicated | 1 | 24 | 4,000,000 | 300 | trained | 10000 / 10000 | 100 | - | - | 1 |" in table
     assert "| sharded | 2 | 24 | 16,000,000 | 300 | OOM | - | - | - | - | 1 |" in table
@@ -151,3 +154,30 @@ def test_capacity_benchmark_runs_a_tiny_scene_on_cpu(tmp_path):
     assert 0 < record["most_rendered"] <= 3000 and record["startup_s"] > 0
     assert not (out / "runs" / "capacity" / "splatfacto-dist" / "sharded-2gpu-3000" / "nerfstudio_models").exists()
     assert "| sharded | 2 | 0 | 3,000 |" in (out / "results.md").read_text()
+
+
+def _largest_visible_share(spec: SceneSpec) -> float:
+    """The largest share of the scene's points inside one camera's frustum (occlusion ignored: an
+    upper bound on what that camera's render receives)."""
+    from splatfacto_dist.scenes.synthetic import Layout, _points, cameras, focal_length
+
+    layout = Layout(spec.objects, spec.seed)
+    xyz, _ = _points(layout, spec, 0, spec.gaussians)
+    f = focal_length(spec.width)
+    shares = []
+    for viewmat in cameras(layout, spec.views, spec.seed, spec.views_from):
+        cam = xyz @ viewmat[:3, :3].T + viewmat[:3, 3]
+        z = cam[:, 2]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            u, v = f * cam[:, 0] / z + spec.width / 2, f * cam[:, 1] / z + spec.height / 2
+        inside = (z > 0.01) & (u >= 0) & (u < spec.width) & (v >= 0) & (v < spec.height)
+        shares.append(inside.mean())
+    return max(shares)
+
+
+def test_cameras_from_above_see_a_small_share_of_a_large_field():
+    """Issue 19's second capacity scene: no camera sees 20% of the model (the default one's cameras
+    overlook most of it)."""
+    spec = SceneSpec(gaussians=50_000, views=40, width=320, height=240, objects=1024, views_from="above")
+    assert _largest_visible_share(spec) < 0.2
+    assert _largest_visible_share(SceneSpec(**{**spec.__dict__, "views_from": "around"})) > 0.2

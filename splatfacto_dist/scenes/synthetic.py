@@ -18,7 +18,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Dict, Literal, Tuple
 
 import numpy as np
 from PIL import Image
@@ -43,6 +43,10 @@ class SceneSpec:
     objects: int = 64
     seed: int = 0
     points_format: PointsFormat = "bin"
+    views_from: Literal["around", "above"] = "around"
+    """"around": cameras overlook the field from its sides, each seeing much of the model (the
+    capacity benchmark's hard case); "above": they look down from a few metres, each seeing a patch
+    (with many objects, a small share of the model, as in a large captured scene)."""
 
 
 class Layout:
@@ -104,17 +108,19 @@ def _yaw_matrices(yaw: np.ndarray) -> np.ndarray:
     return m
 
 
-def cameras(layout: Layout, n_views: int, seed: int) -> np.ndarray:
+def cameras(layout: Layout, n_views: int, seed: int, views_from: str = "around") -> np.ndarray:
     """[n, 4, 4] world-to-camera matrices (OpenCV axes): each looks down at a different spot of the
-    field, from every side, so that every object is seen by several cameras from several angles."""
+    field, from every side, so that every object is seen by several cameras from several angles;
+    from 5-11 m away and 2.5-6.5 m up ("around"), or from 0.5-2 m aside and 4-8 m up ("above")."""
     rng = np.random.default_rng([seed, 0xCA3])
     i = np.arange(n_views)
     target = np.stack([(i * 0.7548776662 + 0.5) % 1, (i * 0.5698402910 + 0.5) % 1], -1)  # R2 sequence
     target = np.concatenate([(target * 2 - 1) * layout.half_field, np.zeros((n_views, 1))], -1)
     azimuth = 2 * math.pi * ((i * 0.6180339887) % 1)
-    distance = rng.uniform(5.0, 11.0, n_views)
+    near, far, low, high = (5.0, 11.0, 2.5, 6.5) if views_from == "around" else (0.5, 2.0, 4.0, 8.0)
+    distance = rng.uniform(near, far, n_views)
     eye = target + np.stack(
-        [distance * np.cos(azimuth), distance * np.sin(azimuth), rng.uniform(2.5, 6.5, n_views)], -1
+        [distance * np.cos(azimuth), distance * np.sin(azimuth), rng.uniform(low, high, n_views)], -1
     )
     viewmats = np.zeros((n_views, 4, 4))
     for k in range(n_views):
@@ -276,7 +282,7 @@ def generate(out_dir: Path, spec: SceneSpec) -> Dict[str, float]:
     for stale in sparse_dir.glob("points3D.*"):
         stale.unlink()
     layout = Layout(spec.objects, spec.seed)
-    viewmats = cameras(layout, spec.views, spec.seed)
+    viewmats = cameras(layout, spec.views, spec.seed, spec.views_from)
     names = [f"view_{i:05d}.png" for i in range(spec.views)]
 
     t0 = time.perf_counter()
@@ -331,8 +337,18 @@ def main() -> None:
         default=SceneSpec.points_format,
         help="points3D.bin (fast at any size) or points3D.txt",
     )
+    parser.add_argument("--views-from", choices=["around", "above"], default=SceneSpec.views_from)
     args = parser.parse_args()
-    spec = SceneSpec(args.gaussians, args.views, args.width, args.height, args.objects, args.seed, args.points_format)
+    spec = SceneSpec(
+        args.gaussians,
+        args.views,
+        args.width,
+        args.height,
+        args.objects,
+        args.seed,
+        args.points_format,
+        args.views_from,
+    )
     stats = generate(args.out_dir, spec)
     print(
         f"{args.out_dir}: {spec.gaussians:,} points ({stats['points_mb']:.0f} MB, {stats['points_s']:.1f} s), "
