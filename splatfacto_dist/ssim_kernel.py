@@ -13,6 +13,7 @@ backward is again one row pass and one column pass, finishing with that sum.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Tuple
 
@@ -26,8 +27,10 @@ C1, C2 = 0.01**2, 0.03**2  # K = (0.01, 0.03), data range 1
 BLOCK = 256
 
 
+@functools.lru_cache(maxsize=None)
 def gaussian_window(device: torch.device) -> torch.Tensor:
-    """pytorch_msssim's `_fspecial_gauss_1d(11, 1.5)`, on `device`."""
+    """pytorch_msssim's `_fspecial_gauss_1d(11, 1.5)`, on `device`; made once per device (the kernels
+    only read it), not copied to the GPU at every step."""
     coords = torch.arange(TAPS, dtype=torch.float32) - TAPS // 2
     g = torch.exp(-(coords**2) / (2 * SIGMA**2))
     return (g / g.sum()).to(device)
@@ -107,22 +110,30 @@ def _columns_valid_ssim(
 
 
 @triton.jit
-def _rows_full(d_ptr, g_ptr, out_ptr, W, W_out, in_stride, out_stride, TAPS: tl.constexpr, BLOCK: tl.constexpr):
-    """Row pass of the adjoint: the three derivative maps (valid width) spread back over full rows."""
-    r = tl.program_id(0).to(tl.int64)
-    x = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    mask = x < W
+def _adjoint_taps(d_ptr, stride, g_ptr, centre, step, index, limit, mask, TAPS: tl.constexpr, BLOCK: tl.constexpr):
+    """One adjoint pass over the three derivative maps (`stride` apart): output `centre` gathers
+    tap t from `centre - t * step`, where its coordinate along the pass, `index - t`, lies in
+    [0, limit)."""
     a = tl.zeros([BLOCK], tl.float32)
     b = tl.zeros([BLOCK], tl.float32)
     c = tl.zeros([BLOCK], tl.float32)
     for t in tl.static_range(TAPS):
         w = tl.load(g_ptr + t)
-        src = x - t
-        ok = mask & (src >= 0) & (src < W_out)
-        o = r * W_out + src
+        ok = mask & (index - t >= 0) & (index - t < limit)
+        o = centre - t * step
         a += w * tl.load(d_ptr + o, mask=ok, other=0.0)
-        b += w * tl.load(d_ptr + in_stride + o, mask=ok, other=0.0)
-        c += w * tl.load(d_ptr + 2 * in_stride + o, mask=ok, other=0.0)
+        b += w * tl.load(d_ptr + stride + o, mask=ok, other=0.0)
+        c += w * tl.load(d_ptr + 2 * stride + o, mask=ok, other=0.0)
+    return a, b, c
+
+
+@triton.jit
+def _rows_full(d_ptr, g_ptr, out_ptr, W, W_out, in_stride, out_stride, TAPS: tl.constexpr, BLOCK: tl.constexpr):
+    """Row pass of the adjoint: the three derivative maps (valid width) spread back over full rows."""
+    r = tl.program_id(0).to(tl.int64)
+    x = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = x < W
+    a, b, c = _adjoint_taps(d_ptr, in_stride, g_ptr, r * W_out + x, 1, x, W_out, mask, TAPS=TAPS, BLOCK=BLOCK)
     o = r * W + x
     tl.store(out_ptr + o, a, mask=mask)
     tl.store(out_ptr + out_stride + o, b, mask=mask)
@@ -140,17 +151,8 @@ def _columns_full_grad(
     yrow = pid % H
     x = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = x < W
-    a = tl.zeros([BLOCK], tl.float32)
-    b = tl.zeros([BLOCK], tl.float32)
-    c = tl.zeros([BLOCK], tl.float32)
-    for t in tl.static_range(TAPS):
-        w = tl.load(g_ptr + t)
-        src = yrow - t
-        ok = mask & (src >= 0) & (src < H_out)
-        o = (plane * H_out + src) * W + x
-        a += w * tl.load(r_ptr + o, mask=ok, other=0.0)
-        b += w * tl.load(r_ptr + map_stride + o, mask=ok, other=0.0)
-        c += w * tl.load(r_ptr + 2 * map_stride + o, mask=ok, other=0.0)
+    centre = (plane * H_out + yrow) * W + x
+    a, b, c = _adjoint_taps(r_ptr, map_stride, g_ptr, centre, W, yrow, H_out, mask, TAPS=TAPS, BLOCK=BLOCK)
     o = pid * W + x
     xv = tl.load(x_ptr + o, mask=mask, other=0.0)
     yv = tl.load(y_ptr + o, mask=mask, other=0.0)
