@@ -13,7 +13,7 @@ data=/tmp/data_$scene
 parser=(colmap)
 bench_parser=()
 [ -f "$data/transforms.json" ] && parser=(nerfstudio-data) && bench_parser=(--dataparser nerfstudio-data)
-python3 -m splatfacto_dist.bench --data "$data" "${bench_parser[@]}" --budget 30000 --gpus 1 --out "/tmp/bench_$scene" \
+python3 -m splatfacto_dist.benchmarking.bench --data "$data" "${bench_parser[@]}" --budget 30000 --gpus 1 --out "/tmp/bench_$scene" \
   2>&1 | grep --line-buffered '^\[bench\] \(start\|done\|failed\)' > "$res/${scene}_progress.txt"
 cp "/tmp/bench_$scene/results.json" "$res/${scene}_results.json"
 cp "/tmp/bench_$scene/results.md" "$res/${scene}_results.md"
