@@ -2,8 +2,8 @@
 # Before/after of a change in one device call: splatfacto-dist from .before/ (the tree before the change,
 # `git worktree add --detach .before COMMIT`, carried along) against this tree, same scene and image
 # budget, no stock job. Each tree's benchmark runs from that tree's root with it first on PYTHONPATH, so
-# that its own splatfacto_dist is the one imported (also by the ranks it starts). 1-GPU jobs of both trees run side by side (GPUs 0 and 1); jobs on more GPUs run
-# alone, before first, so that neither shares the machine. On a 1-GPU machine the 1-GPU jobs run one
+# that its own splatfacto_dist is the one imported (also by the ranks it starts). 1-GPU jobs of both
+# trees run side by side (GPUs 0 and 1); jobs on more GPUs run alone, before first, so that neither shares the machine. On a 1-GPU machine the 1-GPU jobs run one
 # after the other on GPU 0.
 # Usage (GPU machine, repository root; GPU_COUNTS like 1,4; SCENE is a folder of .devicekit/data):
 #   source .devicekit/setup.sh && bash benchmarks/gpu_before_after.sh OUTDIR SCENE IMAGES GPU_COUNTS [bench arguments]
