@@ -10,6 +10,7 @@ over an epoch every training camera is rendered once across all ranks (see `Came
 
 from __future__ import annotations
 
+import copy
 import random
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -154,8 +155,12 @@ class ShardedFullImageDatamanager(FullImageDatamanager):
     @cached_property
     def cached_train(self) -> Dict[int, Dict[str, torch.Tensor]]:  # type: ignore[override]
         """This rank's training images (and only those), loaded on first use."""
-        cache = self._load_subset("train", self.schedule.owned_cameras())
+        owned = self.schedule.owned_cameras()
+        cache = self._load_subset("train", owned)
         self.train_cameras = self.train_dataset.cameras.to(self.device if self.config.cache_images == "gpu" else "cpu")
+        # Each owned camera alone, on the device: a step copies its camera (fields shared) instead of
+        # indexing and moving the cameras, which builds two `Cameras` and, from the CPU, waits for the GPU.
+        self.train_views = {i: self.train_cameras[i : i + 1].to(self.device) for i in owned}
         return cache
 
     @cached_property
@@ -194,8 +199,8 @@ class ShardedFullImageDatamanager(FullImageDatamanager):
             for key in ("image", "mask")
             if key in images[0]
         }
-        if len(indices) == 1:  # a view, no indexing kernels
-            camera = self.train_cameras[indices[0] : indices[0] + 1].to(self.device)
+        if len(indices) == 1:
+            camera = copy.copy(self.train_views[indices[0]])  # its own metadata; the tensors are never written
         else:
             camera = self.train_cameras[torch.tensor(indices)].to(self.device)
         height, width = images[0]["image"].shape[:2]

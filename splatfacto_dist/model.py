@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.configs.base_config import MachineConfig
-from nerfstudio.model_components.lib_bilagrid import BilateralGrid, total_variation_loss
+from nerfstudio.model_components.lib_bilagrid import BilateralGrid, color_correct, total_variation_loss
 from nerfstudio.models.splatfacto import RGB2SH, SplatfactoModel, SplatfactoModelConfig, num_sh_bases
 from nerfstudio.utils.colors import get_color
 from pytorch_msssim import SSIM
@@ -61,6 +61,20 @@ class SplatfactoDistModelConfig(SplatfactoModelConfig):
 
 LAYOUTS = {"replicated": ReplicatedLayout, "sharded": ShardedLayout}
 """The layouts `--pipeline.model.gaussian-layout` names."""
+
+
+def psnr(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """torchmetrics' PeakSignalNoiseRatio(data_range=1.0) of one call, with nothing copied to the GPU."""
+    return -10 * torch.log10(torch.mean((pred - gt) ** 2))
+
+
+def intrinsics(camera: Cameras, scale: int) -> torch.Tensor:
+    """[C, 3, 3] intrinsics of `camera` rendered `scale` times smaller: stock's
+    `rescale_output_resolution` and `get_intrinsics_matrices`, which build K on the CPU from the
+    cameras' tensors (one wait for the GPU per entry), made where the cameras are."""
+    fx, fy, cx, cy = (value[..., 0] * (1 / scale) for value in (camera.fx, camera.fy, camera.cx, camera.cy))
+    zero, one = torch.zeros_like(fx), torch.ones_like(fx)
+    return torch.stack([fx, zero, cx, zero, fy, cy, zero, zero, one], dim=-1).reshape(*fx.shape, 3, 3)
 
 
 def _random_quats(n: int, generator: torch.Generator) -> torch.Tensor:
@@ -237,7 +251,7 @@ class SplatfactoDistModel(SplatfactoModel):
     @staticmethod
     def _viewmats(camera_to_worlds: torch.Tensor) -> torch.Tensor:
         """World-to-camera matrices in gsplat's (OpenCV) axes from nerfstudio's (OpenGL) poses."""
-        R = camera_to_worlds[:, :3, :3] * torch.tensor([1.0, -1.0, -1.0], device=camera_to_worlds.device)
+        R = torch.cat([camera_to_worlds[:, :3, :1], -camera_to_worlds[:, :3, 1:3]], dim=2)  # y and z flipped
         T = camera_to_worlds[:, :3, 3:4]
         R_inv = R.transpose(1, 2)
         viewmats = torch.zeros(R.shape[0], 4, 4, device=R.device, dtype=R.dtype)
@@ -288,10 +302,8 @@ class SplatfactoDistModel(SplatfactoModel):
         n_views = camera.shape[0]
         camera_to_worlds = self._camera_to_worlds(camera).to(self.device)
         scale = self._get_downscale_factor()
-        camera.rescale_output_resolution(1 / scale)
-        Ks = camera.get_intrinsics_matrices().to(self.device)
+        Ks = intrinsics(camera, scale).to(self.device)
         W, H = self._render_size(camera, scale)
-        camera.rescale_output_resolution(scale)
         self.last_size = (H, W)
 
         rows, sh_degree = self._gaussian_rows()
@@ -354,9 +366,16 @@ class SplatfactoDistModel(SplatfactoModel):
         )
 
     def get_metrics_dict(self, outputs, batch) -> Dict[str, torch.Tensor]:
-        """Stock metrics; the Gaussian count is the whole model's, however it is sharded."""
-        metrics_dict = super().get_metrics_dict(outputs, batch)
+        """Stock's metrics, with PSNR as a plain tensor expression: stock's torchmetrics module,
+        called at every step, copies its states and the pixel count to the GPU, each copy a wait
+        for the GPU. The Gaussian count is the whole model's, however it is sharded."""
+        gt = self.composite_with_background(self.get_gt_img(batch["image"]), outputs["background"])
+        pred = outputs["rgb"]
+        metrics_dict = {"psnr": psnr(pred, gt)}
+        if self.config.color_corrected_metrics:
+            metrics_dict["cc_psnr"] = psnr(color_correct(pred, gt), gt)
         metrics_dict["gaussian_count"] = self.layout.total
+        self.camera_optimizer.get_metrics_dict(metrics_dict)
         return metrics_dict
 
     def _downscale_if_required(self, image: torch.Tensor) -> torch.Tensor:

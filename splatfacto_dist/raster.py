@@ -86,6 +86,8 @@ def rasterize(
         absgrad=absgrad,
     )
     if means.is_cuda:
+        if sh_degree is not None:  # colours here, so gsplat does not invert the view matrices (below)
+            kwargs.update(colors=_sh_colors(means, colors, viewmats, sh_degree), sh_degree=None)
         return gsplat_rasterization(
             packed=False,
             near_plane=NEAR_PLANE,
@@ -96,6 +98,19 @@ def rasterize(
             **kwargs,
         )
     return reference_rasterization(**kwargs)
+
+
+def _sh_colors(means: torch.Tensor, coeffs: torch.Tensor, viewmats: torch.Tensor, sh_degree: int) -> torch.Tensor:
+    """[C, N, 3] colours of N Gaussians' SH coefficients [N, K, 3] in C views, as gsplat's rasterization
+    evaluates them, but with the camera centres read off the rigid view matrices: gsplat inverts
+    them with `torch.inverse`, whose singularity check makes the host wait for the GPU at every
+    render. Gaussians outside a view are evaluated too (gsplat masks them); they are not drawn, so
+    neither the image nor any gradient changes."""
+    rotations, translations = viewmats[:, :3, :3], viewmats[:, :3, 3]
+    centres = -torch.einsum("cji,cj->ci", rotations, translations)  # -R^T t
+    dirs = means[None, :, :] - centres[:, None, :]
+    sh = spherical_harmonics(sh_degree, dirs, coeffs.expand(len(viewmats), -1, -1, -1))
+    return torch.clamp_min(sh + 0.5, 0.0)
 
 
 def project(

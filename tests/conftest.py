@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -19,12 +20,18 @@ from splatfacto_dist.scenes.scene import generate_scene
 BIN = Path(sys.executable).parent
 
 
-def tool(name: str) -> str:
-    """A console script of this environment: beside the interpreter (a venv) or on PATH (the GPU kit)."""
+def tool(name: str) -> List[str]:
+    """A console script of this environment, as a command: beside the interpreter (a venv), on PATH, or,
+    where an install wrote no scripts (the GPU kit's `pip --target` keeps an existing bin/), its entry
+    point run by this interpreter, as the script would."""
     beside = BIN / name
     found = str(beside) if beside.exists() else shutil.which(name)
-    assert found, f"{name} is not installed"
-    return found
+    if found:
+        return [found]
+    (point,) = entry_points(group="console_scripts", name=name) or [None]
+    assert point, f"{name} is not installed"
+    run = f"import sys; sys.argv[0] = {name!r}; from {point.module} import {point.attr}; sys.exit({point.attr}())"
+    return [sys.executable, "-c", run]
 
 
 # A tiny but complete schedule: refines every 16 images after 32, no screen-size splitting

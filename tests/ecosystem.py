@@ -40,7 +40,7 @@ def _export_env(tmp_path: Path) -> dict:
 
 def check_ns_export(run: Path, tmp_path: Path) -> None:
     proc = subprocess.run(
-        [tool("ns-export"), "gaussian-splat", "--load-config", str(run / "config.yml"), "--output-dir", str(tmp_path)],
+        [*tool("ns-export"), "gaussian-splat", "--load-config", str(run / "config.yml"), "--output-dir", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=600,
@@ -67,7 +67,7 @@ def check_ns_eval(run: Path, tmp_path: Path, last_step: int) -> None:
     assert during["psnr"].step == last_step
     out = tmp_path / "eval.json"
     proc = subprocess.run(
-        [tool("ns-eval"), "--load-config", str(run / "config.yml"), "--output-path", str(out)],
+        [*tool("ns-eval"), "--load-config", str(run / "config.yml"), "--output-path", str(out)],
         capture_output=True,
         text=True,
         timeout=600,
@@ -81,7 +81,7 @@ def check_ns_eval(run: Path, tmp_path: Path, last_step: int) -> None:
 def check_ns_render(run: Path, tmp_path: Path, views: int) -> None:
     proc = subprocess.run(
         [
-            tool("ns-render"),
+            *tool("ns-render"),
             "dataset",
             "--load-config",
             str(run / "config.yml"),

@@ -43,7 +43,7 @@ def test_gpu_demo_trains_past_the_screen_size_splits(tmp_path):
 
 
 def check_demo(tmp_path, env: dict, images: int) -> None:
-    cmd = [tool("splatfacto-dist-demo"), "--images", str(images), "--out", str(tmp_path)]
+    cmd = [*tool("splatfacto-dist-demo"), "--images", str(images), "--out", str(tmp_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]

@@ -2,8 +2,9 @@
 
 import pytest
 import torch
+from gsplat.rendering import rasterization as gsplat_rasterization
 
-from splatfacto_dist.raster import rasterize
+from splatfacto_dist.raster import EPS2D, FAR_PLANE, NEAR_PLANE, TILE_SIZE, rasterize
 from splatfacto_dist.scenes.scene import ground_truth_gaussians, ring_cameras
 
 pytestmark = pytest.mark.gpu
@@ -68,6 +69,36 @@ def test_reference_rasterizer_matches_gsplat(sh_degree, render_mode):
     for key in ("grad_means", "grad_scales", "grad_opacities", "grad_colors", "absgrad"):
         err = (gpu[key] - cpu[key]).norm() / gpu[key].norm().clamp_min(1e-12)
         assert err < 2e-2, (key, float(err))
+
+
+@cuda
+@pytest.mark.parametrize("sh_degree", [0, 1, 3])
+def test_colours_evaluated_before_gsplat_render_and_train_as_gsplats_own(sh_degree):
+    """`rasterize` evaluates the SH itself (camera centres without `torch.inverse`'s host sync): the
+    images, the densification statistics and every gradient are gsplat's own SH path's."""
+    results = []
+    for ours in (True, False):
+        inputs = scene_inputs("cuda")
+        options = dict(sh_degree=sh_degree, render_mode="RGB+ED", absgrad=True)
+        if ours:
+            render, alpha, info = rasterize(**options, **inputs)
+        else:
+            render, alpha, info = gsplat_rasterization(
+                packed=False, near_plane=NEAR_PLANE, far_plane=FAR_PLANE, eps2d=EPS2D, sparse_grad=False,
+                tile_size=TILE_SIZE, **options, **inputs,
+            )  # fmt: skip
+        info["means2d"].retain_grad()
+        target = torch.rand(render.shape, generator=torch.Generator().manual_seed(1)).cuda()
+        ((render - target) ** 2).mean().add(alpha.mean()).backward()
+        grads = {k: inputs[k].grad for k in ("means", "quats", "scales", "opacities", "colors")}
+        results.append(dict(render=render, alpha=alpha, grad2d=info["means2d"].grad, absgrad=info["means2d"].absgrad,
+                            radii=info["radii"], **grads))  # fmt: skip
+    ours, theirs = results
+    assert torch.equal(ours["radii"], theirs["radii"])
+    assert torch.count_nonzero(ours["radii"]) > 0
+    for key, value in theirs.items():
+        scale = value.abs().max().clamp_min(1e-12)
+        assert ((ours[key] - value).abs().max() / scale) < 1e-5, key
 
 
 def _parameter_rows(device):

@@ -22,7 +22,7 @@ def _finished(log: str, ranks: int) -> None:
 
 
 def test_torchrun(tmp_path, scene):
-    torchrun = [tool("torchrun"), "--standalone", "--nproc-per-node", "2", "-m", "splatfacto_dist.cli"]
+    torchrun = [*tool("torchrun"), "--standalone", "--nproc-per-node", "2", "-m", "splatfacto_dist.cli"]
     cmd = train_command(tmp_path, scene, None, ARGS, launcher=torchrun)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]

@@ -2,6 +2,9 @@ import pytest
 import torch
 from conftest import build_model
 from nerfstudio.cameras.cameras import Cameras
+from torchmetrics.image import PeakSignalNoiseRatio
+
+from splatfacto_dist.model import intrinsics, psnr
 
 GAUSSIAN_KEYS = ["means", "scales", "quats", "features_dc", "features_rest", "opacities"]
 
@@ -64,3 +67,32 @@ def test_machine_seed_seeds_the_model_unless_the_model_seed_is_given(tmp_path, g
     config.set_timestamp()
     DistTrainer(config)
     assert config.pipeline.model.seed == expected
+
+
+def _cameras(n: int) -> Cameras:
+    g = torch.Generator().manual_seed(3)
+    return Cameras(
+        camera_to_worlds=torch.eye(4)[:3].expand(n, 3, 4).clone(),
+        fx=500 + 100 * torch.rand(n, 1, generator=g),
+        fy=500 + 100 * torch.rand(n, 1, generator=g),
+        cx=torch.full((n, 1), 320.5),
+        cy=torch.full((n, 1), 240.25),
+        width=torch.full((n, 1), 641),
+        height=torch.full((n, 1), 481),
+    )
+
+
+@pytest.mark.parametrize("scale", [1, 2, 4, 8])
+def test_intrinsics_are_stocks_rescaled_intrinsics(scale):
+    """The training intrinsics, made without stock's round trip through the CPU, are exactly stock's."""
+    cameras = _cameras(3)
+    ours = intrinsics(cameras, scale)
+    cameras.rescale_output_resolution(1 / scale)
+    assert torch.equal(ours, cameras.get_intrinsics_matrices())
+
+
+def test_training_psnr_is_torchmetrics_psnr():
+    g = torch.Generator().manual_seed(5)
+    pred, gt = torch.rand(2, 48, 64, 3, generator=g).unbind()
+    expected = PeakSignalNoiseRatio(data_range=1.0)(pred, gt)
+    assert torch.allclose(psnr(pred, gt), expected, rtol=1e-6)

@@ -260,9 +260,7 @@ def test_mixed_sizes_pass_each_group_its_batch_positions():
 
 @pytest.mark.parametrize("launcher", ["splatfacto-dist-train", "ns-train"])
 def test_fps_sampling_is_refused_before_anything_starts(tmp_path, scene, launcher):
-    command = (
-        [sys.executable, "-m", "splatfacto_dist.cli"] if launcher == "splatfacto-dist-train" else [tool("ns-train")]
-    )
+    command = [sys.executable, "-m", "splatfacto_dist.cli"] if launcher == "splatfacto-dist-train" else tool("ns-train")
     args = ["--output-dir", str(tmp_path), "--pipeline.datamanager.train-cameras-sampling-strategy", "fps"]
     proc = subprocess.run(
         [*command, "splatfacto-dist", *TINY, *args, "colmap", "--data", str(scene)],

@@ -132,6 +132,6 @@ def test_incompatible_batch_settings_fail_in_one_line(tmp_path, scene):
 def test_more_gpus_than_visible_fail_in_one_line_under_ns_train_too(tmp_path, scene):
     """Checked while the command line is parsed, so nerfstudio's own launcher never spawns."""
     wanted = max(2, torch.cuda.device_count() + 1)
-    for launcher in (CLI, [tool("ns-train")]):
+    for launcher in (CLI, tool("ns-train")):
         proc = _launch(tmp_path, scene, wanted, "--machine.device-type", "cuda", launcher=launcher)
         assert f"--machine.num-devices {wanted} but only {torch.cuda.device_count()} GPU(s)" in _error_line(proc)

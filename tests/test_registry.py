@@ -19,9 +19,9 @@ def test_method_is_discovered_through_nerfstudio_registry():
 
 
 def test_ns_train_lists_and_helps_the_method():
-    listing = subprocess.run([tool("ns-train"), "--help"], capture_output=True, text=True)
+    listing = subprocess.run([*tool("ns-train"), "--help"], capture_output=True, text=True)
     assert listing.returncode == 0 and "splatfacto-dist" in listing.stdout
-    helped = subprocess.run([tool("ns-train"), "splatfacto-dist", "--help"], capture_output=True, text=True)
+    helped = subprocess.run([*tool("ns-train"), "splatfacto-dist", "--help"], capture_output=True, text=True)
     assert helped.returncode == 0, helped.stderr
     assert "--pipeline.datamanager.cameras-per-rank" in helped.stdout
     assert "--verify-replicas-every" in helped.stdout
