@@ -15,7 +15,7 @@ import functools
 import os
 import resource
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Literal, Optional, Type
+from typing import Any, Callable, Dict, List, Literal, Optional, Tuple, Type
 
 import psutil
 import torch
@@ -76,6 +76,22 @@ class DistTrainerConfig(TrainerConfig):
         """Refuse impossible settings while the command line is parsed: before ns-train's own
         launcher spawns anything, and in one line instead of a traceback per rank."""
         refuse_at_parse(self)
+
+
+def host_scalars(values: List[Any], *named: Dict[str, Any]) -> Tuple[Any, ...]:
+    """`values` and the `named` dicts with their one-element tensors as Python numbers, read from the
+    device in one copy: the writer would read each tensor by itself, every read a wait for the GPU."""
+    flat = [*values, *(v for d in named for v in d.values())]
+    scalars = [i for i, v in enumerate(flat) if isinstance(v, torch.Tensor) and v.numel() == 1]
+    if scalars:
+        read = torch.stack([flat[i].detach().float().reshape(()) for i in scalars]).tolist()
+        for i, number in zip(scalars, read):
+            flat[i] = number
+    out, at = [flat[: len(values)]], len(values)
+    for d in named:
+        out.append(dict(zip(d, flat[at : at + len(d)])))
+        at += len(d)
+    return tuple(out)
 
 
 class DistTrainer(Trainer):
@@ -169,6 +185,7 @@ class DistTrainer(Trainer):
                     )
                 self._update_viewer_state(step)
                 if step_check(step, self.config.logging.steps_per_log, run_at_zero=True):
+                    (loss,), loss_dict, metrics_dict = host_scalars([loss], loss_dict, metrics_dict)
                     writer.put_scalar(name="Train Loss", scalar=loss, step=step)
                     writer.put_dict(name="Train Loss Dict", scalar_dict=loss_dict, step=step)
                     writer.put_dict(name="Train Metrics Dict", scalar_dict=metrics_dict, step=step)

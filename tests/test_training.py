@@ -61,3 +61,16 @@ def test_distributed_eval_equals_stock_ns_eval(two_process_run, tmp_path):
 
 def test_stock_ns_render_renders_the_eval_views(two_process_run, tmp_path):
     ecosystem.check_ns_render(two_process_run, tmp_path, views=3)  # every 8th of the 24 views
+
+
+def test_logged_scalars_are_read_in_one_copy_and_keep_their_values():
+    import torch
+
+    from splatfacto_dist.trainer import host_scalars
+
+    loss, losses, metrics = host_scalars(
+        [torch.tensor(0.25)], {"main_loss": torch.tensor(0.125), "scale_reg": torch.zeros(())},
+        {"psnr": torch.tensor([21.5]), "gaussian_count": 812, "image": torch.ones(2, 2)},
+    )  # fmt: skip
+    assert loss == [0.25] and losses == {"main_loss": 0.125, "scale_reg": 0.0}
+    assert metrics["psnr"] == 21.5 and metrics["gaussian_count"] == 812 and metrics["image"].shape == (2, 2)
