@@ -235,7 +235,9 @@ class SplatfactoDistModel(SplatfactoModel):
         self._background_generator.manual_seed(self.seed * 1_000_003 + self.step)
         rows = torch.rand((comm.world_size() * batch_size, 3), generator=self._background_generator, device=self.device)
         mine = rows[comm.rank() * batch_size : (comm.rank() + 1) * batch_size]
-        return mine if positions is None else mine[list(positions)]
+        if positions is None:
+            return mine
+        return torch.cat([mine[p : p + 1] for p in positions])  # slices: an index list would be a host copy
 
     @staticmethod
     def _render_size(camera: Cameras, scale: int) -> Tuple[int, int]:

@@ -100,15 +100,19 @@ def rasterize(
     return reference_rasterization(**kwargs)
 
 
+def camera_centres(viewmats: torch.Tensor) -> torch.Tensor:
+    """[C, 3] camera centres -R^T t of rigid [C, 4, 4] view matrices: exact for a rigid pose, and
+    unlike `torch.inverse` (whose singularity check waits for the GPU) it never blocks the host."""
+    return -torch.einsum("cji,cj->ci", viewmats[:, :3, :3], viewmats[:, :3, 3])
+
+
 def _sh_colors(means: torch.Tensor, coeffs: torch.Tensor, viewmats: torch.Tensor, sh_degree: int) -> torch.Tensor:
     """[C, N, 3] colours of N Gaussians' SH coefficients [N, K, 3] in C views, as gsplat's rasterization
     evaluates them, but with the camera centres read off the rigid view matrices: gsplat inverts
     them with `torch.inverse`, whose singularity check makes the host wait for the GPU at every
     render. Gaussians outside a view are evaluated too (gsplat masks them); they are not drawn, so
     neither the image nor any gradient changes."""
-    rotations, translations = viewmats[:, :3, :3], viewmats[:, :3, 3]
-    centres = -torch.einsum("cji,cj->ci", rotations, translations)  # -R^T t
-    dirs = means[None, :, :] - centres[:, None, :]
+    dirs = means[None, :, :] - camera_centres(viewmats)[:, None, :]
     sh = spherical_harmonics(sh_degree, dirs, coeffs.expand(len(viewmats), -1, -1, -1))
     return torch.clamp_min(sh + 0.5, 0.0)
 
@@ -141,7 +145,7 @@ def project(
 def view_colors(
     means: torch.Tensor,
     coeffs: torch.Tensor,
-    camera_to_world: torch.Tensor,
+    centre: torch.Tensor,
     sh_degree: Optional[int],
     mask: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
@@ -150,7 +154,7 @@ def view_colors(
     outside `mask` (their colours are then meaningless); the CPU reference evaluates every one."""
     if sh_degree is None:
         return coeffs
-    dirs = means - camera_to_world[:3, 3]
+    dirs = means - centre
     if means.is_cuda:
         sh = spherical_harmonics(sh_degree, dirs, coeffs, masks=mask)
     else:
@@ -245,9 +249,9 @@ def reference_rasterization(
     if compensations is not None:
         view_opacities = view_opacities * compensations
     per_view = colors.dim() == (3 if sh_degree is None else 4)  # gsplat takes [C, N, ...] colours too
-    camera_to_worlds = torch.inverse(viewmats)
+    centres = camera_centres(viewmats)
     colours = torch.stack(
-        [view_colors(means, colors[c] if per_view else colors, camera_to_worlds[c], sh_degree) for c in range(C)]
+        [view_colors(means, colors[c] if per_view else colors, centres[c], sh_degree) for c in range(C)]
     )
     if render_mode == "RGB+ED":
         colours = torch.cat([colours, depths[..., None]], dim=-1)

@@ -84,7 +84,8 @@ def host_scalars(values: List[Any], *named: Dict[str, Any]) -> Tuple[Any, ...]:
     flat = [*values, *(v for d in named for v in d.values())]
     scalars = [i for i, v in enumerate(flat) if isinstance(v, torch.Tensor) and v.numel() == 1]
     if scalars:
-        read = torch.stack([flat[i].detach().float().reshape(()) for i in scalars]).tolist()
+        device = flat[scalars[0]].device  # a CPU scalar among CUDA ones is moved, not refused by stack
+        read = torch.stack([flat[i].detach().float().reshape(()).to(device) for i in scalars]).tolist()
         for i, number in zip(scalars, read):
             flat[i] = number
     out, at = [flat[: len(values)]], len(values)

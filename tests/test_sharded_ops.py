@@ -32,7 +32,7 @@ def test_pairs_sent_to_renderers_are_recomputed_in_backward_not_kept():
     """Between forward and backward the owner keeps nothing per sent pair (the activated copies, SH
     coefficients and projections are recomputed); the values and gradients are those of projecting
     and colouring the rows for each pair's camera, as the rasterizer would."""
-    from splatfacto_dist.raster import activate, project, view_colors
+    from splatfacto_dist.raster import activate, camera_centres, project, view_colors
     from splatfacto_dist.sharded.exchange import camera_meta, camera_rows
 
     generator = torch.Generator().manual_seed(0)
@@ -79,7 +79,8 @@ def test_pairs_sent_to_renderers_are_recomputed_in_backward_not_kept():
         )
         (index,) = torch.nonzero(radii[0] > 0, as_tuple=True)
         assert 50 < len(index) < n  # the camera sees part of the rows: the selection is tested
-        colors = view_colors(active["means"][index], active["colors"][index], torch.inverse(poses[camera]), 3)
+        centre = camera_centres(poses[camera : camera + 1])[0]  # -R^T t, as the replicated colours
+        colors = view_colors(active["means"][index], active["colors"][index], centre, 3)
         opacities = (active["opacities"] * compensations[0])[index, None]
         columns = [means2d[0][index], conics[0][index], opacities, colors, depths[0][index, None]]
         ids = torch.full((len(index), 1), float(local))

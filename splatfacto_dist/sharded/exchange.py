@@ -11,7 +11,7 @@ from nerfstudio.data.scene_box import OrientedBox
 from torch.utils.checkpoint import checkpoint
 
 from splatfacto_dist import comm
-from splatfacto_dist.raster import activate, project, view_colors
+from splatfacto_dist.raster import activate, camera_centres, project, view_colors
 
 
 class Exchange(torch.autograd.Function):
@@ -120,7 +120,7 @@ def project_pairs(
             visible &= crop.within(inputs["means"].detach()).reshape(-1)
         (index,) = torch.nonzero(visible, as_tuple=True)
         opacities = inputs["opacities"] if compensations is None else inputs["opacities"] * compensations[0]
-        colors = view_colors(inputs["means"], inputs["colors"], torch.inverse(viewmat[0]), sh_degree, visible)
+        colors = view_colors(inputs["means"], inputs["colors"], camera_centres(viewmat)[0], sh_degree, visible)
         columns = [means2d[0], conics[0], opacities[:, None], colors]
         if width == 13:  # the render's depth channel (zeros for cameras that did not ask)
             columns.append(depths[0][:, None] if depth else torch.zeros_like(depths[0][:, None]))
