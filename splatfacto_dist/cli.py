@@ -38,12 +38,29 @@ def guess_local_ranks(argv: List[str], environ: Mapping[str, str]) -> int:
     return int(devices) if devices.isdigit() and int(devices) > 1 else 0
 
 
+def literal_refusal(argv: List[str]) -> Optional[str]:
+    """The first option of a splatfacto-dist method given a value the parsed config would refuse
+    (`refusals.LITERAL`), in its words, or None. Other methods take these options as they are."""
+    if not (argv and argv[0].startswith("splatfacto-dist")):
+        return None
+    for entry in refusals.LITERAL:
+        raw = option(argv, *entry.spellings)
+        error = None if raw is None else refusals.refused_value(entry, raw)
+        if error:
+            return error
+    return None
+
+
 def refusal_before_parsing(argv: List[str], environ: Mapping[str, str], local_ranks: int) -> Optional[str]:
     """The commonest impossible launches, refused from the raw arguments in well under a second
-    (parsing means seconds of imports): more GPUs than this machine shows, a data path that does
-    not exist. None when the raw arguments cannot tell; the checks after parsing still run."""
+    (parsing means seconds of imports): an option value splatfacto-dist refuses, more GPUs than
+    this machine shows, a data path that does not exist. None when the raw arguments cannot tell;
+    the checks after parsing still run."""
     if _parse_decides(argv):
         return None
+    error = literal_refusal(argv)
+    if error:
+        return error
     visible = visible_gpus(environ) if local_ranks else None
     per_gpu = option(argv, "--ranks-per-gpu", "--ranks_per_gpu") or "1"
     if visible is not None and per_gpu.isdigit():

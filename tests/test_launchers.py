@@ -125,6 +125,24 @@ def test_more_gpus_than_the_driver_lists_are_refused_before_torch_is_imported(tm
     ], proc.stdout + proc.stderr
 
 
+def test_a_refused_option_value_is_refused_before_torch_is_imported(tmp_path):
+    """Options splatfacto-dist refuses at any value but a literal default fail at once too, in the
+    words of the check on the parsed config (test_options compares the two)."""
+    code = (
+        "import sys\n"
+        "sys.argv = ['splatfacto-dist-train', 'splatfacto-dist', '--pipeline.model.enable-collider', 'False',"
+        f" 'colmap', '--data', {str(tmp_path)!r}]\n"
+        "from splatfacto_dist import cli\ntry:\n    cli.entrypoint()\nexcept SystemExit as e:\n"
+        "    print('exit', e.code, 'torch' in sys.modules, 'nerfstudio' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.splitlines() == [
+        "error: --pipeline.model.enable-collider has no effect on Gaussian splatting, which renders no ray"
+        " bundles (stock neither); leave it at True",
+        "exit 2 False False",
+    ], proc.stdout + proc.stderr
+
+
 def _parsed(args: list):
     import tyro
     from nerfstudio.configs.method_configs import AnnotatedBaseConfigUnion

@@ -21,9 +21,11 @@ from nerfstudio.engine.schedulers import (
 )
 from nerfstudio.engine.trainer import TrainerConfig
 
+from splatfacto_dist.cli import refusal_before_parsing
 from splatfacto_dist.datamanager import ShardedFullImageDatamanagerConfig
 from splatfacto_dist.launching import preflight, rank
 from splatfacto_dist.launching.options import SECTIONS, Honoured, Refused, refusal, section_of
+from splatfacto_dist.launching.refusals import LITERAL
 from splatfacto_dist.layout import ReplicatedLayout
 from splatfacto_dist.method import splatfacto_dist_config
 from splatfacto_dist.model import SplatfactoDistModelConfig
@@ -112,6 +114,80 @@ def test_each_refusal_triggers_in_one_line(key):
     change(config)
     line = refusal(config)
     assert line is not None and word in line and "\n" not in line
+
+
+# refusals.LITERAL's flags -> a value the parsed config refuses, as typed and as parsed.
+NON_DEFAULT: Dict[str, Tuple[str, Any]] = {
+    "--prompt": ("a fox", "a fox"),
+    "--pipeline.datamanager.masks-on-gpu": ("True", True),
+    "--pipeline.datamanager.images-on-gpu": ("True", True),
+    "--pipeline.datamanager.eval-num-images-to-sample-from": ("40", 40),
+    "--pipeline.datamanager.eval-num-times-to-repeat-images": ("100", 100),
+    "--pipeline.datamanager.train-cameras-sampling-strategy": ("fps", "fps"),
+    "--pipeline.datamanager.fps-reset-every": ("10", 10),
+    "--pipeline.model.enable-collider": ("False", False),
+    "--pipeline.model.eval-num-rays-per-chunk": ("8", 8),
+    "--pipeline.model.prompt": ("a fox", "a fox"),
+    "--pipeline.model.n-split-samples": ("3", 3),
+    "--pipeline.model.images-per-step": ("4", 4),
+}
+LITERAL_IDS = [entry.flag for entry in LITERAL]
+
+
+def test_every_literal_refusal_has_a_case_here_in_table_order():
+    assert NON_DEFAULT.keys() == {entry.flag for entry in LITERAL}
+    paths = [section.path for section in SECTIONS]
+
+    def position(entry):
+        section = SECTIONS[paths.index(entry.path)]
+        return paths.index(entry.path), list(section.table).index(entry.field)
+
+    assert sorted(LITERAL, key=position) == list(LITERAL)  # both checks name the same option first
+
+
+@pytest.mark.parametrize("entry", LITERAL, ids=LITERAL_IDS)
+def test_a_literal_refusals_default_is_its_fields_dataclass_default(entry):
+    """A future nerfstudio that changes a default fails here, not in a refusal of the new default."""
+    (section,) = [s for s in SECTIONS if s.path == entry.path]
+    spec = {f.name: f for f in dataclasses.fields(section.config_type)}[entry.field]
+    default = spec.default if spec.default_factory is dataclasses.MISSING else spec.default_factory()
+    assert (type(entry.default), entry.default) == (type(default), default)
+    assert isinstance(section.table[entry.field], Refused)
+
+
+@pytest.mark.parametrize("entry", LITERAL, ids=LITERAL_IDS)
+def test_a_literal_refusal_reads_the_same_from_the_raw_command_line_and_the_parsed_config(entry):
+    raw, value = NON_DEFAULT[entry.flag]
+    config = splatfacto_dist_config()
+    setattr(section_of(config, entry.path), entry.field, value)
+    parsed = refusal(config)
+    assert parsed is not None
+    dashed, underscored = entry.spellings
+    for method in ("splatfacto-dist", "splatfacto-dist-big"):
+        assert refusal_before_parsing([method, "--vis", "viewer", dashed, raw, "colmap"], {}, 0) == parsed
+    assert refusal_before_parsing(["splatfacto-dist", f"{underscored}={raw}"], {}, 0) == parsed
+
+
+@pytest.mark.parametrize("entry", LITERAL, ids=LITERAL_IDS)
+def test_the_raw_command_line_refuses_no_value_the_parse_might_take(entry):
+    raw, _ = NON_DEFAULT[entry.flag]
+    passed = [
+        ["splatfacto-dist", entry.flag, str(entry.default)],  # the default, given explicitly
+        ["splatfacto-dist", entry.flag, "--vis", "viewer"],  # no value: tyro says so
+        ["splatfacto", entry.flag, raw],  # another method's options are its own
+        ["splatfacto-dist", entry.flag, raw, "--help"],
+        ["splatfacto-dist", "--load-config", "c.yml", entry.flag, raw],
+    ]
+    if not isinstance(entry.default, (str, type(None))):
+        passed.append(["splatfacto-dist", entry.flag, "maybe"])  # not a value of its type: tyro says so
+    for argv in passed:
+        assert refusal_before_parsing(argv, {}, 0) is None, argv
+
+
+def test_a_later_value_overrides_an_earlier_one_on_the_raw_command_line_as_in_tyro():
+    dashed, underscored = "--pipeline.model.enable-collider", "--pipeline.model.enable_collider"
+    assert refusal_before_parsing(["splatfacto-dist", dashed, "True", underscored, "False"], {}, 0)
+    assert refusal_before_parsing(["splatfacto-dist", dashed, "False", underscored, "True"], {}, 0) is None
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,9 @@ the dataclasses against these tables, so a field added by a future nerfstudio fa
 of being ignored.
 
 Options that stock splatfacto ignores as well (ray colliders, eval ray chunks, ...) are refused
-when changed from their default: a user who sets one expects an effect neither can give.
+when changed from their default: a user who sets one expects an effect neither can give. Those
+whose default is a literal are listed in `refusals.LITERAL`, which the launcher also checks on the
+raw command line, in the same words, before the seconds of imports a parse needs.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from nerfstudio.configs.base_config import LoggingConfig, MachineConfig, ViewerC
 from nerfstudio.engine.trainer import TrainerConfig
 
 from splatfacto_dist.datamanager import ShardedFullImageDatamanagerConfig
+from splatfacto_dist.launching.refusals import FULL_IMAGE, INERT, LITERAL, NO_RAYS
 from splatfacto_dist.model import SplatfactoDistModelConfig
 from splatfacto_dist.pipeline import DistPipelineConfig
 from splatfacto_dist.scaling import CONVERTIBLE_SCHEDULERS, GAUSSIAN_GROUPS, SPLATFACTO_GROUPS, is_adam
@@ -71,11 +74,24 @@ def _default(section: Any, name: str) -> Any:
 
 
 def _inert(flag: str, why: str) -> Refused:
-    """Refuse a field that has no effect on splatfacto (stock included) once it is changed."""
+    """Refuse a field that has no effect on splatfacto (stock included) once it is changed, where
+    its default is no literal a raw command line could be compared with (a dict, a tuple)."""
     name = flag.rsplit(".", 1)[-1].lstrip("-").replace("-", "_")
     return Refused(
         when=lambda section: getattr(section, name) != _default(section, name),
-        message=lambda section: f"{flag} {why}; leave it at {_default(section, name)!r}",
+        message=lambda section: INERT.format(flag=flag, why=why, default=_default(section, name)),
+    )
+
+
+_LITERAL = {entry.flag: entry for entry in LITERAL}
+
+
+def _literal(flag: str) -> Refused:
+    """Refuse a `refusals.LITERAL` option once it is changed, in the words of the raw check."""
+    entry = _LITERAL[flag]
+    return Refused(
+        when=lambda section: getattr(section, entry.field) != entry.default,
+        message=lambda section: entry.line(getattr(section, entry.field)),
     )
 
 
@@ -137,10 +153,7 @@ TRAINER: Table = {
     ),
     "vis": Honoured("Trainer.setup (viewer and event writers on rank 0)"),
     "data": Honoured("alias of --pipeline.datamanager.data (ns-train main, launch.main)"),
-    "prompt": Refused(
-        when=lambda c: c.prompt is not None,
-        message="--prompt: splatfacto takes no text prompt; leave it unset",
-    ),
+    "prompt": _literal("--prompt"),
     "relative_model_dir": Honoured("ExperimentConfig.get_checkpoint_dir"),
     "load_scheduler": Honoured("DistTrainer._load_checkpoint"),
     "steps_per_save": Honoured("DistTrainer.train (converted by scaling.convert_images_to_steps)"),
@@ -213,44 +226,31 @@ _DM = "--pipeline.datamanager."
 DATAMANAGER: Table = {
     "_target": Honoured("the datamanager class built by config.setup"),
     "data": Honoured("FullImageDatamanager.__init__"),
-    "masks_on_gpu": _inert(f"{_DM}masks-on-gpu", "has no effect on full-image training (stock neither)"),
-    "images_on_gpu": _inert(f"{_DM}images-on-gpu", "has no effect on full-image training (stock neither)"),
+    "masks_on_gpu": _literal(f"{_DM}masks-on-gpu"),
+    "images_on_gpu": _literal(f"{_DM}images-on-gpu"),
     "dataparser": Honoured("FullImageDatamanager.__init__ (stock dataparser, whole)"),
     "camera_res_scale_factor": Honoured("FullImageDatamanager.create_train_dataset / create_eval_dataset"),
-    "eval_num_images_to_sample_from": _inert(
-        f"{_DM}eval-num-images-to-sample-from", "is not read by full-image datamanagers (stock neither)"
-    ),
-    "eval_num_times_to_repeat_images": _inert(
-        f"{_DM}eval-num-times-to-repeat-images", "is not read by full-image datamanagers (stock neither)"
-    ),
-    "eval_image_indices": _inert(f"{_DM}eval-image-indices", "is not read by full-image datamanagers (stock neither)"),
+    "eval_num_images_to_sample_from": _literal(f"{_DM}eval-num-images-to-sample-from"),
+    "eval_num_times_to_repeat_images": _literal(f"{_DM}eval-num-times-to-repeat-images"),
+    "eval_image_indices": _inert(f"{_DM}eval-image-indices", FULL_IMAGE),
     "cache_images": Honoured("ShardedFullImageDatamanager._load_subset / cached_train"),
     "cache_images_type": Honoured("ShardedFullImageDatamanager._load_subset"),
     "max_thread_workers": Honoured("ShardedFullImageDatamanager._load_subset"),
-    "train_cameras_sampling_strategy": Refused(
-        when=lambda dm: dm.train_cameras_sampling_strategy != "random",
-        message=lambda dm: (
-            f"{_DM}train-cameras-sampling-strategy {dm.train_cameras_sampling_strategy} is not supported: "
-            "splatfacto-dist deals cameras to ranks in seeded random shuffles; use random"
-        ),
-    ),
+    "train_cameras_sampling_strategy": _literal(f"{_DM}train-cameras-sampling-strategy"),
     "train_cameras_sampling_seed": Honoured("CameraSchedule (the deal and every epoch's shuffles)"),
-    "fps_reset_every": _inert(
-        f"{_DM}fps-reset-every", "only applies to fps sampling, which splatfacto-dist does not do"
-    ),
+    "fps_reset_every": _literal(f"{_DM}fps-reset-every"),
     "cameras_per_rank": Honoured("CameraSchedule"),
     "data_shards": Honoured("CameraSchedule"),
 }
 
 _M = "--pipeline.model."
-_NO_RAYS = "has no effect on Gaussian splatting, which renders no ray bundles (stock neither)"
 MODEL: Table = {
     "_target": Honoured("the model class built by config.setup"),
-    "enable_collider": _inert(f"{_M}enable-collider", _NO_RAYS),
-    "collider_params": _inert(f"{_M}collider-params", _NO_RAYS),
+    "enable_collider": _literal(f"{_M}enable-collider"),
+    "collider_params": _inert(f"{_M}collider-params", NO_RAYS),
     "loss_coefficients": _inert(f"{_M}loss-coefficients", "is not read by splatfacto (stock neither)"),
-    "eval_num_rays_per_chunk": _inert(f"{_M}eval-num-rays-per-chunk", _NO_RAYS),
-    "prompt": _inert(f"{_M}prompt", "is not read by splatfacto (stock neither)"),
+    "eval_num_rays_per_chunk": _literal(f"{_M}eval-num-rays-per-chunk"),
+    "prompt": _literal(f"{_M}prompt"),
     "warmup_length": Honoured("SynchronizedDefaultStrategy (refine_start_iter)"),
     "refine_every": Honoured("SynchronizedDefaultStrategy"),
     "resolution_schedule": Honoured("SplatfactoModel._get_downscale_factor"),
@@ -262,9 +262,7 @@ MODEL: Table = {
     "densify_grad_thresh": Honoured("SynchronizedDefaultStrategy (grow_grad2d)"),
     "use_absgrad": Honoured("SynchronizedDefaultStrategy (absgrad), raster.rasterize"),
     "densify_size_thresh": Honoured("SynchronizedDefaultStrategy (grow_scale3d)"),
-    "n_split_samples": _inert(
-        f"{_M}n-split-samples", "is not read: gsplat's densification always splits a Gaussian in two (stock too)"
-    ),
+    "n_split_samples": _literal(f"{_M}n-split-samples"),
     "sh_degree_interval": Honoured("SplatfactoDistModel.get_outputs"),
     "cull_screen_size": Honoured("SynchronizedDefaultStrategy (prune_scale2d)"),
     "split_screen_size": Honoured("SynchronizedDefaultStrategy (grow_scale2d)"),
@@ -284,7 +282,7 @@ MODEL: Table = {
     "grid_shape": Honoured("SplatfactoDistModel.populate_modules"),
     "color_corrected_metrics": Honoured("SplatfactoDistModel.get_image_metrics_and_images"),
     "seed": Honoured("SplatfactoDistModel.seed"),
-    "images_per_step": _inert(f"{_M}images-per-step", "is set by the trainer from the GPUs and cameras per rank"),
+    "images_per_step": _literal(f"{_M}images-per-step"),
     "fused_ssim": Honoured("ssim.LossSSIM (SplatfactoDistModel.get_loss_dict)"),
     "gaussian_layout": Honoured("where the Gaussians live (replicated or sharded)"),
 }
