@@ -121,6 +121,16 @@ def test_bench_rejects_bad_input_in_one_line(tmp_path):
         timeout=120,
     )
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].endswith("does not exist")
+    both = ["--data", str(tmp_path), "--stock-only", "--no-stock"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "splatfacto_dist.benchmarking.bench", *both], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].endswith("leave nothing to run")
+    cpu = ["--data", str(tmp_path), "--stock-only", "--machine.device-type", "cpu"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "splatfacto_dist.benchmarking.bench", *cpu], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2 and "stock splatfacto needs CUDA" in proc.stderr.strip().splitlines()[-1]
 
 
 def test_several_seeds_are_compared_against_the_mean_of_stock(tmp_path):

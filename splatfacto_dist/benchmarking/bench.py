@@ -275,6 +275,11 @@ def main(argv: Optional[List[str]] = None) -> None:
         help="run every job once per seed (quality and Gaussian growth vary from seed to seed)",
     )
     parser.add_argument("--no-stock", action="store_true", help="skip the stock splatfacto 1-GPU baseline")
+    parser.add_argument(
+        "--stock-only",
+        action="store_true",
+        help="only the stock baseline (a pair longer than one device call runs as two; bench_report merges them)",
+    )
     parser.add_argument("--parallel", action="store_true", help="run jobs on disjoint GPUs side by side")
     parser.add_argument(
         "--profile-every",
@@ -286,14 +291,19 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--title", default=None, help="report title (default: the data folder's name)")
     parser.add_argument("--out", type=Path, default=Path("outputs/bench"))
     args, extra = parser.parse_known_args(argv)
+    if args.stock_only and args.no_stock:
+        parser.error("--stock-only and --no-stock leave nothing to run")
+    if args.stock_only:
+        args.gpus = []
     if not args.data.exists():
         parser.error(f"--data {args.data} does not exist")
-    if args.budget < max(args.gpus) * args.batch:
-        parser.error(f"--budget {args.budget} is less than one step of {max(args.gpus) * args.batch} images")
+    widest = max(args.gpus, default=1)
+    if args.budget < widest * args.batch:
+        parser.error(f"--budget {args.budget} is less than one step of {widest * args.batch} images")
     cpu = option(extra, "--machine.device-type", "--machine.device_type") == "cpu"  # ranks are processes
-    total_gpus = max(args.gpus) if cpu else _visible_gpus()
-    if max(args.gpus) > total_gpus:
-        parser.error(f"--gpus asks for {max(args.gpus)} GPUs but {total_gpus} are visible")
+    total_gpus = widest if cpu else _visible_gpus()
+    if widest > total_gpus:
+        parser.error(f"--gpus asks for {widest} GPUs but {total_gpus} are visible")
     if cpu and not args.no_stock:
         parser.error("stock splatfacto needs CUDA: add --no-stock to benchmark CPU processes")
     jobs: List[Job] = []
