@@ -108,39 +108,40 @@ def test_what_the_raw_arguments_show_impossible_is_refused_from_them(tmp_path, m
     assert cli.refusal_before_parsing(["m", "--help", "--data", nowhere], {}, 0) is None
 
 
+def _refused_at_once(argv: list, setup: str = "") -> list:
+    """The lines `cli.entrypoint` prints for `argv` in a fresh interpreter, then its exit code and
+    whether torch, nerfstudio or a spawned rank had been imported by then."""
+    code = (
+        f"import sys\n{setup}sys.argv = {['splatfacto-dist-train', *argv]!r}\n"
+        "from splatfacto_dist import cli\ntry:\n    cli.entrypoint()\nexcept SystemExit as e:\n"
+        "    print('exit', e.code, *(m in sys.modules for m in ('torch', 'nerfstudio', 'multiprocessing.popen_spawn_posix')))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout, proc.stderr
+    return proc.stdout.splitlines()
+
+
 def test_more_gpus_than_the_driver_lists_are_refused_before_torch_is_imported(tmp_path):
     """The commonest impossible launch fails at once: no import of torch or nerfstudio, no rank
     spawned (the driver's count is stubbed to 2: the CPU machines have none)."""
-    code = (
-        "import sys\nimport splatfacto_dist.launching.gpu_count as g\ng.physical_gpus = lambda: 2\n"
-        f"sys.argv = ['splatfacto-dist-train', 'splatfacto-dist', '--machine.num-devices', '4', '--data', {str(tmp_path)!r}]\n"
-        "from splatfacto_dist import cli\ntry:\n    cli.entrypoint()\nexcept SystemExit as e:\n"
-        "    print('exit', e.code, 'torch' in sys.modules, 'multiprocessing.popen_spawn_posix' in sys.modules)\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert proc.stdout.splitlines() == [
+    stub = "import splatfacto_dist.launching.gpu_count as g\ng.physical_gpus = lambda: 2\n"
+    argv = ["splatfacto-dist", "--machine.num-devices", "4", "--data", str(tmp_path)]
+    assert _refused_at_once(argv, stub) == [
         "error: --machine.num-devices 4 but only 2 GPU(s) are visible on this machine"
         " (for tests and memory measurements, --ranks-per-gpu K lets K ranks share one)",
-        "exit 2 False False",
-    ], proc.stdout + proc.stderr
+        "exit 2 False False False",
+    ]
 
 
 def test_a_refused_option_value_is_refused_before_torch_is_imported(tmp_path):
     """Options splatfacto-dist refuses at any value but a literal default fail at once too, in the
     words of the check on the parsed config (test_options compares the two)."""
-    code = (
-        "import sys\n"
-        "sys.argv = ['splatfacto-dist-train', 'splatfacto-dist', '--pipeline.model.enable-collider', 'False',"
-        f" 'colmap', '--data', {str(tmp_path)!r}]\n"
-        "from splatfacto_dist import cli\ntry:\n    cli.entrypoint()\nexcept SystemExit as e:\n"
-        "    print('exit', e.code, 'torch' in sys.modules, 'nerfstudio' in sys.modules)\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert proc.stdout.splitlines() == [
+    argv = ["splatfacto-dist", "--pipeline.model.enable-collider", "False", "colmap", "--data", str(tmp_path)]
+    assert _refused_at_once(argv) == [
         "error: --pipeline.model.enable-collider has no effect on Gaussian splatting, which renders no ray"
         " bundles (stock neither); leave it at True",
-        "exit 2 False False",
-    ], proc.stdout + proc.stderr
+        "exit 2 False False False",
+    ]
 
 
 def _parsed(args: list):
