@@ -183,6 +183,14 @@ def all_reduce_ints(values: List[int], device: torch.device = torch.device("cpu"
     return [int(v) for v in t.tolist()]
 
 
+def all_reduce_counts(counts: torch.Tensor) -> List[int]:
+    """The element-wise sums over ranks of an integer vector (projected pairs per tile row), on the host."""
+    if is_distributed():
+        counts = _to_comm(counts.to(torch.int64))
+        dist.all_reduce(counts, op=dist.ReduceOp.SUM)
+    return [int(v) for v in counts.tolist()]
+
+
 def all_gather_rows(rows: torch.Tensor, counts: Optional[List[int]] = None) -> List[torch.Tensor]:
     """Every rank's [n_r, D] `rows` (n_r may differ; `counts`, if known), in rank order, on `rows`' device."""
     if not is_distributed():

@@ -50,6 +50,12 @@ class SplatfactoDistModelConfig(SplatfactoModelConfig):
     gaussian_layout: Literal["replicated", "sharded"] = "replicated"
     """Where the Gaussians live: 'replicated' (every rank holds all) or 'sharded' (each rank owns 1/N
     with its optimizer state, so the scene can be N times larger)."""
+    pixel_ranges: Optional[bool] = None
+    """The sharded layout on several ranks: every image is rendered by all ranks, one image after
+    another, each rank a range of its rows cut where the Gaussians touching them balance, so a rank
+    holds ~1/N of one image's Gaussians at a time. False: each image is rendered whole by its own
+    rank (one exchange per step; more memory where an image sees much of the model). Default: on
+    when sharded; the replicated layout renders whole images (each rank holds the whole model)."""
     images_per_step: int = 1
     """Images rendered per step across all ranks. Set by the trainer when it converts the schedule
     from images to steps; it sizes the pause after an opacity reset (one pass over the cameras)."""
@@ -57,10 +63,6 @@ class SplatfactoDistModelConfig(SplatfactoModelConfig):
     """The SSIM loss by a fused Triton kernel on CUDA (stock's pytorch_msssim value and gradient to
     float tolerance, several times faster); the CPU, or a machine where it does not compile, uses
     pytorch_msssim. Evaluation SSIM is stock's either way."""
-
-
-LAYOUTS = {"replicated": ReplicatedLayout, "sharded": ShardedLayout}
-"""The layouts `--pipeline.model.gaussian-layout` names."""
 
 
 def psnr(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
@@ -112,7 +114,10 @@ class SplatfactoDistModel(SplatfactoModel):
     config: SplatfactoDistModelConfig
 
     def populate_modules(self) -> None:
-        self.layout = LAYOUTS[self.config.gaussian_layout]()
+        if self.config.gaussian_layout == "sharded":
+            self.layout = ShardedLayout(pixel_ranges=self.config.pixel_ranges is not False)
+        else:
+            self.layout = ReplicatedLayout()
         gaussians, ids = self._initial_gaussians()
         self.gauss_params = torch.nn.ParameterDict(
             {name: torch.nn.Parameter(value.contiguous()) for name, value in gaussians.items()}

@@ -38,6 +38,12 @@ class SynchronizedDefaultStrategy(DefaultStrategy):
             self.layout = ReplicatedLayout()
         self._grown = (0, 0)
 
+    def step_pre_backward(self, params, optimizers, state, step: int, info: Dict[str, Any]) -> None:
+        """gsplat's (keep the 2D means' gradient), but for a render by pixel ranges, whose
+        statistics the owners take in its backward (`sharded.rows`)."""
+        if "rows_job" not in info:
+            super().step_pre_backward(params, optimizers, state, step, info)
+
     @torch.no_grad()
     def _update_state(
         self,
@@ -65,6 +71,13 @@ class SynchronizedDefaultStrategy(DefaultStrategy):
         for key in ("grad2d", "count") + (("radii",) if track_radii else ()):
             if state[key] is None:
                 state[key] = torch.zeros(n, device=params["means"].device)
+        if "rows_job" in info:  # the owners' own statistics, summed per (Gaussian, image) in its backward
+            stats = info["rows_job"].stats
+            state["grad2d"] += stats["grad2d"]
+            state["count"] += stats["count"]
+            if track_radii:
+                state["radii"] = torch.maximum(state["radii"], stats["radii"])
+            return None
         means2d = info[self.key_for_gradient]
         views = info.get("views_in_loss", info["n_cameras"])
         radii = info["radii"] if info["radii"].dim() == 2 else info["radii"][None]  # [C, M]; [1, M] for M pairs

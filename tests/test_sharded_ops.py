@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -310,7 +311,7 @@ def test_two_ranks_cameras_get_the_whole_gradient_of_their_render():
     assert torch.allclose(got, want, atol=1e-5), float((got - want).abs().max())
 
 
-def _empty_side_worker(rank: int, port: int, results) -> None:
+def _empty_side_worker(rank: int, port: int, results, pixel_ranges: bool) -> None:
     from datetime import timedelta
 
     from splatfacto_dist.scenes.scene import ring_cameras
@@ -321,7 +322,7 @@ def _empty_side_worker(rank: int, port: int, results) -> None:
     )
     try:
         rows, _ = _colour_scene()
-        layout = ShardedLayout()
+        layout = ShardedLayout(pixel_ranges=pixel_ranges)
         shard = {k: v[layout.block(len(v))].clone() for k, v in rows.items()}
         if rank == 0:
             shard["means"] = shard["means"] + torch.tensor([0.0, 0.0, 1e3])  # far out of every view
@@ -330,15 +331,17 @@ def _empty_side_worker(rank: int, port: int, results) -> None:
         if rank == 0:
             viewmats = viewmats.clone()
             viewmats[0, 2, 3] = -1e4  # rank 0's camera sees no Gaussian either
-        K = torch.tensor([[[43.2, 0.0, 24.0], [0.0, 43.2, 18.0], [0.0, 0.0, 1.0]]])
-        render, _, info = layout.render(shard, viewmats=viewmats, Ks=K, width=48, height=36, sh_degree=3, absgrad=True)
-        info["means2d"].retain_grad()
-        render.sum().backward()  # both ranks reach the exchanges' backward, or this hangs until the timeout
+        K = torch.tensor([[[172.8, 0.0, 96.0], [0.0, 172.8, 72.0], [0.0, 0.0, 1.0]]])  # 9 tile rows to cut
+        render, _, info = layout.render(
+            shard, viewmats=viewmats, Ks=K, width=192, height=144, sh_degree=3, absgrad=True
+        )
         strategy = SynchronizedDefaultStrategy(layout=layout, absgrad=True)
+        strategy.step_pre_backward(shard, {}, {}, 0, info)
+        render.sum().backward()  # both ranks reach the exchanges' backward, or this hangs until the timeout
         state = {"grad2d": None, "count": None, "radii": None}
         strategy._update_state(shard, state, {**info, "views_in_loss": 1})
         results[rank] = (
-            len(info["radii"]),
+            layout.record(len(shard["means"]))["most_received"],
             float(render.abs().sum()),
             float(shard["means"].grad.abs().sum()),
             float(state["count"].sum()),
@@ -347,12 +350,18 @@ def _empty_side_worker(rank: int, port: int, results) -> None:
         dist.destroy_process_group()
 
 
-def test_a_rank_that_sends_and_receives_nothing_still_takes_part_in_backward_and_statistics():
-    """Rank 0's shard is out of every view and its camera sees nothing: it sends and receives no pair.
-    With gradients on the parameters only (a default run), its backward still reaches both exchanges
-    and its densification statistics still take their all-to-all, so rank 1 trains."""
+@pytest.mark.parametrize("pixel_ranges", [False, True])
+def test_a_rank_that_sends_and_receives_nothing_still_takes_part_in_backward_and_statistics(pixel_ranges):
+    """Rank 0's shard is out of every view and its camera sees nothing: it sends no pair, and
+    receives none (by camera) or only its range of rank 1's image (by rows). With gradients on the
+    parameters only (a default run), its backward still reaches every exchange and its
+    densification statistics still take their all-to-all, so rank 1 trains."""
     results = mp.Manager().dict()
-    mp.spawn(_empty_side_worker, args=(free_port(), results), nprocs=2)
+    mp.spawn(_empty_side_worker, args=(free_port(), results, pixel_ranges), nprocs=2)
     (received0, image0, grad0, count0), (received1, image1, grad1, count1) = results[0], results[1]
-    assert received0 == 0 and image0 == 0 and grad0 == 0 and count0 == 0
-    assert received1 > 50 and image1 > 1 and grad1 > 0 and count1 == received1
+    assert image0 == 0 and grad0 == 0 and count0 == 0
+    assert image1 > 1 and grad1 > 0 and count1 > 50
+    if pixel_ranges:  # rank 1's image in two ranges: each rank receives about half of its Gaussians
+        assert 0 < received0 < count1 and 0 < received1 < count1 and received0 + received1 >= count1
+    else:
+        assert received0 == 0 and received1 == count1

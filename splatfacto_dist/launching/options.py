@@ -285,6 +285,11 @@ MODEL: Table = {
     "images_per_step": _literal(f"{_M}images-per-step"),
     "fused_ssim": Honoured("ssim.LossSSIM (SplatfactoDistModel.get_loss_dict)"),
     "gaussian_layout": Honoured("where the Gaussians live (replicated or sharded)"),
+    "pixel_ranges": Refused(
+        when=lambda m: m.pixel_ranges is True and m.gaussian_layout != "sharded",
+        message=f"{_M}pixel-ranges True: only the sharded layout renders images in pixel ranges (a replicated rank "
+        f"holds the whole model and renders its own images whole); add {_M}gaussian-layout sharded",
+    ),
 }
 
 SECTIONS: Tuple[Section, ...] = (

@@ -11,7 +11,8 @@ from nerfstudio.data.scene_box import OrientedBox
 from torch.utils.checkpoint import checkpoint
 
 from splatfacto_dist import comm
-from splatfacto_dist.raster import activate, camera_centres, project, view_colors
+from splatfacto_dist.pixels.plan import pair_tile_rows
+from splatfacto_dist.raster import TILE_SIZE, activate, camera_centres, project, rasterize_pairs, view_colors
 
 
 class Exchange(torch.autograd.Function):
@@ -83,6 +84,39 @@ def pair_width(meta: torch.Tensor) -> int:
     return 2 + 3 + 1 + 3 + int(bool((meta[:, 2] > 0).any())) + 3
 
 
+def project_camera(
+    rows: Dict[str, torch.Tensor],
+    camera: int,
+    local: int,
+    cameras: torch.Tensor,
+    meta: torch.Tensor,
+    sh_degree: Optional[int],
+    width: int,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """([V, width] pairs of the rows visible in camera `camera` (and inside its crop box), projected
+    and coloured for it, their ids column `local`; the visible rows' indices): one owner's share
+    of one camera, as `rasterize_pairs` takes it."""
+    inputs = activate(rows)
+    viewmat, K = cameras[camera, :16].reshape(1, 4, 4), cameras[camera, 16:25].reshape(1, 3, 3)
+    w, h, depth, antialiased = (int(v) for v in meta[camera, :4])
+    radii, means2d, depths, conics, compensations = project(
+        inputs["means"], inputs["quats"], inputs["scales"], viewmat, K, w, h, compensate=bool(antialiased)
+    )
+    visible = radii[0] > 0
+    crop = _crop_of(meta[camera])
+    if crop is not None:
+        visible &= crop.within(inputs["means"].detach()).reshape(-1)
+    (index,) = torch.nonzero(visible, as_tuple=True)
+    opacities = inputs["opacities"] if compensations is None else inputs["opacities"] * compensations[0]
+    colors = view_colors(inputs["means"], inputs["colors"], camera_centres(viewmat)[0], sh_degree, visible)
+    columns = [means2d[0], conics[0], opacities[:, None], colors]
+    if width == 13:  # the render's depth channel (zeros for cameras that did not ask)
+        columns.append(depths[0][:, None] if depth else torch.zeros_like(depths[0][:, None]))
+    fixed = torch.stack([depths[0].detach(), radii[0].float()], 1)[index]  # sorting and tiles: no gradient
+    ids = torch.full((len(index), 1), float(local), device=index.device)
+    return torch.cat([torch.cat(columns, 1)[index], fixed, ids], 1), index
+
+
 def project_pairs(
     rows: Dict[str, torch.Tensor],
     counts: List[int],
@@ -106,27 +140,10 @@ def project_pairs(
     would only cost time. Nothing here draws random numbers.
     """
     width = pair_width(meta)
+    names = list(rows)
 
     def pack(camera: int, local: int, cams: torch.Tensor, *values: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        inputs = activate(dict(zip(rows, values)))
-        viewmat, K = cams[camera, :16].reshape(1, 4, 4), cams[camera, 16:25].reshape(1, 3, 3)
-        w, h, depth, antialiased = (int(v) for v in meta[camera, :4])
-        radii, means2d, depths, conics, compensations = project(
-            inputs["means"], inputs["quats"], inputs["scales"], viewmat, K, w, h, compensate=bool(antialiased)
-        )
-        visible = radii[0] > 0
-        crop = _crop_of(meta[camera])
-        if crop is not None:
-            visible &= crop.within(inputs["means"].detach()).reshape(-1)
-        (index,) = torch.nonzero(visible, as_tuple=True)
-        opacities = inputs["opacities"] if compensations is None else inputs["opacities"] * compensations[0]
-        colors = view_colors(inputs["means"], inputs["colors"], camera_centres(viewmat)[0], sh_degree, visible)
-        columns = [means2d[0], conics[0], opacities[:, None], colors]
-        if width == 13:  # the render's depth channel (zeros for cameras that did not ask)
-            columns.append(depths[0][:, None] if depth else torch.zeros_like(depths[0][:, None]))
-        fixed = torch.stack([depths[0].detach(), radii[0].float()], 1)[index]  # sorting and tiles: no gradient
-        ids = torch.full((len(index), 1), float(local), device=index.device)
-        return torch.cat([torch.cat(columns, 1)[index], fixed, ids], 1), index
+        return project_camera(dict(zip(names, values)), camera, local, cams, meta, sh_degree, width)
 
     values = list(rows.values())
     blocks, order, send_counts, camera = [], [], [], 0
@@ -150,3 +167,43 @@ def project_pairs(
     anchor = 0 * (cameras.sum() + sum(v.sum() for v in values))
     nothing = torch.zeros(0, dtype=torch.long, device=rows["means"].device)
     return cameras.new_zeros((0, width)) + anchor, nothing, send_counts
+
+
+def route_to_ranges(
+    block: torch.Tensor, ranges: List[Tuple[int, int]], height: int
+) -> Tuple[torch.Tensor, torch.Tensor, List[int]]:
+    """([S, width] pairs to send, [S] their rows in `block`, how many go to each rank): one camera's
+    pairs (`project_camera`'s block) to every rank whose range of rows they may touch, in block
+    order, each with its y moved up by the range's top and its ids column 0 (a rank renders its
+    range as one image). "May touch": the pair's tile rows one either side, because the receiver
+    recomputes them from the moved y, whose rounding must not drop a tile; a pair sent that does
+    not touch the range draws nothing there."""
+    first, last = pair_tile_rows(block[:, 1].detach(), block[:, -2].detach(), height)
+    device = block.device
+    tops = torch.tensor([top // TILE_SIZE for top, _ in ranges], device=device)
+    bottoms = torch.tensor([-(-bottom // TILE_SIZE) for _, bottom in ranges], device=device)
+    touch = (first[None, :] - 1 < bottoms[:, None]) & (last[None, :] + 1 > tops[:, None]) & (bottoms > tops)[:, None]
+    destination, picked = torch.nonzero(touch, as_tuple=True)  # destination-major, block order within
+    counts = torch.bincount(destination, minlength=len(ranges)).tolist()
+    shift = torch.tensor([float(top) for top, _ in ranges], device=device)[destination]
+    rows = block[picked]
+    send = torch.cat([rows[:, :1], rows[:, 1:2] - shift[:, None], rows[:, 2:-1], torch.zeros_like(rows[:, -1:])], 1)
+    return send, picked, counts
+
+
+def rasterize_received(
+    received: torch.Tensor, n_views: int, width: int, height: int, render_mode: str, absgrad: bool
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(renders [n_views, H, W, D], alphas, means2d, radii) of received pairs: `rasterize_pairs` of
+    their columns. `means2d` is the tensor whose gradient (or `.absgrad`) densification reads."""
+    channels = received.shape[1] - 9
+    means2d, conics, opacities, colors, depths, radii, ids = torch.split(received, [2, 3, 1, channels, 1, 1, 1], 1)
+    means2d = means2d.contiguous()
+    render, alpha = rasterize_pairs(
+        means2d, conics.contiguous(), opacities.reshape(-1), colors.contiguous(), depths.reshape(-1).detach(),
+        radii.reshape(-1).detach().int(), ids.reshape(-1).detach().long(), n_views, width, height,
+        render_mode=render_mode if channels == 4 else "RGB", absgrad=absgrad,
+    )  # fmt: skip
+    if channels == 4 and render_mode != "RGB+ED":
+        render = render[..., :3]
+    return render, alpha, means2d, radii.reshape(-1).detach()

@@ -10,9 +10,16 @@ from nerfstudio.data.scene_box import OrientedBox
 
 from splatfacto_dist import comm
 from splatfacto_dist.layout import GAUSSIAN_NAMES, ReplicatedLayout, _named_tensors
-from splatfacto_dist.raster import rasterize_pairs
-from splatfacto_dist.sharded.exchange import AllCameras, Exchange, camera_meta, camera_rows, project_pairs
+from splatfacto_dist.sharded.exchange import (
+    AllCameras,
+    Exchange,
+    camera_meta,
+    camera_rows,
+    project_pairs,
+    rasterize_received,
+)
 from splatfacto_dist.sharded.rebalance import rebalance
+from splatfacto_dist.sharded.rows import received_most, render_by_rows
 from splatfacto_dist.sharded.saving import gather_full_state, shard_optimizer_states
 from splatfacto_dist.sharded.viewer_queue import ViewerQueue
 
@@ -24,8 +31,9 @@ class ShardedLayout(ReplicatedLayout):
 
     keeps_ranks_for_viewer = True  # after training every rank keeps serving the viewer's renders
 
-    def __init__(self) -> None:
+    def __init__(self, pixel_ranges: bool = True) -> None:
         super().__init__()
+        self.pixel_ranges = pixel_ranges  # on several ranks, render by rows (`rows`), else each camera on its rank
         self._viewer = ViewerQueue()
         self._most_received = (0, 1)  # (rows, model total then): the render buffers' largest share
 
@@ -51,9 +59,11 @@ class ShardedLayout(ReplicatedLayout):
         """Render this rank's cameras (possibly none: it then only serves the others) from every
         rank's visible Gaussians; returns None when this rank has no camera. Each owner projects
         and colours its visible Gaussians for every camera of the render and sends the projected
-        pairs; the camera's rank only rasterizes them. The render's `info["exchange"]` says which
-        rows went where, for `stats_to_owners`. One rank takes the same path (the exchange is then
-        the identity), so a 1-rank sharded run tests this code."""
+        pairs. With pixel ranges (several ranks) every camera is rendered by all ranks in turn, each
+        its range of rows (`rows`); otherwise the camera's rank rasterizes all of it, and the
+        render's `info["exchange"]` says which rows went where, for `stats_to_owners`. One rank
+        takes the by-camera path (the exchange is then the identity), so a 1-rank sharded run
+        tests it."""
         viewmats, Ks = cameras["viewmats"], cameras["Ks"]
         width, height = cameras["width"], cameras["height"]
         render_mode = cameras.get("render_mode", "RGB")
@@ -65,32 +75,41 @@ class ShardedLayout(ReplicatedLayout):
         counts = comm.all_gather_ints(n_views, device)
         every = AllCameras.apply(local, counts)
         meta = torch.cat(comm.all_gather_rows(mine, counts))
+        if self.pixel_ranges and comm.world_size() > 1:
+            return self._render_by_rows(rows, every, meta, counts, n_views, cameras)
         packed, order, send_counts = project_pairs(rows, counts, every, meta, cameras.get("sh_degree"))
         recv_counts = comm.exchange_counts(send_counts, device)
-        if sum(recv_counts) > self._most_received[0]:
-            self._most_received = (sum(recv_counts), max(self.total, 1))
+        self._note_received(sum(recv_counts))
         received = Exchange.apply(packed, send_counts, recv_counts)
         if n_views == 0:
             return None
-        channels = received.shape[1] - 9
-        means2d, conics, opacities, colors, depths, radii, ids = torch.split(received, [2, 3, 1, channels, 1, 1, 1], 1)
-        means2d = means2d.contiguous()  # the tensor whose gradient densification reads
-        render, alpha = rasterize_pairs(
-            means2d, conics.contiguous(), opacities.reshape(-1), colors.contiguous(), depths.reshape(-1).detach(),
-            radii.reshape(-1).detach().int(), ids.reshape(-1).detach().long(), n_views, width, height,
-            render_mode=render_mode if channels == 4 else "RGB", absgrad=bool(cameras.get("absgrad")),
-        )  # fmt: skip
-        if channels == 4 and render_mode != "RGB+ED":
-            render = render[..., :3]
+        render, alpha, means2d, radii = rasterize_received(
+            received, n_views, width, height, render_mode, bool(cameras.get("absgrad"))
+        )
         info = {
             "means2d": means2d,
-            "radii": radii.reshape(-1).detach(),
+            "radii": radii,
             "width": width,
             "height": height,
             "n_cameras": n_views,
             "exchange": (order, send_counts, recv_counts),
         }
         return render, alpha, info
+
+    def _render_by_rows(self, rows, every, meta, counts: List[int], n_views: int, cameras: Dict[str, Any]):
+        """`render` with every image rendered by all ranks in pixel ranges (`rows`); its statistics
+        reach the owners in backward, as `info["owner_stats"]`."""
+        render, alpha, job = render_by_rows(rows, every, meta, counts, cameras)
+        self._note_received(received_most(job))
+        if n_views == 0:
+            return None
+        info = {"rows_job": job, "width": cameras["width"], "height": cameras["height"], "n_cameras": n_views}
+        return render, alpha, info
+
+    def _note_received(self, received: int) -> None:
+        """Keep the most pairs one render (one camera, by rows) made this rank hold."""
+        if received > self._most_received[0]:
+            self._most_received = (received, max(self.total, 1))
 
     def serve(self, rows: Dict[str, torch.Tensor], sh_degree: Optional[int]) -> None:
         """Take part in a render for which this rank has no camera (another rank's eval or viewer);

@@ -1,0 +1,228 @@
+"""A render by pixel ranges: every camera of the render in turn, each rendered by all ranks, each
+rank the range of rows `pixels.plan.cut` gives it; the ranges' pixels go to the camera's rank.
+
+Why: rendered by its own rank alone, an image needs every Gaussian it sees on that one rank (with
+the rasterizer's buffers and their gradients, ~200 B each), and an image may see most of the
+model: those bytes do not divide with the rank count. Rendered in ranges, one camera after
+another, a rank holds the Gaussians touching its rows of one image at a time, ~1/N of one image's.
+
+How the step stays that of a replicated run: the forward runs every camera without keeping its
+graph and sends the ranges' pixels to the camera's rank, which computes splatfacto's loss on the
+whole image as it always does (L1 and SSIM across range borders are the whole image's). The
+backward returns each range its pixels' gradient and replays the cameras one at a time with
+their graph: project, route, exchange, rasterize, and backward at once, so only one camera's
+buffers are alive. The replay computes the same pairs as the forward (nothing is random), so the
+forward's counts serve it. Densification statistics are taken in the replay: each range's
+received pairs send their 2D gradient back to the owner, which sums them per (Gaussian, camera)
+before the norm (the image-level gradient gsplat's statistic is defined on) and counts the
+camera once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+
+from splatfacto_dist import comm
+from splatfacto_dist.pixels.plan import cut, row_costs
+from splatfacto_dist.sharded.exchange import Exchange, pair_width, project_camera, rasterize_received, route_to_ranges
+
+
+@dataclass
+class RowsJob:
+    """What one render by rows needs between its forward and its backward: the render's cameras
+    (every rank's, in rank order) and, per camera, the cut and the pair counts the forward found."""
+
+    names: List[str]
+    meta: torch.Tensor  # [C, 20] host rows of every camera (`exchange.camera_meta`)
+    counts: List[int]  # cameras per rank
+    sh_degree: Optional[int]
+    render_mode: str
+    absgrad: bool
+    ranges: List[List[Tuple[int, int]]] = field(default_factory=list)  # per camera, each rank's rows
+    sent: List[List[int]] = field(default_factory=list)  # per camera, pairs this rank sent each rank
+    received: List[List[int]] = field(default_factory=list)  # per camera, pairs each rank sent here
+    stats: Optional[Dict[str, torch.Tensor]] = None  # the owners' densification statistics, after backward
+
+    @property
+    def cameras(self) -> int:
+        return len(self.meta)
+
+    def camera_rank(self, camera: int) -> int:
+        """The rank whose camera (and image, and loss) `camera` is."""
+        start = 0
+        for rank, count in enumerate(self.counts):
+            start += count
+            if camera < start:
+                return rank
+        raise IndexError(camera)
+
+    def size(self, camera: int) -> Tuple[int, int]:
+        return int(self.meta[camera, 0]), int(self.meta[camera, 1])
+
+    def channels(self) -> int:
+        """Channels of the rendered pixels, alpha included."""
+        return pair_width(self.meta) - 9 + 1
+
+
+def _range_pixels(job: RowsJob, camera: int, rows: Dict[str, torch.Tensor], cameras: torch.Tensor, first: bool):
+    """This rank's range of `camera`: (pixels [rows * W, D + 1] (colours, depth, alpha), means2d, radii,
+    the pairs' rows in the owner's block with the block's visible indices). The forward (`first`)
+    cuts the image and records the counts; the replay reuses them."""
+    width, height = job.size(camera)
+    block, index = project_camera(rows, camera, 0, cameras, job.meta, job.sh_degree, pair_width(job.meta))
+    if first:
+        costs = comm.all_reduce_counts(row_costs(block[:, 1].detach(), block[:, -2].detach(), height))
+        job.ranges.append(cut(height, comm.world_size(), costs))
+    ranges = job.ranges[camera]
+    send, picked, send_counts = route_to_ranges(block, ranges, height)
+    if first:
+        job.sent.append(send_counts)
+        job.received.append(comm.exchange_counts(send_counts, block.device))
+    elif send_counts != job.sent[camera]:
+        raise RuntimeError(f"camera {camera}: the replay routed {send_counts} pairs, the forward {job.sent[camera]}")
+    received = Exchange.apply(send, send_counts, job.received[camera])
+    top, bottom = ranges[comm.rank()]
+    # Every channel the pairs carry, whatever this rank asked: the pixels go to the camera's rank.
+    render, alpha, means2d, _ = rasterize_received(received, 1, width, bottom - top, "RGB+ED", job.absgrad)
+    pixels = torch.cat([render, alpha], -1).reshape(-1, render.shape[-1] + 1)
+    return pixels, means2d, (block, index, picked)
+
+
+def _assemble(job: RowsJob, pieces: List[torch.Tensor], backward: bool, device: torch.device) -> List[torch.Tensor]:
+    """Forward: every rank's range pixels of each camera to the camera's rank, as [rows * W, D]
+    images of this rank's cameras. Backward (`pieces` are then this rank's images' gradients): each
+    range's share back to the range's rank, as [rows * W, D] per camera."""
+    me, world = comm.rank(), comm.world_size()
+    mine = [c for c in range(job.cameras) if job.camera_rank(c) == me]
+
+    def rows_of(camera: int, rank: int) -> int:
+        top, bottom = job.ranges[camera][rank]
+        return (bottom - top) * job.size(camera)[0]
+
+    if not backward:  # send my ranges grouped by their camera's rank; receive every rank's ranges of mine
+        send = [pieces[c] for r in range(world) for c in range(job.cameras) if job.camera_rank(c) == r]
+        send_counts = [sum(rows_of(c, me) for c in range(job.cameras) if job.camera_rank(c) == r) for r in range(world)]
+        recv_counts = [sum(rows_of(c, r) for c in mine) for r in range(world)]
+    else:  # my images' gradients cut by range; receive my ranges' gradients of every camera
+        send = [
+            piece
+            for r in range(world)
+            for c, image in zip(mine, pieces)
+            for piece in [image[sum(rows_of(c, q) for q in range(r)) :][: rows_of(c, r)]]
+        ]
+        send_counts = [sum(rows_of(c, r) for c in mine) for r in range(world)]
+        recv_counts = [sum(rows_of(c, me) for c in range(job.cameras) if job.camera_rank(c) == r) for r in range(world)]
+    flat = torch.cat(send) if send else torch.zeros((0, job.channels()), device=device)
+    received = comm.all_to_all_rows(flat.contiguous(), send_counts, recv_counts)
+    blocks, start = {}, 0
+    if not backward:  # from each rank in turn, its ranges of my cameras in camera order
+        for r in range(world):
+            for c in mine:
+                blocks[(c, r)] = received[start : start + rows_of(c, r)]
+                start += rows_of(c, r)
+        return [torch.cat([blocks[(c, r)] for r in range(world)]) for c in mine]
+    for r in range(world):  # from each camera's rank, my range of each of its cameras
+        for c in range(job.cameras):
+            if job.camera_rank(c) == r:
+                blocks[c] = received[start : start + rows_of(c, me)]
+                start += rows_of(c, me)
+    return [blocks[c] for c in range(job.cameras)]
+
+
+class RowsRender(torch.autograd.Function):
+    """This rank's images [n, H, W, D + 1] (colours, depth, alpha) of a render by rows; see the
+    module docstring. Its inputs' gradients come from the replay in backward."""
+
+    @staticmethod
+    def forward(ctx, job: RowsJob, cameras: torch.Tensor, *values: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        rows = dict(zip(job.names, values))
+        pieces = [_range_pixels(job, c, rows, cameras, first=True)[0] for c in range(job.cameras)]
+        images = _assemble(job, pieces, backward=False, device=cameras.device)
+        ctx.job = job
+        ctx.save_for_backward(cameras, *values)
+        sizes = [job.size(c) for c in range(job.cameras) if job.camera_rank(c) == comm.rank()]
+        if not sizes:
+            return cameras.new_zeros((0, 0, 0, job.channels()))
+        width, height = sizes[0]
+        return torch.stack([image.reshape(height, width, -1) for image in images])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        job: RowsJob = ctx.job
+        cameras, *values = ctx.saved_tensors
+        leaves = [v.detach().requires_grad_(v.requires_grad) for v in values]
+        camera_leaf = cameras.detach().requires_grad_(cameras.requires_grad)
+        rows = dict(zip(job.names, leaves))
+        grads = _assemble(
+            job, [g.reshape(-1, g.shape[-1]) for g in grad.contiguous()], backward=True, device=grad.device
+        )
+        n = len(leaves[0])
+        stats = {"grad2d": grad.new_zeros(n), "count": grad.new_zeros(n), "radii": grad.new_zeros(n)}
+        for camera in range(job.cameras):
+            with torch.enable_grad():
+                pixels, means2d, (block, index, picked) = _range_pixels(job, camera, rows, camera_leaf, first=False)
+                means2d.retain_grad()
+                torch.autograd.backward(pixels, grads[camera])
+            _owner_statistics(job, camera, means2d, block.detach(), index, picked, stats)
+            del pixels, means2d, block  # before the next camera's replay
+        job.stats = stats
+        return (None, camera_leaf.grad, *[leaf.grad for leaf in leaves])
+
+
+@torch.no_grad()
+def _owner_statistics(
+    job: RowsJob,
+    camera: int,
+    means2d: torch.Tensor,
+    block: torch.Tensor,
+    index: torch.Tensor,
+    picked: torch.Tensor,
+    stats: Dict[str, torch.Tensor],
+) -> None:
+    """gsplat's per-image statistics of one camera, on the owners: each received pair's 2D gradient
+    (or absgrad) goes back to its owner, which sums the ranges' per (Gaussian, camera), scales it as
+    gsplat does (W/2 and H/2, times the images of the loss), takes the norm, and counts the camera
+    once for each Gaussian visible in it."""
+    gradient = means2d.absgrad if job.absgrad else means2d.grad
+    if gradient is None:
+        gradient = torch.zeros_like(means2d)
+    back = comm.all_to_all_rows(gradient.contiguous(), job.received[camera], job.sent[camera])
+    summed = torch.zeros((len(block), 2), dtype=back.dtype, device=back.device).index_add_(0, picked, back)
+    width, height = job.size(camera)
+    views = job.counts[job.camera_rank(camera)]
+    summed[:, 0] *= width / 2.0 * views
+    summed[:, 1] *= height / 2.0 * views
+    stats["grad2d"].index_add_(0, index, summed.norm(dim=-1))
+    stats["count"].index_add_(0, index, torch.ones_like(summed[:, 0]))
+    radii = block[:, -2] / float(max(width, height))
+    stats["radii"].scatter_reduce_(0, index, radii, reduce="amax")
+
+
+def received_most(job: RowsJob) -> int:
+    """The most pairs this rank received for one camera: what it held at once."""
+    return max((sum(counts) for counts in job.received), default=0)
+
+
+def render_by_rows(
+    rows: Dict[str, torch.Tensor], every: torch.Tensor, meta: torch.Tensor, counts: List[int], options: Dict[str, Any]
+) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], RowsJob]:
+    """(renders [n, H, W, D], alphas [n, H, W, 1], the job) of this rank's cameras, or (None, None,
+    job) when it has none (it only served the others)."""
+    job = RowsJob(
+        names=list(rows),
+        meta=meta,
+        counts=counts,
+        sh_degree=options.get("sh_degree"),
+        render_mode=options.get("render_mode", "RGB"),
+        absgrad=bool(options.get("absgrad")),
+    )
+    images = RowsRender.apply(job, every, *rows.values())
+    if counts[comm.rank()] == 0:
+        return None, None, job
+    render = images[..., :-1]
+    if render.shape[-1] == 4 and job.render_mode != "RGB+ED":  # another camera of the render asked for depth
+        render = render[..., :3]
+    return render, images[..., -1:], job
