@@ -169,20 +169,24 @@ def project_pairs(
     return cameras.new_zeros((0, width)) + anchor, nothing, send_counts
 
 
+SLACK = 1e-2  # px: far above the rounding of y - top (~1e-5 px for y below 1e3), far below a tile
+
+
 def route_to_ranges(
     block: torch.Tensor, ranges: List[Tuple[int, int]], height: int
 ) -> Tuple[torch.Tensor, torch.Tensor, List[int]]:
     """([S, width] pairs to send, [S] their rows in `block`, how many go to each rank): one camera's
     pairs (`project_camera`'s block) to every rank whose range of rows they may touch, in block
     order, each with its y moved up by the range's top and its ids column 0 (a rank renders its
-    range as one image). "May touch": the pair's tile rows one either side, because the receiver
-    recomputes them from the moved y, whose rounding must not drop a tile; a pair sent that does
-    not touch the range draws nothing there."""
-    first, last = pair_tile_rows(block[:, 1].detach(), block[:, -2].detach(), height)
+    range as one image). "May touch": the pair's tile rows with its reach widened by `SLACK` px,
+    because the receiver recomputes them from the moved y, whose rounding must not drop a tile (a
+    whole tile row either side would double what a range receives below a crowded row); a pair
+    sent that does not touch the range draws nothing there."""
+    first, last = pair_tile_rows(block[:, 1].detach(), block[:, -2].detach() + SLACK, height)
     device = block.device
     tops = torch.tensor([top // TILE_SIZE for top, _ in ranges], device=device)
     bottoms = torch.tensor([-(-bottom // TILE_SIZE) for _, bottom in ranges], device=device)
-    touch = (first[None, :] - 1 < bottoms[:, None]) & (last[None, :] + 1 > tops[:, None]) & (bottoms > tops)[:, None]
+    touch = (first[None, :] < bottoms[:, None]) & (last[None, :] > tops[:, None]) & (bottoms > tops)[:, None]
     destination, picked = torch.nonzero(touch, as_tuple=True)  # destination-major, block order within
     counts = torch.bincount(destination, minlength=len(ranges)).tolist()
     shift = torch.tensor([float(top) for top, _ in ranges], device=device)[destination]
