@@ -40,8 +40,8 @@ class SynchronizedDefaultStrategy(DefaultStrategy):
 
     def step_pre_backward(self, params, optimizers, state, step: int, info: Dict[str, Any]) -> None:
         """gsplat's (keep the 2D means' gradient), but for a render by pixel ranges, whose
-        statistics the owners take in its backward (`sharded.rows`)."""
-        if "rows_job" not in info:
+        statistics the owners take in its backward (`sharded.ranges`)."""
+        if "ranges_job" not in info:
             super().step_pre_backward(params, optimizers, state, step, info)
 
     @torch.no_grad()
@@ -71,8 +71,8 @@ class SynchronizedDefaultStrategy(DefaultStrategy):
         for key in ("grad2d", "count") + (("radii",) if track_radii else ()):
             if state[key] is None:
                 state[key] = torch.zeros(n, device=params["means"].device)
-        if "rows_job" in info:  # the owners' own statistics, summed per (Gaussian, image) in its backward
-            stats = info["rows_job"].stats
+        if "ranges_job" in info:  # the owners' own statistics, summed per (Gaussian, image) in its backward
+            stats = info["ranges_job"].stats
             state["grad2d"] += stats["grad2d"]
             state["count"] += stats["count"]
             if track_radii:

@@ -11,33 +11,54 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import free_port
 
-from splatfacto_dist.pixels.plan import cut, row_costs, tile_rows
+from splatfacto_dist.pixels.plan import SHARE, cut, owned_pixels, rendered_rows, tile_costs, tile_grid, tile_rectangles
 
 
-def test_a_cut_covers_the_image_in_tile_aligned_ranges_balanced_by_cost():
-    costs = [0, 0, 10, 10, 10, 10, 0, 40]  # 8 tile rows, 80 in all
-    ranges = cut(120, 4, costs)  # the last tile row is 8 px tall
-    assert ranges[0][0] == 0 and ranges[-1][1] == 120
-    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
-    assert all(top % 16 == 0 for top, _ in ranges)
+def test_a_cut_covers_the_tiles_in_contiguous_ranges_balanced_by_cost():
+    costs = [0, 0, 10, 10, 10, 10, 0, 40]  # 80 in all
+    ranges = cut(costs, 4)
+    assert ranges[0][0] == 0 and ranges[-1][1] == 8 and all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
     # Running costs at the boundaries 0..8: 0 0 0 10 20 30 40 40 80; shares 20, 40, 60. 20 is at
     # boundary 4; 40 at 6 and 7 (ties: the earlier); 60 is 20 from 6, 7 and 8 (the earliest, so
-    # rank 2's range is empty: no cut splits the last row's 40).
-    assert ranges == [(0, 64), (64, 96), (96, 96), (96, 120)]
-    assert cut(120, 4, costs) == ranges  # the same numbers give the same cut
-    assert cut(64, 2, [0, 0, 0, 0]) == [(0, 32), (32, 64)]  # nothing visible: equal rows
-    assert cut(32, 3, [5, 5]) == [(0, 16), (16, 16), (16, 32)]  # more ranks than rows: an empty range
-    assert cut(48, 1, [1, 2, 3]) == [(0, 48)]
-    with pytest.raises(ValueError, match="3 row costs for an image of 2 tile rows"):
-        cut(32, 2, [1, 1, 1])
+    # rank 2's range is empty: no cut splits the last tile's 40).
+    assert ranges == [(0, 4), (4, 6), (6, 6), (6, 8)]
+    assert cut(costs, 4) == ranges  # the same numbers give the same cut
+    assert cut([0, 0, 0, 0], 2) == [(0, 2), (2, 4)]  # nothing visible: equal numbers of tiles
+    assert cut([5, 5], 3) == [(0, 1), (1, 1), (1, 2)]  # more ranks than tiles: an empty range
+    assert cut([1, 2, 3], 1) == [(0, 3)]
+    with pytest.raises(ValueError, match="cannot cut an image for 0 ranks"):
+        cut([1], 0)
 
 
-def test_row_costs_count_the_pairs_touching_each_tile_row():
-    means_y = torch.tensor([8.0, 40.0, 100.0, -30.0])
-    radii = torch.tensor([4.0, 20.0, 3.0, 10.0])
-    # rows 0; 1-3 (y 20..60); 6; none (above the image)
-    assert row_costs(means_y, radii, 112).tolist() == [1, 1, 1, 1, 0, 0, 1]
-    assert tile_rows(112) == 7
+def test_a_range_of_tiles_renders_the_rows_it_spans_and_keeps_its_own_tiles():
+    # 40 x 40 px: 3 x 3 tiles, the last column and row 8 px. Tiles 2..6: the last of row 0, all of
+    # row 1, the first of row 2.
+    assert tile_grid(40, 40) == (3, 3)
+    assert rendered_rows((2, 7), 40, 40) == (0, 40) and rendered_rows((3, 6), 40, 40) == (16, 32)
+    assert rendered_rows((4, 4), 40, 40) == (0, 0)
+    assert tile_rectangles((2, 7), 40, 40) == [(2, 3, 0, 1), (0, 3, 1, 2), (0, 1, 2, 3)]
+    assert tile_rectangles((4, 5), 40, 40) == [(1, 2, 1, 2)]
+    mask = owned_pixels((2, 7), 40, 40, torch.device("cpu"))[..., 0]
+    assert mask.shape == (40, 40)
+    assert mask[:16, 32:].all() and not mask[:16, :32].any()  # row 0: only its last tile
+    assert mask[16:32].all()  # row 1: all of it
+    assert mask[32:, :16].all() and not mask[32:, 16:].any()  # row 2: only its first tile
+    ranges = cut([1] * 9, 4)
+    owned = sum(
+        torch.nn.functional.pad(owned_pixels(r, 40, 40, torch.device("cpu")), (0, 0, 0, 0, top, 40 - bottom))
+        for r, (top, bottom) in ((r, rendered_rows(r, 40, 40)) for r in ranges)
+        if r[1] > r[0]
+    )
+    assert torch.equal(owned, torch.ones(40, 40, 1))  # every pixel is one range's
+
+
+def test_tile_costs_spread_each_pair_over_the_tiles_it_touches():
+    means2d = torch.tensor([[8.0, 8.0], [24.0, 40.0], [40.0, 8.0], [-30.0, -30.0]])
+    radii = torch.tensor([4.0, 12.0, 3.0, 10.0])
+    # tile (0, 0); the 3 x 2 tiles x 0..2, y 1..2 (24 +- 12 px, 40 +- 12 px); tile (2, 0); none (outside)
+    big = SHARE // 6
+    expected = torch.tensor([[SHARE, 0, SHARE], [big, big, big], [big, big, big]]).reshape(-1)
+    assert torch.equal(tile_costs(means2d, radii, 40, 40), expected)
 
 
 def _scene():

@@ -11,8 +11,8 @@ from nerfstudio.data.scene_box import OrientedBox
 from torch.utils.checkpoint import checkpoint
 
 from splatfacto_dist import comm
-from splatfacto_dist.pixels.plan import pair_tile_rows
-from splatfacto_dist.raster import TILE_SIZE, activate, camera_centres, project, rasterize_pairs, view_colors
+from splatfacto_dist.pixels.plan import pair_tiles, rendered_rows, tile_rectangles
+from splatfacto_dist.raster import activate, camera_centres, project, rasterize_pairs, view_colors
 
 
 class Exchange(torch.autograd.Function):
@@ -173,23 +173,25 @@ SLACK = 1e-2  # px: far above the rounding of y - top (~1e-5 px for y below 1e3)
 
 
 def route_to_ranges(
-    block: torch.Tensor, ranges: List[Tuple[int, int]], height: int
+    block: torch.Tensor, ranges: List[Tuple[int, int]], width: int, height: int
 ) -> Tuple[torch.Tensor, torch.Tensor, List[int]]:
     """([S, width] pairs to send, [S] their rows in `block`, how many go to each rank): one camera's
-    pairs (`project_camera`'s block) to every rank whose range of rows they may touch, in block
-    order, each with its y moved up by the range's top and its ids column 0 (a rank renders its
-    range as one image). "May touch": the pair's tile rows with its reach widened by `SLACK` px,
-    because the receiver recomputes them from the moved y, whose rounding must not drop a tile (a
-    whole tile row either side would double what a range receives below a crowded row); a pair
-    sent that does not touch the range draws nothing there."""
-    first, last = pair_tile_rows(block[:, 1].detach(), block[:, -2].detach() + SLACK, height)
-    device = block.device
-    tops = torch.tensor([top // TILE_SIZE for top, _ in ranges], device=device)
-    bottoms = torch.tensor([-(-bottom // TILE_SIZE) for _, bottom in ranges], device=device)
-    touch = (first[None, :] < bottoms[:, None]) & (last[None, :] > tops[:, None]) & (bottoms > tops)[:, None]
-    destination, picked = torch.nonzero(touch, as_tuple=True)  # destination-major, block order within
+    pairs (`project_camera`'s block) to every rank whose range of tiles (`pixels.plan.cut`) they
+    may touch, in block order, each with its y moved up to the rows its rank renders and its ids
+    column 0 (a rank renders its rows as one image). "May touch": the pair's tiles with its reach
+    widened by `SLACK` px, because the receiver recomputes them from the moved y, whose rounding
+    must not drop a tile; a pair sent that does not touch a tile draws nothing there."""
+    x0, x1, y0, y1 = pair_tiles(block[:, :2].detach(), block[:, -2].detach() + SLACK, width, height)
+    touch = []
+    for tiles in ranges:
+        hit = torch.zeros_like(x0, dtype=torch.bool)
+        for c0, c1, r0, r1 in tile_rectangles(tiles, width, height):
+            hit |= (x0 < c1) & (x1 > c0) & (y0 < r1) & (y1 > r0)
+        touch.append(hit)
+    destination, picked = torch.nonzero(torch.stack(touch), as_tuple=True)  # destination-major, block order within
     counts = torch.bincount(destination, minlength=len(ranges)).tolist()
-    shift = torch.tensor([float(top) for top, _ in ranges], device=device)[destination]
+    tops = [float(rendered_rows(tiles, width, height)[0]) for tiles in ranges]
+    shift = torch.tensor(tops, device=block.device)[destination]
     rows = block[picked]
     send = torch.cat([rows[:, :1], rows[:, 1:2] - shift[:, None], rows[:, 2:-1], torch.zeros_like(rows[:, -1:])], 1)
     return send, picked, counts

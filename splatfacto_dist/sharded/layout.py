@@ -18,8 +18,8 @@ from splatfacto_dist.sharded.exchange import (
     project_pairs,
     rasterize_received,
 )
+from splatfacto_dist.sharded.ranges import received_most, render_in_ranges
 from splatfacto_dist.sharded.rebalance import rebalance
-from splatfacto_dist.sharded.rows import received_most, render_by_rows
 from splatfacto_dist.sharded.saving import gather_full_state, shard_optimizer_states
 from splatfacto_dist.sharded.viewer_queue import ViewerQueue
 
@@ -33,7 +33,9 @@ class ShardedLayout(ReplicatedLayout):
 
     def __init__(self, pixel_ranges: bool = True) -> None:
         super().__init__()
-        self.pixel_ranges = pixel_ranges  # on several ranks, render by rows (`rows`), else each camera on its rank
+        self.pixel_ranges = (
+            pixel_ranges  # on several ranks, render in pixel ranges (`ranges`), else each camera on its rank
+        )
         self._viewer = ViewerQueue()
         self._most_received = (0, 1)  # (rows, model total then): the render buffers' largest share
 
@@ -60,7 +62,7 @@ class ShardedLayout(ReplicatedLayout):
         rank's visible Gaussians; returns None when this rank has no camera. Each owner projects
         and colours its visible Gaussians for every camera of the render and sends the projected
         pairs. With pixel ranges (several ranks) every camera is rendered by all ranks in turn, each
-        its range of rows (`rows`); otherwise the camera's rank rasterizes all of it, and the
+        its range of tiles (`ranges`); otherwise the camera's rank rasterizes all of it, and the
         render's `info["exchange"]` says which rows went where, for `stats_to_owners`. One rank
         takes the by-camera path (the exchange is then the identity), so a 1-rank sharded run
         tests it."""
@@ -76,7 +78,7 @@ class ShardedLayout(ReplicatedLayout):
         every = AllCameras.apply(local, counts)
         meta = torch.cat(comm.all_gather_rows(mine, counts))
         if self.pixel_ranges and comm.world_size() > 1:
-            return self._render_by_rows(rows, every, meta, counts, n_views, cameras)
+            return self._render_in_ranges(rows, every, meta, counts, n_views, cameras)
         packed, order, send_counts = project_pairs(rows, counts, every, meta, cameras.get("sh_degree"))
         recv_counts = comm.exchange_counts(send_counts, device)
         self._note_received(sum(recv_counts))
@@ -96,14 +98,14 @@ class ShardedLayout(ReplicatedLayout):
         }
         return render, alpha, info
 
-    def _render_by_rows(self, rows, every, meta, counts: List[int], n_views: int, cameras: Dict[str, Any]):
-        """`render` with every image rendered by all ranks in pixel ranges (`rows`); its statistics
+    def _render_in_ranges(self, rows, every, meta, counts: List[int], n_views: int, cameras: Dict[str, Any]):
+        """`render` with every image rendered by all ranks in pixel ranges (`ranges`); its statistics
         reach the owners in backward, as `info["owner_stats"]`."""
-        render, alpha, job = render_by_rows(rows, every, meta, counts, cameras)
+        render, alpha, job = render_in_ranges(rows, every, meta, counts, cameras)
         self._note_received(received_most(job))
         if n_views == 0:
             return None
-        info = {"rows_job": job, "width": cameras["width"], "height": cameras["height"], "n_cameras": n_views}
+        info = {"ranges_job": job, "width": cameras["width"], "height": cameras["height"], "n_cameras": n_views}
         return render, alpha, info
 
     def _note_received(self, received: int) -> None:

@@ -1,10 +1,10 @@
 """A render by pixel ranges: every camera of the render in turn, each rendered by all ranks, each
-rank the range of rows `pixels.plan.cut` gives it; the ranges' pixels go to the camera's rank.
+rank the range of tiles `pixels.plan.cut` gives it; the ranges' pixels go to the camera's rank.
 
 Why: rendered by its own rank alone, an image needs every Gaussian it sees on that one rank (with
 the rasterizer's buffers and their gradients, ~200 B each), and an image may see most of the
 model: those bytes do not divide with the rank count. Rendered in ranges, one camera after
-another, a rank holds the Gaussians touching its rows of one image at a time, ~1/N of one image's.
+another, a rank holds the Gaussians touching its tiles of one image at a time, ~1/N of one image's.
 
 How the step stays that of a replicated run: the forward runs every camera without keeping its
 graph and sends the ranges' pixels to the camera's rank, which computes splatfacto's loss on the
@@ -26,13 +26,13 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 from splatfacto_dist import comm
-from splatfacto_dist.pixels.plan import cut, row_costs
+from splatfacto_dist.pixels.plan import cut, owned_pixels, rendered_rows, tile_costs
 from splatfacto_dist.sharded.exchange import Exchange, pair_width, project_camera, rasterize_received, route_to_ranges
 
 
 @dataclass
-class RowsJob:
-    """What one render by rows needs between its forward and its backward: the render's cameras
+class RangesJob:
+    """What one render in pixel ranges needs between its forward and its backward: the render's cameras
     (every rank's, in rank order) and, per camera, the cut and the pair counts the forward found."""
 
     names: List[str]
@@ -67,77 +67,81 @@ class RowsJob:
         return pair_width(self.meta) - 9 + 1
 
 
-def _range_pixels(job: RowsJob, camera: int, rows: Dict[str, torch.Tensor], cameras: torch.Tensor, first: bool):
-    """This rank's range of `camera`: (pixels [rows * W, D + 1] (colours, depth, alpha), means2d, radii,
-    the pairs' rows in the owner's block with the block's visible indices). The forward (`first`)
-    cuts the image and records the counts; the replay reuses them."""
+def _range_pixels(job: RangesJob, camera: int, rows: Dict[str, torch.Tensor], cameras: torch.Tensor, first: bool):
+    """This rank's range of `camera`: (pixels [rendered rows * W, D + 1] (colours, depth, alpha; zero
+    off its own tiles), means2d, (the owner's block, its visible indices, the rows of it sent)).
+    The forward (`first`) cuts the image and records the counts; the replay reuses them."""
     width, height = job.size(camera)
     block, index = project_camera(rows, camera, 0, cameras, job.meta, job.sh_degree, pair_width(job.meta))
     if first:
-        costs = comm.all_reduce_counts(row_costs(block[:, 1].detach(), block[:, -2].detach(), height))
-        job.ranges.append(cut(height, comm.world_size(), costs))
+        costs = comm.all_reduce_counts(tile_costs(block[:, :2].detach(), block[:, -2].detach(), width, height))
+        job.ranges.append(cut(costs, comm.world_size()))
     ranges = job.ranges[camera]
-    send, picked, send_counts = route_to_ranges(block, ranges, height)
+    send, picked, send_counts = route_to_ranges(block, ranges, width, height)
     if first:
         job.sent.append(send_counts)
         job.received.append(comm.exchange_counts(send_counts, block.device))
     elif send_counts != job.sent[camera]:
         raise RuntimeError(f"camera {camera}: the replay routed {send_counts} pairs, the forward {job.sent[camera]}")
     received = Exchange.apply(send, send_counts, job.received[camera])
-    top, bottom = ranges[comm.rank()]
+    mine = ranges[comm.rank()]
+    top, bottom = rendered_rows(mine, width, height)
     # Every channel the pairs carry, whatever this rank asked: the pixels go to the camera's rank.
     render, alpha, means2d, _ = rasterize_received(received, 1, width, bottom - top, "RGB+ED", job.absgrad)
-    pixels = torch.cat([render, alpha], -1).reshape(-1, render.shape[-1] + 1)
-    return pixels, means2d, (block, index, picked)
+    pixels = torch.cat([render[0], alpha[0]], -1) * owned_pixels(mine, width, height, render.device)
+    return pixels.reshape(-1, pixels.shape[-1]), means2d, (block, index, picked)
 
 
-def _assemble(job: RowsJob, pieces: List[torch.Tensor], backward: bool, device: torch.device) -> List[torch.Tensor]:
-    """Forward: every rank's range pixels of each camera to the camera's rank, as [rows * W, D]
-    images of this rank's cameras. Backward (`pieces` are then this rank's images' gradients): each
-    range's share back to the range's rank, as [rows * W, D] per camera."""
+def _assemble(job: RangesJob, pieces: List[torch.Tensor], backward: bool, device: torch.device) -> List[torch.Tensor]:
+    """Forward: every rank's range pixels of each camera to the camera's rank, summed into
+    [H * W, D] images of this rank's cameras (each pixel is one range's; the others' are zero
+    there). Backward (`pieces` are then this rank's images' gradients): the rows each range's rank
+    rendered back to it, as [rendered rows * W, D] per camera."""
     me, world = comm.rank(), comm.world_size()
     mine = [c for c in range(job.cameras) if job.camera_rank(c) == me]
 
-    def rows_of(camera: int, rank: int) -> int:
-        top, bottom = job.ranges[camera][rank]
-        return (bottom - top) * job.size(camera)[0]
+    def span(camera: int, rank: int) -> Tuple[int, int]:  # the flat pixel rows rank renders of camera
+        width, height = job.size(camera)
+        top, bottom = rendered_rows(job.ranges[camera][rank], width, height)
+        return top * width, bottom * width
 
+    def rows_of(camera: int, rank: int) -> int:
+        start, stop = span(camera, rank)
+        return stop - start
+
+    theirs = [[c for c in range(job.cameras) if job.camera_rank(c) == r] for r in range(world)]
     if not backward:  # send my ranges grouped by their camera's rank; receive every rank's ranges of mine
-        send = [pieces[c] for r in range(world) for c in range(job.cameras) if job.camera_rank(c) == r]
-        send_counts = [sum(rows_of(c, me) for c in range(job.cameras) if job.camera_rank(c) == r) for r in range(world)]
+        send = [pieces[c] for r in range(world) for c in theirs[r]]
+        send_counts = [sum(rows_of(c, me) for c in theirs[r]) for r in range(world)]
         recv_counts = [sum(rows_of(c, r) for c in mine) for r in range(world)]
-    else:  # my images' gradients cut by range; receive my ranges' gradients of every camera
-        send = [
-            piece
-            for r in range(world)
-            for c, image in zip(mine, pieces)
-            for piece in [image[sum(rows_of(c, q) for q in range(r)) :][: rows_of(c, r)]]
-        ]
+    else:  # each rank's rendered rows of my images' gradients
+        send = [image[slice(*span(c, r))] for r in range(world) for c, image in zip(mine, pieces)]
         send_counts = [sum(rows_of(c, r) for c in mine) for r in range(world)]
-        recv_counts = [sum(rows_of(c, me) for c in range(job.cameras) if job.camera_rank(c) == r) for r in range(world)]
+        recv_counts = [sum(rows_of(c, me) for c in theirs[r]) for r in range(world)]
     flat = torch.cat(send) if send else torch.zeros((0, job.channels()), device=device)
     received = comm.all_to_all_rows(flat.contiguous(), send_counts, recv_counts)
-    blocks, start = {}, 0
+    start = 0
     if not backward:  # from each rank in turn, its ranges of my cameras in camera order
+        images = {c: received.new_zeros((job.size(c)[0] * job.size(c)[1], job.channels())) for c in mine}
         for r in range(world):
             for c in mine:
-                blocks[(c, r)] = received[start : start + rows_of(c, r)]
+                images[c][slice(*span(c, r))] += received[start : start + rows_of(c, r)]
                 start += rows_of(c, r)
-        return [torch.cat([blocks[(c, r)] for r in range(world)]) for c in mine]
-    for r in range(world):  # from each camera's rank, my range of each of its cameras
-        for c in range(job.cameras):
-            if job.camera_rank(c) == r:
-                blocks[c] = received[start : start + rows_of(c, me)]
-                start += rows_of(c, me)
+        return [images[c] for c in mine]
+    blocks = {}
+    for r in range(world):  # from each camera's rank, my rendered rows of each of its cameras
+        for c in theirs[r]:
+            blocks[c] = received[start : start + rows_of(c, me)]
+            start += rows_of(c, me)
     return [blocks[c] for c in range(job.cameras)]
 
 
-class RowsRender(torch.autograd.Function):
-    """This rank's images [n, H, W, D + 1] (colours, depth, alpha) of a render by rows; see the
+class RangesRender(torch.autograd.Function):
+    """This rank's images [n, H, W, D + 1] (colours, depth, alpha) of a render in pixel ranges; see the
     module docstring. Its inputs' gradients come from the replay in backward."""
 
     @staticmethod
-    def forward(ctx, job: RowsJob, cameras: torch.Tensor, *values: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, job: RangesJob, cameras: torch.Tensor, *values: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         rows = dict(zip(job.names, values))
         pieces = [_range_pixels(job, c, rows, cameras, first=True)[0] for c in range(job.cameras)]
         images = _assemble(job, pieces, backward=False, device=cameras.device)
@@ -151,7 +155,7 @@ class RowsRender(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        job: RowsJob = ctx.job
+        job: RangesJob = ctx.job
         cameras, *values = ctx.saved_tensors
         leaves = [v.detach().requires_grad_(v.requires_grad) for v in values]
         camera_leaf = cameras.detach().requires_grad_(cameras.requires_grad)
@@ -174,7 +178,7 @@ class RowsRender(torch.autograd.Function):
 
 @torch.no_grad()
 def _owner_statistics(
-    job: RowsJob,
+    job: RangesJob,
     camera: int,
     means2d: torch.Tensor,
     block: torch.Tensor,
@@ -201,17 +205,17 @@ def _owner_statistics(
     stats["radii"].scatter_reduce_(0, index, radii, reduce="amax")
 
 
-def received_most(job: RowsJob) -> int:
+def received_most(job: RangesJob) -> int:
     """The most pairs this rank received for one camera: what it held at once."""
     return max((sum(counts) for counts in job.received), default=0)
 
 
-def render_by_rows(
+def render_in_ranges(
     rows: Dict[str, torch.Tensor], every: torch.Tensor, meta: torch.Tensor, counts: List[int], options: Dict[str, Any]
-) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], RowsJob]:
+) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], RangesJob]:
     """(renders [n, H, W, D], alphas [n, H, W, 1], the job) of this rank's cameras, or (None, None,
     job) when it has none (it only served the others)."""
-    job = RowsJob(
+    job = RangesJob(
         names=list(rows),
         meta=meta,
         counts=counts,
@@ -219,7 +223,7 @@ def render_by_rows(
         render_mode=options.get("render_mode", "RGB"),
         absgrad=bool(options.get("absgrad")),
     )
-    images = RowsRender.apply(job, every, *rows.values())
+    images = RangesRender.apply(job, every, *rows.values())
     if counts[comm.rank()] == 0:
         return None, None, job
     render = images[..., :-1]
