@@ -116,6 +116,9 @@ def _render_and_backward(pixel_ranges: bool, absgrad: bool, world: int):
 
 
 def _worker(rank: int, port: int, world: int, results) -> None:
+    from splatfacto_dist.sharded import ranges
+
+    ranges.PROJECTION_CHUNK = 128  # the shard of 200-300 rows replays in 2-3 chunks
     dist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world, timeout=timedelta(seconds=120)
     )

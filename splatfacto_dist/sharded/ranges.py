@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from splatfacto_dist import comm
 from splatfacto_dist.pixels.plan import cut, owned_pixels, rendered_rows, tile_costs
@@ -67,12 +68,58 @@ class RangesJob:
         return pair_width(self.meta) - 9 + 1
 
 
-def _range_pixels(job: RangesJob, camera: int, rows: Dict[str, torch.Tensor], cameras: torch.Tensor, first: bool):
+PROJECTION_CHUNK = 1 << 19
+"""Rows of its shard an owner projects at once with their graph in the replay. A projection with
+its graph keeps ~200 B per row until its backward (the SH coefficients gathered for the kernel,
+then their gradient), a whole shard's as much as the shard's parameters: chunks, each recomputed
+in its own backward, keep one chunk's."""
+
+
+def _project(job: RangesJob, camera: int, chunks: List[Dict[str, torch.Tensor]], cameras: torch.Tensor):
+    """`project_camera` of the shard given as consecutive chunks of rows: (block, visible rows)."""
+    width = pair_width(job.meta)
+    if len(chunks) == 1:
+        return project_camera(chunks[0], camera, 0, cameras, job.meta, job.sh_degree, width)
+    names = list(chunks[0])
+
+    def part(cams: torch.Tensor, *values: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        return project_camera(dict(zip(names, values)), camera, 0, cams, job.meta, job.sh_degree, width)
+
+    blocks, indices, start = [], [], 0
+    for chunk in chunks:
+        block, index = checkpoint(part, cameras, *chunk.values(), use_reentrant=False, preserve_rng_state=False)
+        blocks.append(block)
+        indices.append(index + start)
+        start += len(chunk[names[0]])
+    return torch.cat(blocks), torch.cat(indices)
+
+
+def _chunk_leaves(values: List[torch.Tensor]) -> Tuple[List[Optional[torch.Tensor]], List[List[torch.Tensor]]]:
+    """(each value's whole gradient, zero; the values as leaves of `PROJECTION_CHUNK` rows whose
+    gradients are views into it): the replay's chunks then add their gradients into one buffer
+    per value, with no per-chunk full-size gradient and no final concatenation."""
+    whole = [torch.zeros_like(v) if v.requires_grad else None for v in values]
+    n = len(values[0])
+    chunks = []
+    for start in range(0, max(n, 1), PROJECTION_CHUNK):
+        leaves = []
+        for value, grad in zip(values, whole):
+            leaf = value.detach()[start : start + PROJECTION_CHUNK].requires_grad_(value.requires_grad)
+            if grad is not None:
+                leaf.grad = grad[start : start + PROJECTION_CHUNK]
+            leaves.append(leaf)
+        chunks.append(leaves)
+    return whole, chunks
+
+
+def _range_pixels(
+    job: RangesJob, camera: int, chunks: List[Dict[str, torch.Tensor]], cameras: torch.Tensor, first: bool
+):
     """This rank's range of `camera`: (pixels [rendered rows * W, D + 1] (colours, depth, alpha; zero
     off its own tiles), means2d, (the owner's block, its visible indices, the rows of it sent)).
     The forward (`first`) cuts the image and records the counts; the replay reuses them."""
     width, height = job.size(camera)
-    block, index = project_camera(rows, camera, 0, cameras, job.meta, job.sh_degree, pair_width(job.meta))
+    block, index = _project(job, camera, chunks, cameras)
     if first:
         costs = comm.all_reduce_counts(tile_costs(block[:, :2].detach(), block[:, -2].detach(), width, height))
         job.ranges.append(cut(costs, comm.world_size()))
@@ -142,7 +189,7 @@ class RangesRender(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, job: RangesJob, cameras: torch.Tensor, *values: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        rows = dict(zip(job.names, values))
+        rows = [dict(zip(job.names, values))]
         pieces = [_range_pixels(job, c, rows, cameras, first=True)[0] for c in range(job.cameras)]
         images = _assemble(job, pieces, backward=False, device=cameras.device)
         ctx.job = job
@@ -157,13 +204,13 @@ class RangesRender(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
         job: RangesJob = ctx.job
         cameras, *values = ctx.saved_tensors
-        leaves = [v.detach().requires_grad_(v.requires_grad) for v in values]
+        whole, chunks = _chunk_leaves(values)
         camera_leaf = cameras.detach().requires_grad_(cameras.requires_grad)
-        rows = dict(zip(job.names, leaves))
+        rows = [dict(zip(job.names, leaves)) for leaves in chunks]
         grads = _assemble(
             job, [g.reshape(-1, g.shape[-1]) for g in grad.contiguous()], backward=True, device=grad.device
         )
-        n = len(leaves[0])
+        n = len(values[0])
         stats = {"grad2d": grad.new_zeros(n), "count": grad.new_zeros(n), "radii": grad.new_zeros(n)}
         for camera in range(job.cameras):
             with torch.enable_grad():
@@ -173,7 +220,7 @@ class RangesRender(torch.autograd.Function):
             _owner_statistics(job, camera, means2d, block.detach(), index, picked, stats)
             del pixels, means2d, block  # before the next camera's replay
         job.stats = stats
-        return (None, camera_leaf.grad, *[leaf.grad for leaf in leaves])
+        return (None, camera_leaf.grad, *whole)
 
 
 @torch.no_grad()
