@@ -276,7 +276,11 @@ class SplatfactoDistModel(SplatfactoModel):
         sh_degree: Optional[int] = None
         if self.config.sh_degree > 0:
             sh_degree = min(self.step // self.config.sh_degree_interval, self.config.sh_degree)
-            rows["features_rest"] = params["features_rest"][:, : (sh_degree + 1) ** 2 - 1]
+            rest = params["features_rest"]
+            # The whole parameter once every degree is active: a slice's backward would allocate a
+            # zeroed copy of its gradient (45 floats per Gaussian) at every step.
+            active = (sh_degree + 1) ** 2 - 1
+            rows["features_rest"] = rest if active == rest.shape[1] else rest[:, :active]
         return rows, sh_degree
 
     def get_outputs(self, camera: Cameras) -> Dict[str, Union[torch.Tensor, List]]:
