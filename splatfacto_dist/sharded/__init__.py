@@ -14,8 +14,12 @@ densify; after a refine they are rebalanced. Checkpoints gather every shard
 to rank 0's CPU in splatfacto's layout, in bounded chunks. After training, if the viewer stays
 open, every rank keeps serving its renders (the model never has to fit on one GPU).
 
+With pixel ranges (the default on several ranks) the camera's rank does not render its image
+alone: every image of the render is rendered by all ranks in turn, each rank the tiles it was
+cut, and the pixels are assembled on the camera's rank (`ranges`).
+
 Modules, one concern each: `exchange` (a render's cameras and projected pairs between ranks, with
-their gradients), `rebalance` (evening out shards after a refine), `saving` (checkpoints gathered in
+their gradients), `ranges` (a render in pixel ranges), `rebalance` (evening out shards after a refine), `saving` (checkpoints gathered in
 chunks), `viewer_queue` (viewer renders every rank serves), `layout` (`ShardedLayout`, the step's
 interface, which calls them).
 """

@@ -42,7 +42,7 @@ class RangesJob:
     sh_degree: Optional[int]
     render_mode: str
     absgrad: bool
-    ranges: List[List[Tuple[int, int]]] = field(default_factory=list)  # per camera, each rank's rows
+    ranges: List[List[Tuple[int, int]]] = field(default_factory=list)  # per camera, each rank's tiles
     sent: List[List[int]] = field(default_factory=list)  # per camera, pairs this rank sent each rank
     received: List[List[int]] = field(default_factory=list)  # per camera, pairs each rank sent here
     stats: Optional[Dict[str, torch.Tensor]] = None  # the owners' densification statistics, after backward
