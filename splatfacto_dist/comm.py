@@ -184,7 +184,7 @@ def all_reduce_ints(values: List[int], device: torch.device = torch.device("cpu"
 
 
 def all_reduce_counts(counts: torch.Tensor) -> List[int]:
-    """The element-wise sums over ranks of an integer vector (projected pairs per tile row), on the host."""
+    """The element-wise sums over ranks of an integer vector (the projected pairs' cost per tile), on the host."""
     if is_distributed():
         counts = _to_comm(counts.to(torch.int64))
         dist.all_reduce(counts, op=dist.ReduceOp.SUM)

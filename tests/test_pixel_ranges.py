@@ -30,6 +30,27 @@ def test_a_cut_covers_the_tiles_in_contiguous_ranges_balanced_by_cost():
         cut([1], 0)
 
 
+def test_the_cut_by_bisection_is_the_rule_a_scan_gives():
+    """Each cut: the earliest boundary, not before the previous cut, whose running cost is nearest
+    its share; checked against a plain scan on costs with runs of zeros and ties."""
+    generator = torch.Generator().manual_seed(3)
+    for trial in range(300):
+        tiles = int(torch.randint(1, 40, (1,), generator=generator))
+        costs = (
+            torch.randint(0, 4, (tiles,), generator=generator) * torch.randint(0, 2, (tiles,), generator=generator)
+        ).tolist()
+        ranks = int(torch.randint(1, 10, (1,), generator=generator))
+        weights = costs if sum(costs) else [1] * tiles
+        running = [0]
+        for w in weights:
+            running.append(running[-1] + w)
+        bounds = [0]
+        for k in range(1, ranks):
+            share = running[-1] * k / ranks
+            bounds.append(min(range(bounds[-1], tiles + 1), key=lambda t: (abs(running[t] - share), t)))
+        assert cut(costs, ranks) == list(zip(bounds, bounds[1:] + [tiles])), (trial, costs, ranks)
+
+
 def test_a_range_of_tiles_renders_the_rows_it_spans_and_keeps_its_own_tiles():
     # 40 x 40 px: 3 x 3 tiles, the last column and row 8 px. Tiles 2..6: the last of row 0, all of
     # row 1, the first of row 2.

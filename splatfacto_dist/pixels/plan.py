@@ -14,6 +14,7 @@ own tiles' pixels (`owned_pixels`); the rows it shares with a neighbour are rend
 
 from __future__ import annotations
 
+import bisect
 import math
 from typing import List, Sequence, Tuple
 
@@ -76,10 +77,19 @@ def cut(costs: Sequence[int], ranks: int) -> List[Tuple[int, int]]:
         running.append(running[-1] + weight)
     total, bounds = running[-1], [0]
     for k in range(1, ranks):
-        share = total * k / ranks
-        bounds.append(min(range(bounds[-1], len(weights) + 1), key=lambda t: (abs(running[t] - share), t)))
+        bounds.append(_nearest(running, total * k / ranks, bounds[-1]))
     bounds.append(len(weights))
     return list(zip(bounds, bounds[1:]))
+
+
+def _nearest(running: List[int], share: float, start: int) -> int:
+    """The earliest boundary t >= start whose running cost is nearest `share`, by bisection (the
+    running costs never fall): a scan would cost the host ~ranks x tiles per image per step."""
+    above = bisect.bisect_left(running, share, lo=start)  # the first at or over the share
+    candidates = [above] if above < len(running) else []
+    if above > start:  # the last under it, at the start of its run of equal costs
+        candidates.append(bisect.bisect_left(running, running[above - 1], lo=start))
+    return min(candidates, key=lambda t: (abs(running[t] - share), t))
 
 
 def rendered_rows(tiles: Tuple[int, int], width: int, height: int) -> Tuple[int, int]:

@@ -179,8 +179,9 @@ def route_to_ranges(
     pairs (`project_camera`'s block) to every rank whose range of tiles (`pixels.plan.cut`) they
     may touch, in block order, each with its y moved up to the rows its rank renders and its ids
     column 0 (a rank renders its rows as one image). "May touch": the pair's tiles with its reach
-    widened by `SLACK` px, because the receiver recomputes them from the moved y, whose rounding
-    must not drop a tile; a pair sent that does not touch a tile draws nothing there."""
+    widened by `SLACK` px, so that a pair whose moved y rounds across a tile edge on the receiver
+    (which recomputes its tiles) is there to draw; a pair sent that does not touch a tile draws
+    nothing there."""
     x0, x1, y0, y1 = pair_tiles(block[:, :2].detach(), block[:, -2].detach() + SLACK, width, height)
     touch = []
     for tiles in ranges:

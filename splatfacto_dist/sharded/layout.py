@@ -100,7 +100,7 @@ class ShardedLayout(ReplicatedLayout):
 
     def _render_in_ranges(self, rows, every, meta, counts: List[int], n_views: int, cameras: Dict[str, Any]):
         """`render` with every image rendered by all ranks in pixel ranges (`ranges`); its statistics
-        reach the owners in backward, as `info["owner_stats"]`."""
+        reach the owners in backward, in `info["ranges_job"]`."""
         render, alpha, job = render_in_ranges(rows, every, meta, counts, cameras)
         self._note_received(received_most(job))
         if n_views == 0:

@@ -11,8 +11,8 @@ graph and sends the ranges' pixels to the camera's rank, which computes splatfac
 whole image as it always does (L1 and SSIM across range borders are the whole image's). The
 backward returns each range its pixels' gradient and replays the cameras one at a time with
 their graph: project, route, exchange, rasterize, and backward at once, so only one camera's
-buffers are alive. The replay computes the same pairs as the forward (nothing is random), so the
-forward's counts serve it. Densification statistics are taken in the replay: each range's
+buffers are alive. The replay reuses the forward's cut and exchanges its own counts (the pairs are
+the forward's but for a radius rounded the other way). Densification statistics are taken in the replay: each range's
 received pairs send their 2D gradient back to the owner, which sums them per (Gaussian, camera)
 before the norm (the image-level gradient gsplat's statistic is defined on) and counts the
 camera once.
@@ -117,7 +117,7 @@ def _range_pixels(
 ):
     """This rank's range of `camera`: (pixels [rendered rows * W, D + 1] (colours, depth, alpha; zero
     off its own tiles), means2d, (the owner's block, its visible indices, the rows of it sent)).
-    The forward (`first`) cuts the image and records the counts; the replay reuses them."""
+    The forward (`first`) cuts the image; the replay reuses the cut."""
     width, height = job.size(camera)
     block, index = _project(job, camera, chunks, cameras)
     if first:
@@ -125,12 +125,13 @@ def _range_pixels(
         job.ranges.append(cut(costs, comm.world_size()))
     ranges = job.ranges[camera]
     send, picked, send_counts = route_to_ranges(block, ranges, width, height)
+    received_counts = comm.exchange_counts(send_counts, block.device)
     if first:
         job.sent.append(send_counts)
-        job.received.append(comm.exchange_counts(send_counts, block.device))
-    elif send_counts != job.sent[camera]:
-        raise RuntimeError(f"camera {camera}: the replay routed {send_counts} pairs, the forward {job.sent[camera]}")
-    received = Exchange.apply(send, send_counts, job.received[camera])
+        job.received.append(received_counts)
+    else:  # its own counts: a projection recomputed in chunks may round a radius the other way
+        job.sent[camera], job.received[camera] = send_counts, received_counts
+    received = Exchange.apply(send, send_counts, received_counts)
     mine = ranges[comm.rank()]
     top, bottom = rendered_rows(mine, width, height)
     # Every channel the pairs carry, whatever this rank asked: the pixels go to the camera's rank.
@@ -193,6 +194,8 @@ class RangesRender(torch.autograd.Function):
         pieces = [_range_pixels(job, c, rows, cameras, first=True)[0] for c in range(job.cameras)]
         images = _assemble(job, pieces, backward=False, device=cameras.device)
         ctx.job = job
+        device = cameras.device.type
+        ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
         ctx.save_for_backward(cameras, *values)
         sizes = [job.size(c) for c in range(job.cameras) if job.camera_rank(c) == comm.rank()]
         if not sizes:
@@ -213,7 +216,8 @@ class RangesRender(torch.autograd.Function):
         n = len(values[0])
         stats = {"grad2d": grad.new_zeros(n), "count": grad.new_zeros(n), "radii": grad.new_zeros(n)}
         for camera in range(job.cameras):
-            with torch.enable_grad():
+            device, autocast, dtype = ctx.autocast  # the replay computes what the forward did
+            with torch.enable_grad(), torch.autocast(device, dtype=dtype, enabled=autocast):
                 pixels, means2d, (block, index, picked) = _range_pixels(job, camera, rows, camera_leaf, first=False)
                 means2d.retain_grad()
                 torch.autograd.backward(pixels, grads[camera])
