@@ -52,8 +52,8 @@ class SplatfactoDistModelConfig(SplatfactoModelConfig):
     with its optimizer state, so the scene can be N times larger)."""
     pixel_ranges: Optional[bool] = None
     """The sharded layout on several ranks: every image is rendered by all ranks, one image after
-    another, each rank a range of its rows cut where the Gaussians touching them balance, so a rank
-    holds ~1/N of one image's Gaussians at a time. False: each image is rendered whole by its own
+    another, each rank a range of its 16x16 tiles cut where the Gaussians touching them balance, so
+    a rank holds ~1/N of one image's Gaussians at a time. False: each image is rendered whole by its own
     rank (one exchange per step; more memory where an image sees much of the model). Default: on
     when sharded; the replicated layout renders whole images (each rank holds the whole model)."""
     images_per_step: int = 1

@@ -33,9 +33,8 @@ class ShardedLayout(ReplicatedLayout):
 
     def __init__(self, pixel_ranges: bool = True) -> None:
         super().__init__()
-        self.pixel_ranges = (
-            pixel_ranges  # on several ranks, render in pixel ranges (`ranges`), else each camera on its rank
-        )
+        # On several ranks: render in pixel ranges (`ranges`), else each camera on its own rank.
+        self.pixel_ranges = pixel_ranges
         self._viewer = ViewerQueue()
         self._most_received = (0, 1)  # (rows, model total then): the render buffers' largest share
 
