@@ -46,6 +46,9 @@ OOM = re.compile(r"out of memory|OutOfMemoryError", re.IGNORECASE)
 # many times replicated's; the fullest sharded rank's peak at most this fraction of replicated on 1 GPU.
 CAPACITY_TARGET = {2: 1.9, 4: 3.7, 8: 7.0}
 MEMORY_TARGET = {2: 0.50, 4: 0.25, 8: 0.15}
+# One Gaussian's parameters at SH degree 3 (means 3, scales 3, quats 4, opacity 1, DC 3, rest 45
+# floats); its gradient is as large and Adam keeps two moments of it.
+PARAM_BYTES = 4 * (3 + 3 + 4 + 1 + 3 + 45)
 
 
 def scene_for(size: int, args: argparse.Namespace) -> Path:
@@ -91,6 +94,8 @@ def train_command(
         "1000000",
         "--logging.steps-per-log",
         "10",
+        "--profile-phases-every",
+        "5",  # each phase's memory on the sampled steps: where the fullest rank's bytes go
         "--pipeline.model.stop-split-at",
         "0",
         "--pipeline.model.num-downscales",
@@ -163,6 +168,13 @@ def run_one(layout: str, gpus: int, size: int, args: argparse.Namespace, extra: 
         "log": str(log_path),
     }
     record.update({k: v for k, v in summarize_ranks(ranks).items() if k in ("peak_host_mb", "startup_s")})
+    if record["rank_peak_gpu_mb"]:
+        fullest = max(ranks, key=lambda r: r.get("peak_gpu_mb") or 0.0)
+        record["fullest"] = {
+            "peak_mb": fullest["peak_gpu_mb"],
+            "owned": fullest.get("owned", size),  # a replicated rank owns the whole model
+            "phases": fullest.get("phase_memory_mb", {}),
+        }
     received = [r["most_received"] for r in ranks if "most_received" in r]
     if received:  # what the fullest rank's render buffers held, against the model's size
         record["most_rendered"] = max(received)
@@ -226,8 +238,41 @@ def markdown(records: List[Dict], environment: Dict[str, str]) -> str:
     for (layout, gpus, cap), entry in sorted(summary.items()):
         failed = f"{entry['failed']:,}" if entry["failed"] else "-"
         lines.append(f"| {layout} | {gpus} | {cap:g} | {entry['trained']:,} | {failed} |")
-    lines += ["", *targets(records, summary)]
+    lines += ["", *targets(records, summary), "", *breakdown(records)]
     return "\n".join(lines) + "\n"
+
+
+def breakdown(records: List[Dict]) -> List[str]:
+    """Where the fullest rank's bytes go at its peak: the phase it peaked in, what was allocated when
+    that phase began (of which the owned parameters and Adam moments, and their gradients, follow
+    from the rank's share), and what the phase itself added (render buffers, the exchange's
+    received rows and their gradients, the optimizer's temporaries)."""
+    lines = [
+        "#### Where the fullest rank's bytes go at its peak",
+        "",
+        "Phases of every 5th step; 'at start' is what was allocated when the peak's phase began, 'added' what "
+        f"that phase allocated on top. Owned state = owned Gaussians x {3 * PARAM_BYTES} B (parameters and two "
+        f"Adam moments), gradients x {PARAM_BYTES} B.",
+        "",
+        "| layout | GPUs | Gaussians | peak MB | peak phase | at start MB | added MB | owned state MB | "
+        "gradients MB | most received (% of model) | peak of each phase MB |",
+        "|---" * 11 + "|",
+    ]
+    for r in sorted(records, key=_key):
+        fullest = r.get("fullest")
+        if not fullest or not fullest["phases"]:
+            continue
+        phases = fullest["phases"]
+        name = max(phases, key=lambda k: phases[k]["peak_mb"])
+        owned = fullest["owned"]
+        received = f"{100 * r['most_rendered'] / r['size']:.0f}" if "most_rendered" in r else "100"
+        each = ", ".join(f"{k} {v['peak_mb']:.0f}" for k, v in sorted(phases.items(), key=lambda kv: -kv[1]["peak_mb"]))
+        lines.append(
+            f"| {r['layout']} | {r['gpus']} | {r['size']:,} | {fullest['peak_mb']:.0f} | {name} | "
+            f"{phases[name]['start_mb']:.0f} | {phases[name]['peak_mb'] - phases[name]['start_mb']:.0f} | "
+            f"{owned * 3 * PARAM_BYTES / 2**20:.0f} | {owned * PARAM_BYTES / 2**20:.0f} | {received} | {each} |"
+        )
+    return lines
 
 
 def targets(records: List[Dict], summary: Dict[tuple, Dict]) -> List[str]:

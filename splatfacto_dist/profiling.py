@@ -1,4 +1,5 @@
-"""Where a rank's time goes: per phase of sampled training steps, and per stage of its start-up."""
+"""Where a rank's time and GPU memory go: per phase of sampled training steps, and per stage of its
+start-up."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ class PhaseTimer:
         self._active = False
         self._started = False
         self._step_start = 0.0
+        self.memory = PhaseMemory()
 
     def reset(self, every: int) -> None:
         """Start over for a new run, sampling one step in `every` (0: none)."""
@@ -43,12 +45,14 @@ class PhaseTimer:
         self._started = True
         if self._active:
             _sync()
+            self.memory.restart()
             self._step_start = time.perf_counter()
 
     def end_step(self) -> None:
         if not self._active:
             return
         _sync()
+        self.memory.between()
         step = time.perf_counter() - self._step_start
         phases = sum(v for k, v in self.totals.items() if k not in ("step", "other"))
         self.totals["step"] += step
@@ -62,15 +66,61 @@ class PhaseTimer:
             yield
             return
         _sync()
+        self.memory.between()
         start = time.perf_counter()
         try:
             yield
         finally:
             _sync()
             self.totals[name] += time.perf_counter() - start
+            self.memory.close(name)
 
     def per_step_ms(self) -> Dict[str, float]:
         return {name: 1000 * total / max(self.sampled, 1) for name, total in self.totals.items()}
+
+
+class PhaseMemory:
+    """Per phase of the sampled steps, the GPU memory allocated when it began (what persists into
+    it: owned parameters, optimizer moments, gradients) and the most allocated within it, so a
+    benchmark can say where a rank's peak bytes go. A phase's own peak needs the allocator's peak
+    counter reset at its start; the peak before each reset is kept, so `peak_bytes` is still the
+    whole run's. Time between phases counts as "other". Nothing is recorded on CPU."""
+
+    def __init__(self) -> None:
+        self.phases: Dict[str, Dict[str, float]] = {}
+        self._earlier_peak = 0
+        self._start = 0
+
+    def restart(self) -> None:
+        """A sampled step begins: count afresh (the steps since the last sampled one are no phase)."""
+        if self._tracking():
+            self._earlier_peak = self.peak_bytes()
+            torch.cuda.reset_peak_memory_stats()
+            self._start = torch.cuda.memory_allocated()
+
+    def between(self) -> None:
+        """A phase (or the step) begins: what happened since the last boundary was "other"."""
+        if self._tracking():
+            self.close("other")
+
+    def close(self, name: str) -> None:
+        """Phase `name` has just ended (the device synchronized): keep its highest peak with the
+        allocation it started from, and count afresh."""
+        if not self._tracking():
+            return
+        peak = torch.cuda.max_memory_allocated()
+        entry = self.phases.setdefault(name, {"start_mb": 0.0, "peak_mb": 0.0})
+        if peak / 2**20 > entry["peak_mb"]:  # the start that goes with the phase's highest peak
+            entry.update(start_mb=self._start / 2**20, peak_mb=peak / 2**20)
+        self.restart()
+
+    def peak_bytes(self) -> int:
+        """The most this process allocated on its GPU since it started, across the resets."""
+        return max(self._earlier_peak, torch.cuda.max_memory_allocated())
+
+    @staticmethod
+    def _tracking() -> bool:
+        return torch.cuda.is_available() and torch.cuda.is_initialized()
 
 
 def _sync() -> None:

@@ -194,7 +194,7 @@ class DistTrainer(Trainer):
                     if PHASES.enabled:
                         writer.put_dict(name="Step Phases (ms)", scalar_dict=PHASES.per_step_ms(), step=step)
                     if torch.cuda.is_available():
-                        memory_mb = torch.cuda.max_memory_allocated() / (1024**2)
+                        memory_mb = PHASES.memory.peak_bytes() / (1024**2)
                         writer.put_scalar(name="GPU Memory (MB)", scalar=memory_mb, step=step)
                 if datamanager.eval_dataset:
                     with self.train_lock:
@@ -211,7 +211,7 @@ class DistTrainer(Trainer):
         created = psutil.Process().create_time()
         startup = STARTUP.marks[-1][1] - created if STARTUP.marks else 0.0
         host_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        gpu_mb = torch.cuda.max_memory_allocated() / 2**20 if "cuda" in self.device else None
+        gpu_mb = PHASES.memory.peak_bytes() / 2**20 if "cuda" in self.device else None
         model = self.pipeline.model
         local = len(model.gauss_params["means"])
         record = {
@@ -220,6 +220,7 @@ class DistTrainer(Trainer):
             "peak_host_mb": host_mb,
             "peak_gpu_mb": gpu_mb,
             "memory_cap_gib": self.memory_cap_gib,
+            "phase_memory_mb": PHASES.memory.phases,
             **model.layout.record(local),
         }
         write_rank_record(self.base_dir, comm.rank(), record)

@@ -68,11 +68,12 @@ class RangesJob:
         return pair_width(self.meta) - 9 + 1
 
 
-PROJECTION_CHUNK = 1 << 19
-"""Rows of its shard an owner projects at once with their graph in the replay. A projection with
-its graph keeps ~200 B per row until its backward (the SH coefficients gathered for the kernel,
-then their gradient), a whole shard's as much as the shard's parameters: chunks, each recomputed
-in its own backward, keep one chunk's."""
+PROJECTION_CHUNK = 1 << 17
+"""Rows of its shard an owner projects at once with their graph in the replay. A chunk's backward
+holds ~500 B per row (measured: the SH coefficients gathered for the kernel and their gradient,
+the projection's outputs and theirs), a whole shard's more than the shard's gradients: chunks, each
+recomputed in its own backward, keep one chunk's. At 2^19 rows this was the fullest rank's largest
+transient (260 MB at 2 ranks of 3 M Gaussians); 2^17 keeps it near 65 MB."""
 
 
 def _project(job: RangesJob, camera: int, chunks: List[Dict[str, torch.Tensor]], cameras: torch.Tensor):
