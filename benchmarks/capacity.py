@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from splatfacto_dist.benchmarking.bench import layout_args, rank_gpu_memory, read_events, summarize_ranks
-from splatfacto_dist.launching.memcap import ENV as CAP_ENV
+from splatfacto_dist.launching.memcap import ALLOCATOR_ENV, ENV as CAP_ENV
 from splatfacto_dist.records import clear_rank_records, read_rank_records
 from splatfacto_dist.scenes.synthetic import SceneSpec, generate, is_complete, parse_count
 
@@ -213,7 +213,7 @@ def markdown(records: List[Dict], environment: Dict[str, str]) -> str:
     lines = [
         "### Capacity: largest synthetic scene that trains to the end",
         "",
-        f"Machine: {environment.get('gpus', 'CPU')}; torch {environment.get('torch')}, gsplat {environment.get('gsplat')}. "
+        f"Machine: {environment.get('gpus', 'CPU')}; torch {environment.get('torch')}, gsplat {environment.get('gsplat')}; allocator {environment.get('allocator', 'default')}. "
         "Densification off (Gaussians = points3D); peak GPU memory is each rank's torch.cuda.max_memory_allocated.",
         "",
         "| layout | GPUs | cap GiB | Gaussians | images | status | peak GPU MB/rank (max / min) | most rendered "
@@ -323,6 +323,8 @@ def _environment() -> Dict[str, str]:
     import torch
 
     env = {"torch": torch.__version__, "gsplat": gsplat.__version__, "python": sys.version.split()[0]}
+    # The ranks' allocator: theirs if the user set one, else the trainer's expandable segments (`memcap`).
+    env["allocator"] = os.environ.get(ALLOCATOR_ENV, "expandable_segments:True")
     if torch.cuda.is_available():
         env["gpus"] = f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
     return env

@@ -93,20 +93,19 @@ class PhaseMemory:
 
     def restart(self) -> None:
         """A sampled step begins: count afresh (the steps since the last sampled one are no phase)."""
-        if self._tracking():
+        if _cuda_in_use():
             self._earlier_peak = self.peak_bytes()
             torch.cuda.reset_peak_memory_stats()
             self._start = torch.cuda.memory_allocated()
 
     def between(self) -> None:
         """A phase (or the step) begins: what happened since the last boundary was "other"."""
-        if self._tracking():
-            self.close("other")
+        self.close("other")
 
     def close(self, name: str) -> None:
         """Phase `name` has just ended (the device synchronized): keep its highest peak with the
         allocation it started from, and count afresh."""
-        if not self._tracking():
+        if not _cuda_in_use():
             return
         peak = torch.cuda.max_memory_allocated()
         entry = self.phases.setdefault(name, {"start_mb": 0.0, "peak_mb": 0.0})
@@ -118,13 +117,14 @@ class PhaseMemory:
         """The most this process allocated on its GPU since it started, across the resets."""
         return max(self._earlier_peak, torch.cuda.max_memory_allocated())
 
-    @staticmethod
-    def _tracking() -> bool:
-        return torch.cuda.is_available() and torch.cuda.is_initialized()
+
+def _cuda_in_use() -> bool:
+    """Whether this process has a GPU to time and measure (never initialising CUDA to find out)."""
+    return torch.cuda.is_available() and torch.cuda.is_initialized()
 
 
 def _sync() -> None:
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    if _cuda_in_use():
         torch.cuda.synchronize()
 
 

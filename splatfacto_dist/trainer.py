@@ -30,7 +30,7 @@ from nerfstudio.utils.writer import EventName, TimeWriter
 from splatfacto_dist import checkpoint, comm
 from splatfacto_dist.control import PAUSE, RUN, STOP, RankControl
 from splatfacto_dist.launching.devices import gpu_of
-from splatfacto_dist.launching.memcap import ENV as MEMORY_CAP_ENV, apply_memory_cap
+from splatfacto_dist.launching.memcap import ENV as MEMORY_CAP_ENV, apply_memory_cap, use_expandable_segments
 from splatfacto_dist.launching.preflight import refuse_at_parse
 from splatfacto_dist.model import SplatfactoDistModelConfig
 from splatfacto_dist.optimizer_step import live_parameters, step_optimizers
@@ -105,6 +105,7 @@ class DistTrainer(Trainer):
         self.memory_cap_gib: Optional[float] = None  # the capacity benchmark's stand-in for a smaller card
         if cuda:
             torch.cuda.set_device(gpu_of(local_rank, config))
+            use_expandable_segments()  # before the first allocation: every later segment grows in place
             if apply_memory_cap() is not None:
                 self.memory_cap_gib = float(os.environ[MEMORY_CAP_ENV])
             # ns-train turns cuDNN autotuning on when its module is imported; our launcher, torchrun

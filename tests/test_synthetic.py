@@ -83,6 +83,30 @@ def test_memory_cap_is_off_without_the_variable_or_without_cuda(monkeypatch):
         assert apply_memory_cap() is None
 
 
+def test_expandable_segments_leave_a_users_allocator_setting_alone(monkeypatch):
+    import torch
+
+    from splatfacto_dist.launching.memcap import ALLOCATOR_ENV, use_expandable_segments
+
+    monkeypatch.setenv(ALLOCATOR_ENV, "max_split_size_mb:128")
+    assert use_expandable_segments() is False
+    if not torch.cuda.is_available():
+        monkeypatch.delenv(ALLOCATOR_ENV)
+        assert use_expandable_segments() is False
+
+
+@pytest.mark.gpu
+def test_a_rank_allocates_in_expandable_segments_unless_told_otherwise():
+    code = (
+        "import torch\nfrom splatfacto_dist.launching.memcap import use_expandable_segments\n"
+        "torch.cuda.set_device(0)\nassert use_expandable_segments()\nkeep = torch.empty(2**24, device='cuda')\n"
+        "segments = torch.cuda.memory_snapshot()\nprint('expandable', bool(segments) and all(s['is_expandable'] for s in segments))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTORCH_CUDA_ALLOC_CONF"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0 and "expandable True" in proc.stdout, proc.stderr
+
+
 @pytest.mark.gpu
 def test_memory_cap_turns_a_larger_allocation_into_out_of_memory():
     code = (
