@@ -174,6 +174,16 @@ def all_gather_ints(value: int, device: torch.device = torch.device("cpu")) -> L
     return [int(t.item()) for t in out]
 
 
+def all_gather_int_lists(values: List[int], device: torch.device = torch.device("cpu")) -> List[List[int]]:
+    """Every rank's `values` (of one length on every rank), in rank order, on the host."""
+    if not is_distributed():
+        return [list(values)]
+    local = torch.tensor(values, dtype=torch.int64, device=_comm_device(device)).reshape(-1)
+    out = [torch.empty_like(local) for _ in range(world_size())]
+    dist.all_gather(out, local)
+    return [[int(v) for v in t.tolist()] for t in out]
+
+
 def all_reduce_ints(values: List[int], device: torch.device = torch.device("cpu")) -> List[int]:
     """Element-wise sums over ranks of small integer vectors (refine counts)."""
     if not is_distributed():

@@ -27,6 +27,7 @@ class PhaseTimer:
         self._active = False
         self._started = False
         self._step_start = 0.0
+        self.parts: Dict[str, float] = defaultdict(float)  # measured inside a phase by other means
         self.memory = PhaseMemory()
 
     def reset(self, every: int) -> None:
@@ -75,8 +76,15 @@ class PhaseTimer:
             self.totals[name] += time.perf_counter() - start
             self.memory.close(name)
 
+    def note(self, name: str, seconds: float) -> None:
+        """Add `seconds` of a part of a phase that the phase's own clock cannot see (the wait of pixel
+        ranges for the slowest rank: `pixels.balance`), on sampled steps; not subtracted from "other"."""
+        if self._active:
+            self.parts[name] += seconds
+
     def per_step_ms(self) -> Dict[str, float]:
-        return {name: 1000 * total / max(self.sampled, 1) for name, total in self.totals.items()}
+        totals = {**self.totals, **self.parts}
+        return {name: 1000 * total / max(self.sampled, 1) for name, total in totals.items()}
 
 
 class PhaseMemory:

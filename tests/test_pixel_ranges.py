@@ -103,15 +103,17 @@ def _scene():
     }
 
 
-def _render_and_backward(pixel_ranges: bool, absgrad: bool, world: int):
+def _render_and_backward(pixel_ranges: bool, absgrad: bool, world: int, tile_price: int = 0):
     """This rank's render of its ring camera (depth included) from its shard, the gradients of a
-    weighted loss on it, its densification statistics and the most pairs it held."""
+    weighted loss on it, its densification statistics and the most pairs it held; `tile_price`
+    moves the ranges' cuts (`pixels.balance`)."""
     from splatfacto_dist import comm
     from splatfacto_dist.scenes.scene import ring_cameras
     from splatfacto_dist.sharded import ShardedLayout
     from splatfacto_dist.strategy import SynchronizedDefaultStrategy
 
     layout = ShardedLayout(pixel_ranges=pixel_ranges)
+    layout._balance.tile_price = tile_price
     rows = _scene()
     shard = {k: v[layout.block(len(v))].clone().requires_grad_() for k, v in rows.items()}
     rank = comm.rank()
@@ -133,6 +135,7 @@ def _render_and_backward(pixel_ranges: bool, absgrad: bool, world: int):
         **{f"grad_{k}": v.grad for k, v in shard.items()},
         **{f"state_{k}": v for k, v in state.items()},
         "most_received": layout.record(len(shard["means"]))["most_received"],
+        "cuts": info["ranges_job"].ranges if "ranges_job" in info else None,
     }
 
 
@@ -148,34 +151,106 @@ def _worker(rank: int, port: int, world: int, results) -> None:
             results[(rank, absgrad)] = (
                 _render_and_backward(False, absgrad, world),
                 _render_and_backward(True, absgrad, world),
+                _render_and_backward(True, absgrad, world, tile_price=20 * SHARE),
             )
     finally:
         dist.destroy_process_group()
 
 
 @pytest.mark.parametrize("world", [2, 3])
-def test_a_render_by_rows_equals_the_render_by_camera(world):
+def test_a_render_in_pixel_ranges_equals_the_render_by_camera(world):
     """Every rank renders a range of every image: the images, the gradients of every shard and camera,
     and the statistics (2D gradients summed per Gaussian and image before the norm, absgrad too; one
     count per image, not per range; screen radii) equal the render by camera, while the most pairs
-    a rank holds at once fall."""
+    a rank holds at once fall; with tiles priced (other cuts) too."""
     results = mp.Manager().dict()
     mp.spawn(_worker, args=(free_port(), world, results), nprocs=world)
-    for (rank, absgrad), (by_camera, by_rows) in sorted(results.items()):
-        assert by_camera["render"].abs().sum() > 1 and by_camera["state_count"].sum() > 50
-        assert by_camera["grad_means"].abs().sum() > 0 and by_camera["viewmats"].abs().sum() > 0
-        assert by_camera["state_grad2d"].sum() > 0 and by_camera["state_radii"].max() > 0
-        for key, want in by_camera.items():
-            if key == "most_received":
-                continue
-            got = by_rows[key]
-            assert got.shape == want.shape, (key, got.shape, want.shape)
-            scale = float(want.abs().max())
-            assert torch.allclose(got, want, rtol=1e-4, atol=1e-5 * max(scale, 1.0)), (
-                rank,
-                absgrad,
-                key,
-                float((got - want).abs().max()),
-                scale,
-            )
-        assert by_rows["most_received"] < by_camera["most_received"], (rank, by_rows["most_received"])
+    moved = False
+    for (rank, absgrad), (by_camera, by_rows, priced) in sorted(results.items()):
+        _assert_same_render(rank, absgrad, by_camera, by_rows)
+        _assert_same_render(rank, absgrad, by_camera, priced)
+        moved |= priced["cuts"] != by_rows["cuts"]
+    assert moved, "the tile price did not move any cut"
+
+
+def _assert_same_render(rank: int, absgrad: bool, by_camera: dict, by_rows: dict) -> None:
+    assert by_camera["render"].abs().sum() > 1 and by_camera["state_count"].sum() > 50
+    assert by_camera["grad_means"].abs().sum() > 0 and by_camera["viewmats"].abs().sum() > 0
+    assert by_camera["state_grad2d"].sum() > 0 and by_camera["state_radii"].max() > 0
+    for key, want in by_camera.items():
+        if key in ("most_received", "cuts"):
+            continue
+        got = by_rows[key]
+        assert got.shape == want.shape, (key, got.shape, want.shape)
+        scale = float(want.abs().max())
+        assert torch.allclose(got, want, rtol=1e-4, atol=1e-5 * max(scale, 1.0)), (
+            rank,
+            absgrad,
+            key,
+            float((got - want).abs().max()),
+            scale,
+        )
+    assert by_rows["most_received"] < by_camera["most_received"], (rank, by_rows["most_received"])
+
+
+def test_the_tile_price_is_the_fitted_time_of_a_tile_in_pair_cost_units():
+    from splatfacto_dist.pixels.balance import MIN_SAMPLES, fitted_tile_price
+
+    generator = torch.Generator().manual_seed(3)
+    pairs = torch.randint(0, 50_000, (64,), generator=generator).tolist()
+    tiles = torch.randint(0, 400, (64,), generator=generator).tolist()
+    samples = [(p, t, 3 * p + 600 * t + 50) for p, t in zip(pairs, tiles)]  # a tile costs 200 pair units
+    assert fitted_tile_price(samples) == 200
+    assert fitted_tile_price(samples[: MIN_SAMPLES - 1]) is None  # too few to tell
+    assert fitted_tile_price([(p, 7, y) for p, _, y in samples]) is None  # tiles never vary
+    assert fitted_tile_price([(p, t, 1000 * t - p) for p, t, _ in samples]) is None  # time falls with pairs
+    assert fitted_tile_price([(p, t, 3 * p - 600 * t + 10**9) for p, t, _ in samples]) == 0  # never negative
+
+
+def test_a_tile_price_gives_the_range_of_empty_tiles_fewer_of_them():
+    from splatfacto_dist.pixels.balance import RangeBalance
+
+    costs = [0] * 60 + [100] * 40  # the top of the image empty, its bottom full of pairs
+    balance = RangeBalance()
+    by_pairs = cut(balance.tile_costs(costs), 2)
+    balance.tile_price = 100
+    priced = cut(balance.tile_costs(costs), 2)
+    assert by_pairs == [(0, 80), (80, 100)] and priced == [(0, 65), (65, 100)], (by_pairs, priced)
+
+
+def _balance_worker(rank: int, port: int, world: int, results) -> None:
+    import time as clock
+
+    from splatfacto_dist.pixels.balance import RangeBalance
+
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world, timeout=timedelta(seconds=120)
+    )
+    try:
+        balance, waits = RangeBalance(), []
+        costs = [0] * 30 + [SHARE] * 30
+        for render in range(8):
+            balance.settle()
+            waits.append(balance.last_wait_s)
+            for camera in range(3):
+                timer = balance.time(costs, cut(balance.tile_costs(costs), world), torch.device("cpu"))
+                clock.sleep(0.004 * rank + 0.0003 * (render % 3))  # the last rank the slowest, by far
+                timer.stop()
+        balance.settle()
+        waits.append(balance.last_wait_s)
+        results[rank] = (balance.tile_price, list(balance._samples), waits)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_every_rank_learns_the_same_price_from_every_ranks_range_times():
+    """The times are each rank's own, so only their exchange makes the cuts agree: every rank holds
+    the same samples and price; the faster ranks' wait for the slowest is what they lacked of its time."""
+    world = 2
+    results = mp.Manager().dict()
+    mp.spawn(_balance_worker, args=(free_port(), world, results), nprocs=world)
+    prices, samples = {results[r][0] for r in range(world)}, [results[r][1] for r in range(world)]
+    assert len(prices) == 1 and samples[0] == samples[1] and len(samples[0]) == 8 * 3 * world
+    fast, slow = results[0][2], results[world - 1][2]
+    assert fast[0] == slow[0] == 0  # nothing was timed before the first render
+    assert all(w > 3 * 0.003 for w in fast[1:]) and all(w == 0 for w in slow[1:]), (fast, slow)

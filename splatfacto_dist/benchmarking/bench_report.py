@@ -14,7 +14,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 PSNR_TOLERANCE_DB = 0.1  # the quality bar: no more than this below stock splatfacto's final test PSNR
-PHASES = ("data", "render+loss", "backward", "all-reduce", "optimizer", "densify", "other", "step")
+PHASES = ("data", "render+loss", "range wait", "backward", "all-reduce", "optimizer", "densify", "other", "step")
 
 
 def save(path: Path, jobs: List[dict], environment: Dict[str, str]) -> None:
@@ -145,7 +145,8 @@ def markdown(jobs: List[dict], environment: Dict[str, str], title: str) -> str:
     if profiled:
         lines += [
             "",
-            "Per-step breakdown (ms, mean over the sampled steps; the slowest rank waits in all-reduce):",
+            "Per-step breakdown (ms, mean over the sampled steps; the slowest rank waits in all-reduce; range wait: the part"
+            " of render+loss a rank waited for the slowest rank's pixel ranges, measured on their rasterization):",
             "",
             "| job | " + " | ".join(PHASES) + " |",
             "|---" * (len(PHASES) + 1) + "|",

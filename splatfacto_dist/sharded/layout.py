@@ -10,6 +10,8 @@ from nerfstudio.data.scene_box import OrientedBox
 
 from splatfacto_dist import comm
 from splatfacto_dist.layout import GAUSSIAN_NAMES, ReplicatedLayout, _named_tensors
+from splatfacto_dist.pixels.balance import RangeBalance
+from splatfacto_dist.profiling import PHASES
 from splatfacto_dist.sharded.exchange import (
     AllCameras,
     Exchange,
@@ -37,6 +39,7 @@ class ShardedLayout(ReplicatedLayout):
         self.pixel_ranges = pixel_ranges
         self._viewer = ViewerQueue()
         self._most_received = (0, 1)  # (rows, model total then): the render buffers' largest share
+        self._balance = RangeBalance()  # pixel ranges: the tile price learnt from their render times
 
     # -- where each Gaussian starts --------------------------------------------------------------
 
@@ -100,7 +103,8 @@ class ShardedLayout(ReplicatedLayout):
     def _render_in_ranges(self, rows, every, meta, counts: List[int], n_views: int, cameras: Dict[str, Any]):
         """`render` with every image rendered by all ranks in pixel ranges (`ranges`); its statistics
         reach the owners in backward, in `info["ranges_job"]`."""
-        render, alpha, job = render_in_ranges(rows, every, meta, counts, cameras)
+        render, alpha, job = render_in_ranges(rows, every, meta, counts, cameras, self._balance)
+        PHASES.note("range wait", self._balance.last_wait_s)
         self._note_received(received_most(job))
         if n_views == 0:
             return None

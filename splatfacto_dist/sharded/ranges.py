@@ -27,6 +27,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from splatfacto_dist import comm
+from splatfacto_dist.pixels.balance import RangeBalance
 from splatfacto_dist.pixels.plan import cut, owned_pixels, rendered_rows, tile_costs
 from splatfacto_dist.sharded.exchange import Exchange, pair_width, project_camera, rasterize_received, route_to_ranges
 
@@ -42,6 +43,7 @@ class RangesJob:
     sh_degree: Optional[int]
     render_mode: str
     absgrad: bool
+    balance: RangeBalance  # the run's tile price, and the timing of this rank's ranges
     ranges: List[List[Tuple[int, int]]] = field(default_factory=list)  # per camera, each rank's tiles
     sent: List[List[int]] = field(default_factory=list)  # per camera, pairs this rank sent each rank
     received: List[List[int]] = field(default_factory=list)  # per camera, pairs each rank sent here
@@ -123,7 +125,7 @@ def _range_pixels(
     block, index = _project(job, camera, chunks, cameras)
     if first:
         costs = comm.all_reduce_counts(tile_costs(block[:, :2].detach(), block[:, -2].detach(), width, height))
-        job.ranges.append(cut(costs, comm.world_size()))
+        job.ranges.append(cut(job.balance.tile_costs(costs), comm.world_size()))
     ranges = job.ranges[camera]
     send, picked, send_counts = route_to_ranges(block, ranges, width, height)
     received_counts = comm.exchange_counts(send_counts, block.device)
@@ -135,8 +137,11 @@ def _range_pixels(
     received = Exchange.apply(send, send_counts, received_counts)
     mine = ranges[comm.rank()]
     top, bottom = rendered_rows(mine, width, height)
+    timer = job.balance.time(costs, ranges, received.device) if first else None  # the forward's: the cut's measure
     # Every channel the pairs carry, whatever this rank asked: the pixels go to the camera's rank.
     render, alpha, means2d, _ = rasterize_received(received, 1, width, bottom - top, "RGB+ED", job.absgrad)
+    if timer is not None:
+        timer.stop()
     pixels = torch.cat([render[0], alpha[0]], -1) * owned_pixels(mine, width, height, render.device)
     return pixels.reshape(-1, pixels.shape[-1]), means2d, (block, index, picked)
 
@@ -263,10 +268,17 @@ def received_most(job: RangesJob) -> int:
 
 
 def render_in_ranges(
-    rows: Dict[str, torch.Tensor], every: torch.Tensor, meta: torch.Tensor, counts: List[int], options: Dict[str, Any]
+    rows: Dict[str, torch.Tensor],
+    every: torch.Tensor,
+    meta: torch.Tensor,
+    counts: List[int],
+    options: Dict[str, Any],
+    balance: RangeBalance,
 ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], RangesJob]:
     """(renders [n, H, W, D], alphas [n, H, W, 1], the job) of this rank's cameras, or (None, None,
-    job) when it has none (it only served the others)."""
+    job) when it has none (it only served the others). `balance` first learns from the last
+    render's range times, then prices this render's tiles."""
+    balance.settle()
     job = RangesJob(
         names=list(rows),
         meta=meta,
@@ -274,6 +286,7 @@ def render_in_ranges(
         sh_degree=options.get("sh_degree"),
         render_mode=options.get("render_mode", "RGB"),
         absgrad=bool(options.get("absgrad")),
+        balance=balance,
     )
     images = RangesRender.apply(job, every, *rows.values())
     if counts[comm.rank()] == 0:

@@ -1,0 +1,126 @@
+"""Tile costs calibrated by measured render time, so that the ranks rendering one image's ranges
+finish together, not only hold as many pairs.
+
+Why a calibrated model: a range's pairs (`plan.tile_costs`) decide what its rank holds, but its
+time also grows with its pixels: a range of empty sky costs little in pairs and much in blending
+and in writing pixels. Each rank times its own range's rasterization of every image (CUDA events,
+read one render later, so the host never waits for them); at the next render the ranks exchange
+those times, so every rank holds the same samples: per range, its pair cost, its tiles and its
+time. A least-squares fit of time = a * pairs + b * tiles + c over the recent samples gives the
+price of a tile in pair-cost units, b / a, rounded to an integer; a tile's cost is then its pair
+cost plus that price. The fit is plain Python arithmetic on integers every rank holds alike, so
+every rank derives the same price and cuts every image alike. Until enough samples exist (and
+when the fit is degenerate) the price stays what it was, from 0: the cut by pairs alone.
+
+Per camera timings (Grendel-GS's rule) would need each camera's identity in the render and a
+table as large as the cameras' tiles; one price per run needs neither, and it is recomputed
+from the latest `WINDOW` ranges, so it follows the model as it grows.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Deque, List, Optional, Sequence, Tuple
+
+import torch
+
+from splatfacto_dist import comm
+
+WINDOW = 512  # ranges kept for the fit: a few dozen steps' images at any rank count
+MIN_SAMPLES = 16  # fewer ranges do not pin three coefficients down
+MAX_TILE_PRICE = 1 << 20  # pair-cost units; a tile never outweighs a thousand whole pairs
+
+
+class RangeTimer:
+    """One range's rasterization, timed without making the host wait: CUDA events on a GPU (read
+    when the next render settles, long after they completed), the host's clock on the CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self._cuda = device.type == "cuda"
+        if self._cuda:
+            self._start, self._stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            self._start.record()
+        else:
+            self._began, self._seconds = time.perf_counter(), 0.0
+
+    def stop(self) -> None:
+        if self._cuda:
+            self._stop.record()
+        else:
+            self._seconds = time.perf_counter() - self._began
+
+    def microseconds(self) -> int:
+        if self._cuda:
+            self._stop.synchronize()
+            return int(1000 * self._start.elapsed_time(self._stop))
+        return int(1e6 * self._seconds)
+
+
+class RangeBalance:
+    """The price of a tile, learnt from the ranges' measured times across renders (see the module
+    docstring); held by the layout for the run. Every rank calls `settle` at the start of every
+    render in ranges (a collective), `tile_costs` for each image's cut, and `time` around its own
+    range's rasterization."""
+
+    def __init__(self) -> None:
+        self.tile_price = 0
+        self.last_wait_s = 0.0  # how long before the slowest rank this rank's ranges of the last render finished
+        self._samples: Deque[Tuple[int, int, int]] = deque(maxlen=WINDOW)  # (pair cost, tiles, microseconds)
+        self._pending: List[Tuple[List[int], List[int], RangeTimer]] = []  # per camera: every range's pairs, tiles
+
+    def tile_costs(self, pair_costs: Sequence[int]) -> List[int]:
+        """The cost of each tile an image is cut by: its pair cost plus the tile's price."""
+        return [int(c) + self.tile_price for c in pair_costs]
+
+    def time(self, pair_costs: Sequence[int], ranges: Sequence[Tuple[int, int]], device: torch.device) -> RangeTimer:
+        """Start timing this rank's range of an image cut into `ranges` by `pair_costs`; the caller
+        stops the returned timer when the range is rasterized."""
+        running = [0]
+        for cost in pair_costs:
+            running.append(running[-1] + int(cost))
+        pairs = [running[last] - running[first] for first, last in ranges]
+        tiles = [last - first for first, last in ranges]
+        timer = RangeTimer(device)
+        self._pending.append((pairs, tiles, timer))
+        return timer
+
+    def settle(self) -> None:
+        """Exchange the last render's range times (every rank's, so every rank fits alike), add
+        them to the samples, refit the price, and note this rank's wait for the slowest."""
+        pending, self._pending = self._pending, []
+        mine = [timer.microseconds() for _, _, timer in pending]
+        times = comm.all_gather_int_lists(mine)  # [rank][camera]
+        me = comm.rank()
+        self.last_wait_s = sum(max(t[c] for t in times) - times[me][c] for c in range(len(pending))) / 1e6
+        for c, (pairs, tiles, _) in enumerate(pending):
+            for r, rank_times in enumerate(times):
+                self._samples.append((pairs[r], tiles[r], rank_times[c]))
+        price = fitted_tile_price(list(self._samples))
+        if price is not None:
+            self.tile_price = price
+
+
+def fitted_tile_price(samples: Sequence[Tuple[int, int, int]]) -> Optional[int]:
+    """round(b / a) of the least-squares fit time = a * pairs + b * tiles + c, clipped to
+    [0, MAX_TILE_PRICE]; None when the samples cannot tell (too few, no spread, a <= 0). Plain
+    Python floats in a fixed order: identical samples give the identical price on every rank."""
+    if len(samples) < MIN_SAMPLES:
+        return None
+    n = float(len(samples))
+    mean_p = sum(float(p) for p, _, _ in samples) / n
+    mean_t = sum(float(t) for _, t, _ in samples) / n
+    mean_y = sum(float(y) for _, _, y in samples) / n
+    spp = sum((p - mean_p) * (p - mean_p) for p, _, _ in samples)
+    stt = sum((t - mean_t) * (t - mean_t) for _, t, _ in samples)
+    spt = sum((p - mean_p) * (t - mean_t) for p, t, _ in samples)
+    spy = sum((p - mean_p) * (y - mean_y) for p, _, y in samples)
+    sty = sum((t - mean_t) * (y - mean_y) for _, t, y in samples)
+    det = spp * stt - spt * spt
+    if det <= 1e-9 * max(spp * stt, 1.0):
+        return None
+    a = (spy * stt - sty * spt) / det
+    b = (sty * spp - spy * spt) / det
+    if a <= 0:
+        return None
+    return int(min(max(round(b / a), 0), MAX_TILE_PRICE))
