@@ -14,7 +14,8 @@ when the fit is degenerate) the price stays what it was, from 0: the cut by pair
 
 Per camera timings (Grendel-GS's rule) would need each camera's identity in the render and a
 table as large as the cameras' tiles; one price per run needs neither, and it is recomputed
-from the latest `WINDOW` ranges, so it follows the model as it grows.
+from the latest `WINDOW` ranges, so it follows the model as it grows. It is not checkpointed: a
+resumed run cuts by pairs until it has timed `MIN_SAMPLES` ranges again.
 """
 
 from __future__ import annotations
@@ -89,6 +90,9 @@ class RangeBalance:
         """Exchange the last render's range times (every rank's, so every rank fits alike), add
         them to the samples, refit the price, and note this rank's wait for the slowest."""
         pending, self._pending = self._pending, []
+        if not pending:  # the first render (every rank renders the same images: all return here alike)
+            self.last_wait_s = 0.0
+            return
         mine = [timer.microseconds() for _, _, timer in pending]
         times = comm.all_gather_int_lists(mine)  # [rank][camera]
         me = comm.rank()
