@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from splatfacto_dist.benchmarking.bench import layout_args, rank_gpu_memory, read_events, summarize_ranks
-from splatfacto_dist.launching.memcap import ALLOCATOR_ENV, ENV as CAP_ENV
+from splatfacto_dist.launching.memcap import ALLOCATOR_ENV, ENV as CAP_ENV, EXPANDABLE
 from splatfacto_dist.records import clear_rank_records, read_rank_records
 from splatfacto_dist.scenes.synthetic import SceneSpec, generate, is_complete, parse_count
 
@@ -324,7 +324,7 @@ def _environment() -> Dict[str, str]:
 
     env = {"torch": torch.__version__, "gsplat": gsplat.__version__, "python": sys.version.split()[0]}
     # The ranks' allocator: theirs if the user set one, else the trainer's expandable segments (`memcap`).
-    env["allocator"] = os.environ.get(ALLOCATOR_ENV, "expandable_segments:True")
+    env["allocator"] = os.environ.get(ALLOCATOR_ENV, EXPANDABLE)
     if torch.cuda.is_available():
         env["gpus"] = f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
     return env

@@ -166,12 +166,7 @@ def _to_comm(t: torch.Tensor) -> torch.Tensor:
 
 def all_gather_ints(value: int, device: torch.device = torch.device("cpu")) -> List[int]:
     """Every rank's `value`, in rank order."""
-    if not is_distributed():
-        return [value]
-    local = torch.tensor([value], dtype=torch.int64, device=_comm_device(device))
-    out = [torch.empty_like(local) for _ in range(world_size())]
-    dist.all_gather(out, local)
-    return [int(t.item()) for t in out]
+    return [values[0] for values in all_gather_int_lists([value], device)]
 
 
 def all_gather_int_lists(values: List[int], device: torch.device = torch.device("cpu")) -> List[List[int]]:

@@ -15,6 +15,7 @@ from typing import Optional
 
 ENV = "SPLATFACTO_DIST_MEMORY_CAP_GIB"
 ALLOCATOR_ENV = "PYTORCH_CUDA_ALLOC_CONF"
+EXPANDABLE = "expandable_segments:True"  # the setting `use_expandable_segments` makes
 
 
 def use_expandable_segments() -> bool:
@@ -30,7 +31,7 @@ def use_expandable_segments() -> bool:
 
     if not torch.cuda.is_available():
         return False
-    torch.cuda.memory._set_allocator_settings("expandable_segments:True")
+    torch.cuda.memory._set_allocator_settings(EXPANDABLE)
     return True
 
 

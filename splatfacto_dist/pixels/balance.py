@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from itertools import accumulate
 from typing import Deque, List, Optional, Sequence, Tuple
 
 import torch
@@ -77,9 +78,7 @@ class RangeBalance:
     def time(self, pair_costs: Sequence[int], ranges: Sequence[Tuple[int, int]], device: torch.device) -> RangeTimer:
         """Start timing this rank's range of an image cut into `ranges` by `pair_costs`; the caller
         stops the returned timer when the range is rasterized."""
-        running = [0]
-        for cost in pair_costs:
-            running.append(running[-1] + int(cost))
+        running = list(accumulate((int(c) for c in pair_costs), initial=0))
         pairs = [running[last] - running[first] for first, last in ranges]
         tiles = [last - first for first, last in ranges]
         timer = RangeTimer(device)
@@ -100,7 +99,7 @@ class RangeBalance:
         for c, (pairs, tiles, _) in enumerate(pending):
             for r, rank_times in enumerate(times):
                 self._samples.append((pairs[r], tiles[r], rank_times[c]))
-        price = fitted_tile_price(list(self._samples))
+        price = fitted_tile_price(self._samples)
         if price is not None:
             self.tile_price = price
 
