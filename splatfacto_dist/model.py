@@ -257,14 +257,18 @@ class SplatfactoDistModel(SplatfactoModel):
 
     @staticmethod
     def _viewmats(camera_to_worlds: torch.Tensor) -> torch.Tensor:
-        """World-to-camera matrices in gsplat's (OpenCV) axes from nerfstudio's (OpenGL) poses."""
+        """World-to-camera matrices in gsplat's (OpenCV) axes from nerfstudio's (OpenGL) poses.
+
+        -R^T T is summed by hand, not by `torch.bmm`: a CUDA matmul makes cuBLAS take its workspace
+        (32 MiB on Hopper) from the caching allocator for the life of the process, bytes that do not
+        divide with the ranks (`raster.camera_centres` says the same)."""
         R = torch.cat([camera_to_worlds[:, :3, :1], -camera_to_worlds[:, :3, 1:3]], dim=2)  # y and z flipped
-        T = camera_to_worlds[:, :3, 3:4]
+        T = camera_to_worlds[:, :3, 3]
         R_inv = R.transpose(1, 2)
         viewmats = torch.zeros(R.shape[0], 4, 4, device=R.device, dtype=R.dtype)
         viewmats[:, 3, 3] = 1.0
         viewmats[:, :3, :3] = R_inv
-        viewmats[:, :3, 3:4] = -torch.bmm(R_inv, T)
+        viewmats[:, :3, 3] = -(R_inv * T[:, None, :]).sum(-1)
         return viewmats
 
     def _gaussian_rows(self) -> Tuple[Dict[str, torch.Tensor], Optional[int]]:
