@@ -27,7 +27,8 @@ class Exchange(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
         send_counts, recv_counts = ctx.counts
         back = comm.all_to_all_rows(grad.contiguous(), recv_counts, send_counts)
-        return back / comm.world_size(), None, None
+        world = comm.world_size()  # in place (a fresh buffer when distributed): one pair buffer, not two
+        return (back.div_(world) if world > 1 else back), None, None
 
 
 class AllCameras(torch.autograd.Function):
@@ -193,8 +194,9 @@ def route_to_ranges(
     counts = torch.bincount(destination, minlength=len(ranges)).tolist()
     tops = [float(rendered_rows(tiles, width, height)[0]) for tiles in ranges]
     shift = torch.tensor(tops, device=block.device)[destination]
-    rows = block[picked]
-    send = torch.cat([rows[:, :1], rows[:, 1:2] - shift[:, None], rows[:, 2:-1], torch.zeros_like(rows[:, -1:])], 1)
+    send = block[picked]  # a copy, moved in place: one pair buffer, not two
+    send[:, 1] -= shift
+    send[:, -1] = 0.0
     return send, picked, counts
 
 

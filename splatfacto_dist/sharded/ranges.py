@@ -70,7 +70,7 @@ class RangesJob:
         return pair_width(self.meta) - 9 + 1
 
 
-PROJECTION_CHUNK = 1 << 17
+PROJECTION_CHUNK = 1 << 16
 """Rows of its shard an owner projects at once with their graph in the replay. A chunk's backward
 holds ~500 B per row (measured: the SH coefficients gathered for the kernel and their gradient,
 the projection's outputs and theirs), a whole shard's more than the shard's gradients: chunks, each
