@@ -59,6 +59,7 @@ def save_atomic(state: Any, path: Path) -> None:
 
 def save(trainer: Checkpointed, step: int) -> None:
     """Every rank calls this (a sharded model is gathered collectively); rank 0 writes."""
+    costs = trainer.pipeline.datamanager.cost_state()  # every rank's camera costs, before rank 0 goes on alone
     full = trainer.pipeline.model.layout.full_state(trainer.pipeline, trainer.optimizers)
     if full is None:
         return
@@ -73,6 +74,7 @@ def save(trainer: Checkpointed, step: int) -> None:
         "schedulers": {k: v.state_dict() for k, v in trainer.optimizers.schedulers.items()},
         "scalers": trainer.grad_scaler.state_dict(),
         "gaussian_ids": ids,  # random draws are keyed by them (ops.py); stock tools ignore the key
+        "camera_costs": costs,  # how the cameras are dealt (camera_costs.py)
     }
     save_atomic(state, path)
     if trainer.config.save_only_latest_checkpoint:
@@ -136,6 +138,7 @@ def resume(trainer: Checkpointed) -> None:
     if config.load_scheduler:
         continue_schedules(trainer.optimizers.schedulers, start)
     trainer.grad_scaler.load_state_dict(loaded["scalers"])
+    trainer.pipeline.datamanager.load_cost_state(loaded.get("camera_costs"))
     if comm.is_main():
         CONSOLE.print(
             f"Done loading Nerfstudio checkpoint from {path} (images seen: "

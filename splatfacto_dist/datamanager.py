@@ -10,12 +10,13 @@ over an epoch every training camera is rendered once across all ranks (see `Came
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import random
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Dict, List, Literal, Optional, Tuple, Type
+from typing import Dict, Iterator, List, Literal, Optional, Sequence, Tuple, Type
 
 import torch
 from nerfstudio.cameras.cameras import Cameras
@@ -30,6 +31,8 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from rich.progress import track
 
 from splatfacto_dist import comm
+from splatfacto_dist.camera_costs import CameraCosts, cost_ranked, dealt_by, step_order
+from splatfacto_dist.profiling import DeviceTimer
 from splatfacto_dist.scenes.colmap_points import BulkPointsColmapDataParser
 
 
@@ -38,7 +41,8 @@ class ConfigError(ValueError):
 
 
 class CameraSchedule:
-    """Which training cameras each rank renders at each step; a pure function of the step.
+    """Which training cameras each rank renders at each step; a pure function of the step (and,
+    balanced, of the costs its epoch is dealt by: `camera_costs`).
 
     Cameras are dealt once (seeded shuffle) into `num_shards` static shards whose sizes differ by
     at most one; rank r owns shards r, r + W, r + 2W, ... and takes `cameras_per_rank / shards
@@ -46,7 +50,8 @@ class CameraSchedule:
     steps on every rank. When the cameras do not divide evenly, a shard that runs out before the
     epoch ends wraps around to the start of its own order for this epoch, so a few cameras are
     rendered twice in that epoch, every camera at least once, and all ranks take the same
-    number of steps. Because the schedule depends only on the step, it resumes exactly.
+    number of steps. Because the schedule depends only on the step (and the checkpointed costs),
+    it resumes exactly.
     """
 
     def __init__(
@@ -75,21 +80,31 @@ class CameraSchedule:
     def owned_cameras(self) -> List[int]:
         return sorted(c for s in self.owned_shards for c in self.shards[s])
 
-    def _order(self, epoch: int, shard: int) -> List[int]:
+    def _order(self, epoch: int, shard: int, costs: Optional[Sequence[int]]) -> List[int]:
         if self._epoch_orders[0] != epoch:
             self._epoch_orders = (epoch, {})
         orders = self._epoch_orders[1]
         if shard not in orders:
-            order = list(self.shards[shard])
-            random.Random(f"{self.seed}/{epoch}/{shard}").shuffle(order)
+            rng = random.Random(f"{self.seed}/{epoch}/{shard}")
             need = self.steps_per_epoch * self.per_shard
-            orders[shard] = (order * -(-need // len(order)))[:need]
+            if costs is None:
+                order = list(self.shards[shard])
+                rng.shuffle(order)
+                orders[shard] = (order * -(-need // len(order)))[:need]
+            else:
+                ranked = cost_ranked(self.shards[shard], costs, need, self.per_shard, rng)
+                slots = step_order(self.steps_per_epoch, self.seed, epoch)
+                orders[shard] = [
+                    c for slot in slots for c in ranked[slot * self.per_shard : (slot + 1) * self.per_shard]
+                ]
         return orders[shard]
 
-    def cameras_for_step(self, step: int) -> List[int]:
+    def cameras_for_step(self, step: int, costs: Optional[Sequence[int]] = None) -> List[int]:
+        """This rank's cameras at `step`; `costs` (every camera's, the same on every rank, fixed for
+        the epoch) deal the epoch by cost (`camera_costs`), None by the seeded shuffle."""
         epoch, i = divmod(step, self.steps_per_epoch)
         take = slice(i * self.per_shard, (i + 1) * self.per_shard)
-        return [c for s in self.owned_shards for c in self._order(epoch, s)[take]]
+        return [c for s in self.owned_shards for c in self._order(epoch, s, costs)[take]]
 
 
 @dataclass
@@ -102,6 +117,10 @@ class ShardedFullImageDatamanagerConfig(FullImageDatamanagerConfig):
     data_shards: Optional[int] = None
     """Static camera shards (default: the world size); a rank owns data_shards / world size of them
     and loads only their images. Fixing it keeps the camera order independent of the GPU count."""
+    balance_cameras: bool = True
+    """On several ranks, deal each epoch's cameras to steps by their measured render and backward
+    time, so that the ranks of a step finish together (`camera_costs`); False keeps the seeded
+    order, the same in every run."""
 
 
 def _load_and_undistort(dataset: InputDataset, idx: int, image_type: Literal["uint8", "float32"]) -> Dict:
@@ -146,6 +165,10 @@ class ShardedFullImageDatamanager(FullImageDatamanager):
             cameras_per_rank=config.cameras_per_rank,
             seed=config.train_cameras_sampling_seed,
         )
+        balanced = config.balance_cameras and comm.world_size() > 1
+        self.costs = CameraCosts(len(self.train_dataset), self.schedule.owned_cameras()) if balanced else None
+        self.epoch_costs: Optional[Sequence[int]] = None  # what this epoch was dealt by (None: the seeded order)
+        self.step_cameras: List[int] = []
         self.eval_indices = list(range(comm.rank(), len(self.eval_dataset), comm.world_size()))
         CONSOLE.log(
             f"rank {comm.rank()}: trains on {len(self.schedule.owned_cameras())} of {len(self.train_dataset)} cameras, "
@@ -189,7 +212,9 @@ class ShardedFullImageDatamanager(FullImageDatamanager):
     def next_train(self, step: int) -> Tuple[Cameras, Dict]:
         """This rank's cameras for `step` as one batched `Cameras`, with their images stacked when they
         share one size, else as lists (the pipeline then renders each size separately)."""
-        indices = self.schedule.cameras_for_step(step)
+        if self.costs is not None and step % self.schedule.steps_per_epoch == 0:
+            self.epoch_costs = dealt_by(self.costs.share())
+        indices = self.step_cameras = self.schedule.cameras_for_step(step, self.epoch_costs)
         images = [self.cached_train[i] for i in indices]
         same_size = len({tuple(d["image"].shape) for d in images}) == 1
         batch = {
@@ -208,6 +233,32 @@ class ShardedFullImageDatamanager(FullImageDatamanager):
         if same_size:
             camera.metadata["image_size"] = (width, height)
         return camera, batch
+
+    @contextlib.contextmanager
+    def timing(self, device: torch.device) -> Iterator[None]:
+        """Time the block (this step's render and backward) as the cost of the step's cameras,
+        which `next_train` chooses inside it."""
+        if self.costs is None:
+            yield
+            return
+        timer = DeviceTimer(device)
+        yield
+        timer.stop()
+        self.costs.add(self.step_cameras, timer)
+
+    def cost_state(self) -> Optional[Dict[str, Optional[Sequence[int]]]]:
+        """What a checkpoint keeps of the balance: every camera's cost, and what this epoch was dealt
+        by. A collective: every rank calls it."""
+        if self.costs is None:
+            return None
+        return {"table": self.costs.share(), "epoch": self.epoch_costs}
+
+    def load_cost_state(self, state: Optional[Dict[str, Optional[Sequence[int]]]]) -> None:
+        """Resume the balance of a checkpoint of this data (another camera count's is ignored)."""
+        if self.costs is None or not state or len(state["table"] or []) != len(self.train_dataset):
+            return
+        self.costs.load(state["table"])
+        self.epoch_costs = dealt_by(state["epoch"])
 
     def get_train_rays_per_batch(self) -> int:
         first = self.cached_train[self.schedule.owned_cameras()[0]]["image"]

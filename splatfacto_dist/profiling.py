@@ -139,6 +139,35 @@ def _sync() -> None:
 PHASES = PhaseTimer()
 
 
+class DeviceTimer:
+    """One stretch of a rank's work, timed without making the host wait: CUDA events on a GPU
+    (read once they have completed), the host's clock on the CPU, where work is synchronous."""
+
+    def __init__(self, device: torch.device) -> None:
+        self._cuda = device.type == "cuda"
+        if self._cuda:
+            self._start, self._stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            self._start.record()
+        else:
+            self._began, self._seconds = time.perf_counter(), 0.0
+
+    def stop(self) -> None:
+        if self._cuda:
+            self._stop.record()
+        else:
+            self._seconds = time.perf_counter() - self._began
+
+    def done(self) -> bool:
+        """Whether `microseconds` can answer without waiting for the GPU."""
+        return not self._cuda or self._stop.query()
+
+    def microseconds(self) -> int:
+        if self._cuda:
+            self._stop.synchronize()
+            return int(1000 * self._start.elapsed_time(self._stop))
+        return int(1e6 * self._seconds)
+
+
 class StartupTimeline:
     """When this process finished each stage of its start-up, so a rank can say where the time from
     its creation to its first step went (the part of a short run that does not shrink with N)."""

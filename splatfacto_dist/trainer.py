@@ -2,7 +2,7 @@
 
 One step, top to bottom (`train` -> `train_iteration`):
   agree with rank 0 on pause/stop and serve viewer renders (control.py, every `control_every`
-  steps) -> this rank's cameras -> render + loss (the Gaussian layout brings the Gaussians each
+  steps) -> this rank's cameras (dealt by measured cost, camera_costs.py) -> render + loss (the Gaussian layout brings the Gaussians each
   camera sees) -> backward -> the layout averages gradients -> optimizer step -> densification
   callbacks (statistics from every camera, id-keyed draws) -> log / eval / save (checkpoint.py).
 Where the Gaussians live (replicated or sharded) is the model's `layout`; pre-flight checks are in
@@ -255,11 +255,12 @@ class DistTrainer(Trainer):
         groups = list(self.optimizers.parameters.keys())
         self.optimizers.zero_grad_some([g for g in groups if step % accumulation[g] == 0])
         device_type = "cpu" if self.device.split(":")[0] == "mps" else self.device.split(":")[0]
-        with torch.autocast(device_type=device_type, enabled=self.mixed_precision):
-            _, loss_dict, metrics_dict = self.pipeline.get_train_loss_dict(step=step)
-            loss = functools.reduce(torch.add, loss_dict.values())
-        with PHASES.phase("backward"):
-            self.grad_scaler.scale(loss).backward()  # type: ignore[union-attr]
+        with self.pipeline.datamanager.timing(torch.device(self.device)):  # the cameras' cost, to deal them by
+            with torch.autocast(device_type=device_type, enabled=self.mixed_precision):
+                _, loss_dict, metrics_dict = self.pipeline.get_train_loss_dict(step=step)
+                loss = functools.reduce(torch.add, loss_dict.values())
+            with PHASES.phase("backward"):
+                self.grad_scaler.scale(loss).backward()  # type: ignore[union-attr]
         with PHASES.phase("all-reduce"):
             self.pipeline.model.layout.average_gradients(self._trainable_groups())
         with PHASES.phase("optimizer"):

@@ -241,6 +241,7 @@ DATAMANAGER: Table = {
     "fps_reset_every": _literal(f"{_DM}fps-reset-every"),
     "cameras_per_rank": Honoured("CameraSchedule"),
     "data_shards": Honoured("CameraSchedule"),
+    "balance_cameras": Honoured("CameraCosts / CameraSchedule (camera_costs.py)"),
 }
 
 _M = "--pipeline.model."

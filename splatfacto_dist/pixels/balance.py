@@ -20,7 +20,6 @@ resumed run cuts by pairs until it has timed `MIN_SAMPLES` ranges again.
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from itertools import accumulate
 from typing import Deque, List, Optional, Sequence, Tuple
@@ -28,35 +27,11 @@ from typing import Deque, List, Optional, Sequence, Tuple
 import torch
 
 from splatfacto_dist import comm
+from splatfacto_dist.profiling import DeviceTimer
 
 WINDOW = 512  # ranges kept for the fit: a few dozen steps' images at any rank count
 MIN_SAMPLES = 16  # fewer ranges do not pin three coefficients down
 MAX_TILE_PRICE = 1 << 20  # pair-cost units; a tile never outweighs a thousand whole pairs
-
-
-class RangeTimer:
-    """One range's rasterization, timed without making the host wait: CUDA events on a GPU (read
-    when the next render settles, long after they completed), the host's clock on the CPU."""
-
-    def __init__(self, device: torch.device) -> None:
-        self._cuda = device.type == "cuda"
-        if self._cuda:
-            self._start, self._stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            self._start.record()
-        else:
-            self._began, self._seconds = time.perf_counter(), 0.0
-
-    def stop(self) -> None:
-        if self._cuda:
-            self._stop.record()
-        else:
-            self._seconds = time.perf_counter() - self._began
-
-    def microseconds(self) -> int:
-        if self._cuda:
-            self._stop.synchronize()
-            return int(1000 * self._start.elapsed_time(self._stop))
-        return int(1e6 * self._seconds)
 
 
 class RangeBalance:
@@ -69,19 +44,19 @@ class RangeBalance:
         self.tile_price = 0
         self.last_wait_s = 0.0  # how long before the slowest rank this rank's ranges of the last render finished
         self._samples: Deque[Tuple[int, int, int]] = deque(maxlen=WINDOW)  # (pair cost, tiles, microseconds)
-        self._pending: List[Tuple[List[int], List[int], RangeTimer]] = []  # per camera: every range's pairs, tiles
+        self._pending: List[Tuple[List[int], List[int], DeviceTimer]] = []  # per camera: every range's pairs, tiles
 
     def tile_costs(self, pair_costs: Sequence[int]) -> List[int]:
         """The cost of each tile an image is cut by: its pair cost plus the tile's price."""
         return [int(c) + self.tile_price for c in pair_costs]
 
-    def time(self, pair_costs: Sequence[int], ranges: Sequence[Tuple[int, int]], device: torch.device) -> RangeTimer:
+    def time(self, pair_costs: Sequence[int], ranges: Sequence[Tuple[int, int]], device: torch.device) -> DeviceTimer:
         """Start timing this rank's range of an image cut into `ranges` by `pair_costs`; the caller
         stops the returned timer when the range is rasterized."""
         running = list(accumulate((int(c) for c in pair_costs), initial=0))
         pairs = [running[last] - running[first] for first, last in ranges]
         tiles = [last - first for first, last in ranges]
-        timer = RangeTimer(device)
+        timer = DeviceTimer(device)
         self._pending.append((pairs, tiles, timer))
         return timer
 
