@@ -7,19 +7,23 @@ wait. Cameras of like cost in one step make the ranks finish together.
 
 How: each rank times its own cameras' render and backward (CUDA events, read once completed: the
 host never waits for them within an epoch; the host clock on the CPU). At each epoch's start the
-ranks add up their tables (every camera is one rank's), so every rank holds the same costs, and
-each shard's cameras are ranked by cost: position j of every shard's epoch is the camera at that
-shard's j-th cost quantile, and the steps take the positions in one shared, seeded random order.
-A step's cameras are then at one quantile of their shards (shards are dealt at random, so their
-costs are alike), every camera is still seen once an epoch (twice for the few that fill out a
-smaller shard, as before), and which step sees which quantile stays random. Neighbouring
-positions (`NEIGHBOURS` steps' worth) are shuffled among themselves per epoch and shard, so the
-same cameras are not averaged together every epoch.
+ranks add up their tables (every camera is one rank's), so every rank holds the same costs.
+- Once every camera has been measured (after the first epoch), the static camera shards are dealt
+  again, by cost (`deal_by_cost`): a rank loads the images of the cameras it gains and drops
+  those it gives away, once a run. Shards dealt at random differ in cost (measured on a
+  log-normal spread of 25%: 24 cameras a shard left rank totals 15% apart), and no order within
+  a shard makes up for that.
+- Every epoch, each shard's cameras are ranked by cost: position j of every shard's epoch is the
+  camera at that shard's j-th cost quantile, and the steps take the positions in one shared,
+  seeded random order. A step's cameras are then of like cost, every camera is still seen once
+  an epoch (twice for the few that fill out a smaller shard, as before), and which step sees
+  which quantile stays random. Neighbouring positions (`NEIGHBOURS` steps' worth) are shuffled
+  among themselves per epoch and shard, so the same cameras are not averaged together every epoch.
 
 Costs are times: two runs deal alike in their first epoch (no camera measured yet) and differ after
-it. `--pipeline.datamanager.balance-cameras False` keeps the seeded order throughout. The table and
-the costs the current epoch was dealt by are checkpointed, so a resumed run finishes the epoch as
-the saving run would have.
+it. `--pipeline.datamanager.balance-cameras False` keeps the seeded order throughout. The table, the
+costs the shards and the current epoch were dealt by are checkpointed, so a resumed run holds the
+same shards and finishes the epoch as the saving run would have.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from splatfacto_dist import comm
 from splatfacto_dist.profiling import DeviceTimer
 
-NEIGHBOURS = 4  # steps whose quantile positions are shuffled among themselves each epoch
+NEIGHBOURS = 2  # steps whose quantile positions are shuffled among themselves each epoch
 
 
 def cost_ranked(shard: Sequence[int], costs: Sequence[int], need: int, per_step: int, rng: random.Random) -> List[int]:
@@ -47,6 +51,15 @@ def cost_ranked(shard: Sequence[int], costs: Sequence[int], need: int, per_step:
     return spread
 
 
+def deal_by_cost(costs: Sequence[int], num_shards: int) -> List[int]:
+    """The cameras in an order whose slices `[s::num_shards]` are the shards: ranked by cost and
+    dealt back and forth (0, 1, ..., S-1, S-1, ..., 0, ...), so every shard holds one camera of
+    each run of S like costs and the shards' costs are alike quantile by quantile."""
+    ranked = sorted(range(len(costs)), key=lambda c: (costs[c], c))
+    runs = [ranked[start : start + num_shards] for start in range(0, len(ranked), num_shards)]
+    return [c for i, run in enumerate(runs) for c in (run if i % 2 == 0 else run[::-1])]
+
+
 def step_order(steps: int, seed: int, epoch: int) -> List[int]:
     """Which quantile slot each step of `epoch` takes: one seeded permutation shared by every shard."""
     slots = list(range(steps))
@@ -58,9 +71,8 @@ class CameraCosts:
     """This rank's measured cost (µs of render and backward) per training camera, and the sharing
     of the table at epoch starts (see the module docstring). The datamanager holds it."""
 
-    def __init__(self, num_cameras: int, owned: Sequence[int]) -> None:
+    def __init__(self, num_cameras: int) -> None:
         self.num_cameras = num_cameras
-        self.owned = set(owned)
         self.measured: Dict[int, int] = {}  # this rank's cameras: the latest cost
         self._pending: List[Tuple[List[int], DeviceTimer]] = []
 
@@ -85,10 +97,10 @@ class CameraCosts:
             table[camera] = cost
         return comm.all_reduce_ints(table)
 
-    def load(self, table: Sequence[int]) -> None:
-        """Take a checkpoint's table: this rank keeps its own cameras' costs (the sum at the next
-        share needs each camera on one rank only, whatever the saving run's rank count)."""
-        self.measured = {c: int(table[c]) for c in self.owned if table[c] > 0}
+    def load(self, table: Sequence[int], owned: Sequence[int]) -> None:
+        """Take a shared (or checkpointed) table: this rank keeps its `owned` cameras' costs (the
+        sum at the next share needs each camera on one rank only, whatever rank held it before)."""
+        self.measured = {c: int(table[c]) for c in owned if table[c] > 0}
 
 
 def dealt_by(costs: Optional[Sequence[int]]) -> Optional[Sequence[int]]:

@@ -31,7 +31,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from rich.progress import track
 
 from splatfacto_dist import comm
-from splatfacto_dist.camera_costs import CameraCosts, cost_ranked, dealt_by, step_order
+from splatfacto_dist.camera_costs import CameraCosts, cost_ranked, deal_by_cost, dealt_by, step_order
 from splatfacto_dist.profiling import DeviceTimer
 from splatfacto_dist.scenes.colmap_points import BulkPointsColmapDataParser
 
@@ -44,8 +44,8 @@ class CameraSchedule:
     """Which training cameras each rank renders at each step; a pure function of the step (and,
     balanced, of the costs its epoch is dealt by: `camera_costs`).
 
-    Cameras are dealt once (seeded shuffle) into `num_shards` static shards whose sizes differ by
-    at most one; rank r owns shards r, r + W, r + 2W, ... and takes `cameras_per_rank / shards
+    Cameras are dealt (seeded shuffle, or by `deal`'s costs) into `num_shards` static shards whose
+    sizes differ by at most one; rank r owns shards r, r + W, r + 2W, ... and takes `cameras_per_rank / shards
     owned` cameras from each per step. Every epoch lasts ceil(largest shard / per-shard take)
     steps on every rank. When the cameras do not divide evenly, a shard that runs out before the
     epoch ends wraps around to the start of its own order for this epoch, so a few cameras are
@@ -55,7 +55,14 @@ class CameraSchedule:
     """
 
     def __init__(
-        self, num_cameras: int, num_shards: int, rank: int, world_size: int, cameras_per_rank: int, seed: int
+        self,
+        num_cameras: int,
+        num_shards: int,
+        rank: int,
+        world_size: int,
+        cameras_per_rank: int,
+        seed: int,
+        deal: Optional[Sequence[int]] = None,
     ) -> None:
         if cameras_per_rank < 1:
             raise ConfigError(f"cameras_per_rank must be >= 1 (got {cameras_per_rank})")
@@ -68,8 +75,12 @@ class CameraSchedule:
             raise ConfigError(
                 f"cameras_per_rank={cameras_per_rank} must be a multiple of the {len(owned)} shards per rank"
             )
-        dealt = list(range(num_cameras))
-        random.Random(seed).shuffle(dealt)
+        self.deal = deal  # every camera's cost, to deal the shards by (None: a seeded shuffle)
+        if deal is None:
+            dealt = list(range(num_cameras))
+            random.Random(seed).shuffle(dealt)
+        else:
+            dealt = deal_by_cost(deal, num_shards)
         self.shards = [dealt[s::num_shards] for s in range(num_shards)]
         self.owned_shards = owned
         self.per_shard = cameras_per_rank // len(owned)
@@ -157,22 +168,47 @@ class ShardedFullImageDatamanager(FullImageDatamanager):
         if type(config.dataparser) is ColmapDataParserConfig:  # large scenes: minutes of parsing otherwise
             config.dataparser._target = BulkPointsColmapDataParser
         super().__init__(config, *args, **kwargs)
-        self.schedule = CameraSchedule(
-            num_cameras=len(self.train_dataset),
-            num_shards=config.data_shards or comm.world_size(),
-            rank=comm.rank(),
-            world_size=comm.world_size(),
-            cameras_per_rank=config.cameras_per_rank,
-            seed=config.train_cameras_sampling_seed,
-        )
+        self.schedule = self._schedule(deal=None)
         balanced = config.balance_cameras and comm.world_size() > 1
-        self.costs = CameraCosts(len(self.train_dataset), self.schedule.owned_cameras()) if balanced else None
+        self.costs = CameraCosts(len(self.train_dataset)) if balanced else None
         self.epoch_costs: Optional[Sequence[int]] = None  # what this epoch was dealt by (None: the seeded order)
         self.step_cameras: List[int] = []
         self.eval_indices = list(range(comm.rank(), len(self.eval_dataset), comm.world_size()))
         CONSOLE.log(
             f"rank {comm.rank()}: trains on {len(self.schedule.owned_cameras())} of {len(self.train_dataset)} cameras, "
             f"{self.schedule.steps_per_epoch} steps per epoch"
+        )
+
+    def _schedule(self, deal: Optional[Sequence[int]]) -> CameraSchedule:
+        config = self.config
+        return CameraSchedule(
+            num_cameras=len(self.train_dataset),
+            num_shards=config.data_shards or comm.world_size(),
+            rank=comm.rank(),
+            world_size=comm.world_size(),
+            cameras_per_rank=config.cameras_per_rank,
+            seed=config.train_cameras_sampling_seed,
+            deal=deal,
+        )
+
+    def _deal_by_cost(self, costs: Sequence[int]) -> None:
+        """Deal the shards again by every camera's cost (`camera_costs`): load the images of the
+        cameras this rank gains, drop those it gives away."""
+        self.schedule = self._schedule(deal=costs)
+        owned = self.schedule.owned_cameras()
+        self.costs.load(costs, owned)
+        if "cached_train" not in self.__dict__:  # not loaded yet (a resume): loads the new shards
+            return
+        cache = self.cached_train
+        for camera in set(cache) - set(owned):
+            del cache[camera]
+            del self.train_views[camera]
+        gained = [camera for camera in owned if camera not in cache]
+        cache.update(self._load_subset("train", gained))
+        self.train_cameras = self.train_dataset.cameras.to(self.device if self.config.cache_images == "gpu" else "cpu")
+        self.train_views = {i: self.train_cameras[i : i + 1].to(self.device) for i in owned}  # undistorted anew
+        CONSOLE.log(
+            f"rank {comm.rank()}: shards dealt by measured cost, trains on {len(owned)} cameras ({len(gained)} new)"
         )
 
     @cached_property
@@ -214,6 +250,8 @@ class ShardedFullImageDatamanager(FullImageDatamanager):
         share one size, else as lists (the pipeline then renders each size separately)."""
         if self.costs is not None and step % self.schedule.steps_per_epoch == 0:
             self.epoch_costs = dealt_by(self.costs.share())
+            if self.epoch_costs is not None and self.schedule.deal is None:
+                self._deal_by_cost(self.epoch_costs)
         indices = self.step_cameras = self.schedule.cameras_for_step(step, self.epoch_costs)
         images = [self.cached_train[i] for i in indices]
         same_size = len({tuple(d["image"].shape) for d in images}) == 1
@@ -251,13 +289,15 @@ class ShardedFullImageDatamanager(FullImageDatamanager):
         by. A collective: every rank calls it."""
         if self.costs is None:
             return None
-        return {"table": self.costs.share(), "epoch": self.epoch_costs}
+        return {"table": self.costs.share(), "epoch": self.epoch_costs, "deal": self.schedule.deal}
 
     def load_cost_state(self, state: Optional[Dict[str, Optional[Sequence[int]]]]) -> None:
         """Resume the balance of a checkpoint of this data (another camera count's is ignored)."""
         if self.costs is None or not state or len(state["table"] or []) != len(self.train_dataset):
             return
-        self.costs.load(state["table"])
+        if state.get("deal") is not None:
+            self._deal_by_cost(state["deal"])
+        self.costs.load(state["table"], self.schedule.owned_cameras())
         self.epoch_costs = dealt_by(state["epoch"])
 
     def get_train_rays_per_batch(self) -> int:
