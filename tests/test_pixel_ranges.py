@@ -207,6 +207,25 @@ def test_the_tile_price_is_the_fitted_time_of_a_tile_in_pair_cost_units():
     assert fitted_tile_price([(p, t, 3 * p - 600 * t + 10**9) for p, t, _ in samples]) == 0  # never negative
 
 
+def test_the_running_fit_keeps_the_sums_of_its_window_exactly():
+    from splatfacto_dist.pixels.balance import RunningFit, fitted_tile_price
+
+    generator = torch.Generator().manual_seed(4)
+    pairs = torch.randint(0, 50_000, (700,), generator=generator).tolist()
+    tiles = torch.randint(0, 400, (700,), generator=generator).tolist()
+    noise = torch.randint(-500, 500, (700,), generator=generator).tolist()
+    samples = [
+        (p, t, 3 * p + (600 if i < 300 else 900) * t + 50 + e) for i, (p, t, e) in enumerate(zip(pairs, tiles, noise))
+    ]
+    running, fresh = RunningFit(window=200), RunningFit(window=200)
+    for sample in samples:
+        running.add(sample)
+    for sample in samples[-200:]:
+        fresh.add(sample)
+    assert running.sums == fresh.sums and list(running.samples) == samples[-200:]
+    assert running.price() == fitted_tile_price(samples[-200:]) == 300  # the latest samples' price, not the first
+
+
 def test_a_tile_price_gives_the_range_of_empty_tiles_fewer_of_them():
     from splatfacto_dist.pixels.balance import RangeBalance
 
@@ -238,7 +257,7 @@ def _balance_worker(rank: int, port: int, world: int, results) -> None:
                 timer.stop()
         balance.settle()
         waits.append(balance.last_wait_s)
-        results[rank] = (balance.tile_price, list(balance._samples), waits)
+        results[rank] = (balance.tile_price, list(balance._fit.samples), waits)
     finally:
         dist.destroy_process_group()
 
