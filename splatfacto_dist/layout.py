@@ -45,10 +45,12 @@ class ReplicatedLayout:
         self,
         rows: Dict[str, torch.Tensor],
         crop: Optional[OrientedBox] = None,
+        statistics: bool = True,
         **cameras: Any,
     ) -> Tuple:
         """`rasterize(**activate(rows), **cameras)` of the rows inside `crop` (the viewer's crop
-        box): every Gaussian (parameter row) is here."""
+        box): every Gaussian (parameter row) is here. `statistics` (whether densification reads
+        this render's) changes nothing here: gsplat's strategy takes them from `info` when it does."""
         if crop is not None:
             inside = crop.within(rows["means"]).reshape(-1)
             if not bool(inside.any()):

@@ -334,6 +334,7 @@ class SplatfactoDistModel(SplatfactoModel):
             render_mode=render_mode,
             rasterize_mode=self.config.rasterize_mode,
             absgrad=self.strategy.absgrad,
+            statistics=self.training and self.step < self.strategy.refine_stop_iter,  # read by densification
         )
         if self.training:
             self.strategy.step_pre_backward(

@@ -103,10 +103,11 @@ def _scene():
     }
 
 
-def _render_and_backward(pixel_ranges: bool, absgrad: bool, world: int, tile_price: int = 0):
+def _render_and_backward(pixel_ranges: bool, absgrad: bool, world: int, tile_price: int = 0, statistics: bool = True):
     """This rank's render of its ring camera (depth included) from its shard, the gradients of a
     weighted loss on it, its densification statistics and the most pairs it held; `tile_price`
-    moves the ranges' cuts (`pixels.balance`)."""
+    moves the ranges' cuts (`pixels.balance`); `statistics` False: a render whose statistics nothing
+    reads (after stop-split-at)."""
     from splatfacto_dist import comm
     from splatfacto_dist.scenes.scene import ring_cameras
     from splatfacto_dist.sharded import ShardedLayout
@@ -120,14 +121,18 @@ def _render_and_backward(pixel_ranges: bool, absgrad: bool, world: int, tile_pri
     viewmats = ring_cameras(world)[rank : rank + 1].clone().requires_grad_()
     K = torch.tensor([[[172.8, 0.0, 96.0], [0.0, 172.8, 72.0], [0.0, 0.0, 1.0]]])
     render, alpha, info = layout.render(
-        shard, viewmats=viewmats, Ks=K, width=192, height=144, sh_degree=3, render_mode="RGB+ED", absgrad=absgrad
-    )
+        shard, viewmats=viewmats, Ks=K, width=192, height=144, sh_degree=3, render_mode="RGB+ED", absgrad=absgrad,
+        statistics=statistics,
+    )  # fmt: skip
     strategy = SynchronizedDefaultStrategy(layout=layout, absgrad=absgrad, refine_scale2d_stop_iter=1)
     strategy.step_pre_backward(shard, {}, {}, 0, info)
     weights = torch.rand(render.shape, generator=torch.Generator().manual_seed(rank))
     ((render * weights).sum() + alpha.sum()).backward()
     state = {"grad2d": None, "count": None, "radii": None}
-    strategy._update_state(shard, state, info)
+    if statistics:
+        strategy._update_state(shard, state, info)
+    else:
+        assert info["ranges_job"].stats is None
     return {
         "render": render.detach(),
         "alpha": alpha.detach(),
@@ -152,6 +157,7 @@ def _worker(rank: int, port: int, world: int, results) -> None:
                 _render_and_backward(False, absgrad, world),
                 _render_and_backward(True, absgrad, world),
                 _render_and_backward(True, absgrad, world, tile_price=20 * SHARE),
+                _render_and_backward(True, absgrad, world, statistics=False),
             )
     finally:
         dist.destroy_process_group()
@@ -162,14 +168,19 @@ def test_a_render_in_pixel_ranges_equals_the_render_by_camera(world):
     """Every rank renders a range of every image: the images, the gradients of every shard and camera,
     and the statistics (2D gradients summed per Gaussian and image before the norm, absgrad too; one
     count per image, not per range; screen radii) equal the render by camera, while the most pairs
-    a rank holds at once fall; with tiles priced (other cuts) too."""
+    a rank holds at once fall; with tiles priced (other cuts) too. A render whose statistics are
+    not read skips them and is otherwise the same."""
     results = mp.Manager().dict()
     mp.spawn(_worker, args=(free_port(), world, results), nprocs=world)
     moved = False
-    for (rank, absgrad), (by_camera, by_rows, priced) in sorted(results.items()):
+    for (rank, absgrad), (by_camera, by_rows, priced, unread) in sorted(results.items()):
         _assert_same_render(rank, absgrad, by_camera, by_rows)
         _assert_same_render(rank, absgrad, by_camera, priced)
         moved |= priced["cuts"] != by_rows["cuts"]
+        for key, want in by_rows.items():  # no statistics taken: the same render and gradients
+            if not key.startswith("state_") and isinstance(want, torch.Tensor):
+                assert torch.allclose(unread[key], want, rtol=1e-4, atol=1e-5 * max(float(want.abs().max()), 1.0)), key
+        assert unread["state_count"] is None
     assert moved, "the tile price did not move any cut"
 
 

@@ -58,6 +58,7 @@ class ShardedLayout(ReplicatedLayout):
         self,
         rows: Dict[str, torch.Tensor],
         crop: Optional[OrientedBox] = None,
+        statistics: bool = True,
         **cameras: Any,
     ):
         """Render this rank's cameras (possibly none: it then only serves the others) from every
@@ -67,7 +68,8 @@ class ShardedLayout(ReplicatedLayout):
         its range of tiles (`ranges`); otherwise the camera's rank rasterizes all of it, and the
         render's `info["exchange"]` says which rows went where, for `stats_to_owners`. One rank
         takes the by-camera path (the exchange is then the identity), so a 1-rank sharded run
-        tests it."""
+        tests it. `statistics`: whether densification reads this render's statistics (in pixel
+        ranges their exchange back to the owners, one per image, is skipped when not)."""
         viewmats, Ks = cameras["viewmats"], cameras["Ks"]
         width, height = cameras["width"], cameras["height"]
         render_mode = cameras.get("render_mode", "RGB")
@@ -80,7 +82,7 @@ class ShardedLayout(ReplicatedLayout):
         every = AllCameras.apply(local, counts)
         meta = torch.cat(comm.all_gather_rows(mine, counts))
         if self.pixel_ranges and comm.world_size() > 1:
-            return self._render_in_ranges(rows, every, meta, counts, n_views, cameras)
+            return self._render_in_ranges(rows, every, meta, counts, n_views, cameras, statistics)
         packed, order, send_counts = project_pairs(rows, counts, every, meta, cameras.get("sh_degree"))
         recv_counts = comm.exchange_counts(send_counts, device)
         self._note_received(sum(recv_counts))
@@ -100,10 +102,12 @@ class ShardedLayout(ReplicatedLayout):
         }
         return render, alpha, info
 
-    def _render_in_ranges(self, rows, every, meta, counts: List[int], n_views: int, cameras: Dict[str, Any]):
+    def _render_in_ranges(
+        self, rows, every, meta, counts: List[int], n_views: int, cameras: Dict[str, Any], statistics: bool
+    ):
         """`render` with every image rendered by all ranks in pixel ranges (`ranges`); its statistics
         reach the owners in backward, in `info["ranges_job"]`."""
-        render, alpha, job = render_in_ranges(rows, every, meta, counts, cameras, self._balance)
+        render, alpha, job = render_in_ranges(rows, every, meta, counts, cameras, self._balance, statistics)
         PHASES.note("range wait", self._balance.last_wait_s)
         self._note_received(received_most(job))
         if n_views == 0:

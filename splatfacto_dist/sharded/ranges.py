@@ -44,10 +44,13 @@ class RangesJob:
     render_mode: str
     absgrad: bool
     balance: RangeBalance  # the run's tile price, and the timing of this rank's ranges
+    statistics: bool  # whether densification reads this render's statistics (else their exchange is skipped)
     ranges: List[List[Tuple[int, int]]] = field(default_factory=list)  # per camera, each rank's tiles
     sent: List[List[int]] = field(default_factory=list)  # per camera, pairs this rank sent each rank
     received: List[List[int]] = field(default_factory=list)  # per camera, pairs each rank sent here
-    stats: Optional[Dict[str, torch.Tensor]] = None  # the owners' densification statistics, after backward
+    stats: Optional[Dict[str, torch.Tensor]] = (
+        None  # the owners' densification statistics, after a backward that took them
+    )
 
     @property
     def cameras(self) -> int:
@@ -220,16 +223,18 @@ class RangesRender(torch.autograd.Function):
             job, [g.reshape(-1, g.shape[-1]) for g in grad.contiguous()], backward=True, device=grad.device
         )
         n = len(values[0])
-        stats = {"grad2d": grad.new_zeros(n), "count": grad.new_zeros(n), "radii": grad.new_zeros(n)}
+        stats = {key: grad.new_zeros(n) for key in ("grad2d", "count", "radii")} if job.statistics else {}
         for camera in range(job.cameras):
             device, autocast, dtype = ctx.autocast  # the replay computes what the forward did
             with torch.enable_grad(), torch.autocast(device, dtype=dtype, enabled=autocast):
                 pixels, means2d, (block, index, picked) = _range_pixels(job, camera, rows, camera_leaf, first=False)
-                means2d.retain_grad()
+                if job.statistics:
+                    means2d.retain_grad()
                 torch.autograd.backward(pixels, grads[camera])
-            _owner_statistics(job, camera, means2d, block.detach(), index, picked, stats)
+            if job.statistics:
+                _owner_statistics(job, camera, means2d, block.detach(), index, picked, stats)
             del pixels, means2d, block  # before the next camera's replay
-        job.stats = stats
+        job.stats = stats if job.statistics else None
         return (None, camera_leaf.grad, *whole)
 
 
@@ -274,10 +279,12 @@ def render_in_ranges(
     counts: List[int],
     options: Dict[str, Any],
     balance: RangeBalance,
+    statistics: bool = True,
 ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], RangesJob]:
     """(renders [n, H, W, D], alphas [n, H, W, 1], the job) of this rank's cameras, or (None, None,
     job) when it has none (it only served the others). `balance` first learns from the last
-    render's range times, then prices this render's tiles."""
+    render's range times, then prices this render's tiles; `statistics` False skips taking the
+    densification statistics (after stop-split-at nothing reads them)."""
     balance.settle()
     job = RangesJob(
         names=list(rows),
@@ -287,6 +294,7 @@ def render_in_ranges(
         render_mode=options.get("render_mode", "RGB"),
         absgrad=bool(options.get("absgrad")),
         balance=balance,
+        statistics=statistics,
     )
     images = RangesRender.apply(job, every, *rows.values())
     if counts[comm.rank()] == 0:
