@@ -352,7 +352,12 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per training run")
     parser.add_argument("--cache", type=Path, default=Path("outputs/capacity/scenes"))
     parser.add_argument("--out", type=Path, default=Path("outputs/capacity"))
+    parser.add_argument("--generate-only", action="store_true", help="make the scenes of --sizes, train nothing")
     args, extra = parser.parse_known_args(argv)
+    if args.generate_only:  # runs side by side then share the cached scenes instead of racing to make them
+        for size in sorted(set(args.sizes)):
+            print(scene_for(size, args))
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     environment = _environment()
     records: List[Dict] = []
