@@ -3,9 +3,10 @@
 Stock `FullImageDatamanager` shuffles with the same seed on every rank (all GPUs render the same
 image each step) and caches every image on every rank. Here the training cameras are split once
 into static shards; a rank loads and undistorts only the images of the shards it owns, so cache
-memory and start-up work per rank fall as 1/N. Every epoch each shard is reshuffled with
-(seed, epoch, shard), and every step each shard contributes the next cameras of its order, so
-over an epoch every training camera is rendered once across all ranks (see `CameraSchedule`).
+memory and start-up work per rank fall as 1/N (balanced, the shards are dealt again by measured
+cost once: `camera_costs`). Every epoch each shard is reshuffled with (seed, epoch, shard), or
+ranked by cost, and every step each shard contributes the next cameras of its order, so over an
+epoch every training camera is rendered once across all ranks (see `CameraSchedule`).
 """
 
 from __future__ import annotations
@@ -75,26 +76,25 @@ class CameraSchedule:
             raise ConfigError(
                 f"cameras_per_rank={cameras_per_rank} must be a multiple of the {len(owned)} shards per rank"
             )
-        self.deal = deal  # every camera's cost, to deal the shards by (None: a seeded shuffle)
-        if deal is None:
-            dealt = list(range(num_cameras))
-            random.Random(seed).shuffle(dealt)
-        else:
-            dealt = deal_by_cost(deal, num_shards)
+        self.deal = deal  # every camera's cost, to deal the shards by again (None: the seeded shuffle alone)
+        dealt = list(range(num_cameras))
+        random.Random(seed).shuffle(dealt)
         self.shards = [dealt[s::num_shards] for s in range(num_shards)]
+        if deal is not None:
+            self.shards = deal_by_cost(deal, self.shards)
         self.owned_shards = owned
         self.per_shard = cameras_per_rank // len(owned)
         self.seed = seed
         self.steps_per_epoch = -(-max(len(s) for s in self.shards) // self.per_shard)
-        self._epoch_orders: Tuple[int, Dict[int, List[int]]] = (-1, {})
+        self._epoch_orders: Tuple[int, Optional[Sequence[int]], Dict[int, List[int]]] = (-1, None, {})
 
     def owned_cameras(self) -> List[int]:
         return sorted(c for s in self.owned_shards for c in self.shards[s])
 
     def _order(self, epoch: int, shard: int, costs: Optional[Sequence[int]]) -> List[int]:
-        if self._epoch_orders[0] != epoch:
-            self._epoch_orders = (epoch, {})
-        orders = self._epoch_orders[1]
+        if self._epoch_orders[0] != epoch or self._epoch_orders[1] is not costs:
+            self._epoch_orders = (epoch, costs, {})
+        orders = self._epoch_orders[2]
         if shard not in orders:
             rng = random.Random(f"{self.seed}/{epoch}/{shard}")
             need = self.steps_per_epoch * self.per_shard
@@ -128,10 +128,12 @@ class ShardedFullImageDatamanagerConfig(FullImageDatamanagerConfig):
     data_shards: Optional[int] = None
     """Static camera shards (default: the world size); a rank owns data_shards / world size of them
     and loads only their images. Fixing it keeps the camera order independent of the GPU count."""
-    balance_cameras: bool = True
-    """On several ranks, deal each epoch's cameras to steps by their measured render and backward
-    time, so that the ranks of a step finish together (`camera_costs`); False keeps the seeded
-    order, the same in every run."""
+    balance_cameras: Optional[bool] = None
+    """Replicated layout on several ranks: deal the cameras to ranks and steps by their measured
+    render and backward time, so that the ranks of a step finish together (`camera_costs`); False
+    keeps the seeded order, the same in every run. None: on when replicated. A sharded layout's
+    ranks meet in every render's exchange (pixel ranges: every rank renders part of every image),
+    so a camera's time there is the step's, and True is refused."""
 
 
 def _load_and_undistort(dataset: InputDataset, idx: int, image_type: Literal["uint8", "float32"]) -> Dict:
@@ -169,10 +171,12 @@ class ShardedFullImageDatamanager(FullImageDatamanager):
             config.dataparser._target = BulkPointsColmapDataParser
         super().__init__(config, *args, **kwargs)
         self.schedule = self._schedule(deal=None)
-        balanced = config.balance_cameras and comm.world_size() > 1
+        balanced = bool(config.balance_cameras) and comm.world_size() > 1
         self.costs = CameraCosts(len(self.train_dataset)) if balanced else None
         self.epoch_costs: Optional[Sequence[int]] = None  # what this epoch was dealt by (None: the seeded order)
+        self._costs_epoch = -1  # the epoch whose start shared the costs
         self.step_cameras: List[int] = []
+        self._timed_once = False  # a process's first step (lazy kernels, autotuning) is not a camera's cost
         self.eval_indices = list(range(comm.rank(), len(self.eval_dataset), comm.world_size()))
         CONSOLE.log(
             f"rank {comm.rank()}: trains on {len(self.schedule.owned_cameras())} of {len(self.train_dataset)} cameras, "
@@ -202,7 +206,6 @@ class ShardedFullImageDatamanager(FullImageDatamanager):
         cache = self.cached_train
         for camera in set(cache) - set(owned):
             del cache[camera]
-            del self.train_views[camera]
         gained = [camera for camera in owned if camera not in cache]
         cache.update(self._load_subset("train", gained))
         self.train_cameras = self.train_dataset.cameras.to(self.device if self.config.cache_images == "gpu" else "cpu")
@@ -248,10 +251,7 @@ class ShardedFullImageDatamanager(FullImageDatamanager):
     def next_train(self, step: int) -> Tuple[Cameras, Dict]:
         """This rank's cameras for `step` as one batched `Cameras`, with their images stacked when they
         share one size, else as lists (the pipeline then renders each size separately)."""
-        if self.costs is not None and step % self.schedule.steps_per_epoch == 0:
-            self.epoch_costs = dealt_by(self.costs.share())
-            if self.epoch_costs is not None and self.schedule.deal is None:
-                self._deal_by_cost(self.epoch_costs)
+        self._start_epoch(step)
         indices = self.step_cameras = self.schedule.cameras_for_step(step, self.epoch_costs)
         images = [self.cached_train[i] for i in indices]
         same_size = len({tuple(d["image"].shape) for d in images}) == 1
@@ -272,11 +272,25 @@ class ShardedFullImageDatamanager(FullImageDatamanager):
             camera.metadata["image_size"] = (width, height)
         return camera, batch
 
+    def _start_epoch(self, step: int) -> None:
+        """At an epoch's first step (once, whichever call comes first): every rank's costs summed
+        into one table (a collective), the shards dealt by it once every camera is measured."""
+        epoch, i = divmod(step, self.schedule.steps_per_epoch)
+        if self.costs is None or i != 0 or epoch == self._costs_epoch:
+            return
+        self._costs_epoch = epoch
+        self.epoch_costs = dealt_by(self.costs.share())
+        if self.epoch_costs is not None and self.schedule.deal is None:
+            self._deal_by_cost(self.epoch_costs)
+
     @contextlib.contextmanager
-    def timing(self, device: torch.device) -> Iterator[None]:
+    def timing(self, step: int, device: torch.device) -> Iterator[None]:
         """Time the block (this step's render and backward) as the cost of the step's cameras,
-        which `next_train` chooses inside it."""
-        if self.costs is None:
+        which `next_train` chooses inside it; an epoch's start (a collective, perhaps images to
+        load) happens before the clock starts."""
+        self._start_epoch(step)
+        if self.costs is None or not self._timed_once:
+            self._timed_once = True
             yield
             return
         timer = DeviceTimer(device)
@@ -299,6 +313,7 @@ class ShardedFullImageDatamanager(FullImageDatamanager):
             self._deal_by_cost(state["deal"])
         self.costs.load(state["table"], self.schedule.owned_cameras())
         self.epoch_costs = dealt_by(state["epoch"])
+        self._costs_epoch = -1  # resumed at an epoch's start, that start shares the costs again
 
     def get_train_rays_per_batch(self) -> int:
         first = self.cached_train[self.schedule.owned_cameras()[0]]["image"]

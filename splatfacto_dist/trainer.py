@@ -115,6 +115,9 @@ class DistTrainer(Trainer):
         model = config.pipeline.model
         if isinstance(model, SplatfactoDistModelConfig) and model.seed is None:
             model.seed = config.machine.seed
+        datamanager = config.pipeline.datamanager
+        if getattr(datamanager, "balance_cameras", False) is None:  # on where a camera's time is its own
+            datamanager.balance_cameras = getattr(model, "gaussian_layout", "replicated") == "replicated"
         super().__init__(config, local_rank=local_rank, world_size=world_size)
         if cuda:
             self.device = f"cuda:{gpu_of(local_rank, config)}"
@@ -255,7 +258,7 @@ class DistTrainer(Trainer):
         groups = list(self.optimizers.parameters.keys())
         self.optimizers.zero_grad_some([g for g in groups if step % accumulation[g] == 0])
         device_type = "cpu" if self.device.split(":")[0] == "mps" else self.device.split(":")[0]
-        with self.pipeline.datamanager.timing(torch.device(self.device)):  # the cameras' cost, to deal them by
+        with self.pipeline.datamanager.timing(step, torch.device(self.device)):  # the cameras' cost, to deal them by
             with torch.autocast(device_type=device_type, enabled=self.mixed_precision):
                 _, loss_dict, metrics_dict = self.pipeline.get_train_loss_dict(step=step)
                 loss = functools.reduce(torch.add, loss_dict.values())

@@ -15,7 +15,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import free_port
 
-from splatfacto_dist.camera_costs import NEIGHBOURS, CameraCosts, dealt_by
+from splatfacto_dist import comm
+from splatfacto_dist.camera_costs import NEIGHBOURS, CameraCosts, deal_by_cost, dealt_by
 from splatfacto_dist.datamanager import CameraSchedule
 from splatfacto_dist.profiling import DeviceTimer
 
@@ -70,6 +71,27 @@ def test_balance_keeps_the_order_random_and_varies_the_pairs():
     assert max(abs(rank_of[a[0]] - rank_of[b[0]]) for a, b in one) < NEIGHBOURS
 
 
+@pytest.mark.parametrize("world", [2, 4, 8])
+def test_dealing_by_cost_keeps_shard_sizes_and_most_cameras_home(world):
+    costs = view_costs(203)
+    seeded = CameraSchedule(203, world, 0, world, 1, seed=5).shards
+    dealt = deal_by_cost(costs, seeded)
+    assert [len(s) for s in dealt] == [len(s) for s in seeded]
+    assert sorted(c for s in dealt for c in s) == list(range(203))
+    stayed = sum(len(set(a) & set(b)) for a, b in zip(seeded, dealt)) / 203
+    assert stayed > 0.6, stayed  # dealt afresh, 1 / world would stay
+    totals = [sum(costs[c] for c in s[:25]) for s in dealt]  # every shard's 25 cheapest: alike
+    assert max(totals) / min(totals) < 1.05, totals
+
+
+def test_a_step_never_shows_one_camera_twice_on_a_rank():
+    """11 cameras, 2 ranks of 3 a step: a shard of 5 fills 6 places, so one camera repeats."""
+    costs = view_costs(11)
+    for epoch in range(1, 40):
+        for step in epoch_of(11, 2, costs, epoch, per_rank=3):
+            assert all(len(set(cams)) == len(cams) for cams in step), (epoch, step)
+
+
 def test_a_table_with_an_unmeasured_camera_keeps_the_seeded_order():
     costs = view_costs(20)
     costs[7] = 0
@@ -84,7 +106,7 @@ def _share_worker(rank: int, port: int, results) -> None:
     for step in range(schedule.steps_per_epoch):
         (camera,) = schedule.cameras_for_step(step)
         timer = DeviceTimer(torch.device("cpu"))
-        time.sleep(0.002 * (1 + camera % 4))  # cameras 3, 7, 11 cost 4x cameras 0, 4, 8
+        time.sleep(0.03 if camera % 4 == 3 else 0.002 * (1 + camera % 4))  # cameras 3, 7, 11: 30 ms, the others 2-6
         timer.stop()
         costs.add([camera], timer)
     table = costs.share()
@@ -103,7 +125,7 @@ def test_ranks_share_one_table_of_measured_costs_and_deal_alike():
     assert table0 == table1 == reloaded0 == reloaded1
     assert all(c > 0 for c in table0)
     by_cost = sorted(range(12), key=lambda c: table0[c])
-    assert {c % 4 for c in by_cost[-3:]} == {3}, table0  # slept 8 ms, the others 2-6 ms
+    assert {c % 4 for c in by_cost[-3:]} == {3}, table0
     # Every rank computes its side of one deal: together they see every camera once in the epoch.
     assert sorted(c for step in deal0 + deal1 for c in step) == list(range(12))
 
@@ -115,11 +137,13 @@ def test_dealing_by_cost_moves_images_to_their_new_ranks(scene, monkeypatch):
 
     held = []
     for rank in range(2):
-        dm, loaded = datamanager_as(rank, 2, scene, monkeypatch)
+        dm, loaded = datamanager_as(rank, 2, scene, monkeypatch, balance_cameras=True)
         before = set(dm.cached_train)
         costs = view_costs(len(dm.train_dataset), seed=3)
         dm.costs.measured = {c: costs[c] for c in before}
-        dm._deal_by_cost(costs)
+        monkeypatch.setattr(comm, "all_reduce_ints", lambda values: costs)  # the sum of both ranks' tables
+        dm.next_train(dm.schedule.steps_per_epoch)  # the second epoch's start deals the shards by cost
+        assert dm.epoch_costs == costs and dm.schedule.deal == costs
         owned = dm.schedule.owned_cameras()
         assert sorted(dm.cached_train) == owned == sorted(dm.train_views) and set(owned) != before
         assert sorted(loaded["train"]) == sorted(before | set(owned))  # loaded: the old shard and what it gained
@@ -129,9 +153,10 @@ def test_dealing_by_cost_moves_images_to_their_new_ranks(scene, monkeypatch):
                 dm.cached_train[camera]["image"]
                 == dm.train_dataset.get_data(camera, dm.config.cache_images_type)["image"]
             ).all()
-        for step in range(dm.schedule.steps_per_epoch, 2 * dm.schedule.steps_per_epoch):
-            camera, batch = dm.next_train(step)
-            assert camera.metadata["cam_idx"] in owned
+        spe = dm.schedule.steps_per_epoch
+        shown = [dm.next_train(step)[0].metadata["cam_idx"] for step in range(spe, 2 * spe)]
+        assert shown == [c for t in range(spe, 2 * spe) for c in dm.schedule.cameras_for_step(t, costs)]
+        assert set(shown) == set(owned)
         held += owned
     assert sorted(held) == list(range(len(dm.train_dataset)))
 

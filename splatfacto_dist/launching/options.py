@@ -216,13 +216,17 @@ VIEWER: Table = {
 }
 VIEWER["quit_on_train_completion"] = Honoured("Trainer._after_train, DistTrainer._train_complete_viewer")
 
+_DM = "--pipeline.datamanager."
 PIPELINE: Table = {
     "_target": Honoured("the pipeline class built by config.setup"),
-    "datamanager": Honoured("its own table"),
+    "datamanager": Refused(  # its own table, and this one rule that needs the model's layout too
+        when=lambda p: p.datamanager.balance_cameras is True and p.model.gaussian_layout == "sharded",
+        message=f"{_DM}balance-cameras True: a sharded layout's ranks meet in every render's exchange, so a "
+        "camera's time is the step's and there is nothing to deal; leave it unset or False",
+    ),
     "model": Honoured("its own table"),
 }
 
-_DM = "--pipeline.datamanager."
 DATAMANAGER: Table = {
     "_target": Honoured("the datamanager class built by config.setup"),
     "data": Honoured("FullImageDatamanager.__init__"),

@@ -124,7 +124,7 @@ def price_from_sums(sums: Sequence[int]) -> Optional[int]:
     spp, stt, spt = n * pp - p * p, n * tt - t * t, n * pt - p * t
     spy, sty = n * py - p * y, n * ty - t * y
     det = spp * stt - spt * spt
-    if det * 10**9 <= max(spp * stt, n**4):  # (nearly) collinear pairs and tiles, or no spread
+    if det * 10**9 <= max(spp * stt, n**2):  # (nearly) collinear pairs and tiles, or no spread (n^2: the scale)
         return None
     a_times_det = spy * stt - sty * spt
     b_times_det = sty * spp - spy * spt

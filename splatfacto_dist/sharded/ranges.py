@@ -223,7 +223,7 @@ class RangesRender(torch.autograd.Function):
             job, [g.reshape(-1, g.shape[-1]) for g in grad.contiguous()], backward=True, device=grad.device
         )
         n = len(values[0])
-        stats = {key: grad.new_zeros(n) for key in ("grad2d", "count", "radii")} if job.statistics else {}
+        stats = {key: grad.new_zeros(n) for key in ("grad2d", "count", "radii")} if job.statistics else None
         for camera in range(job.cameras):
             device, autocast, dtype = ctx.autocast  # the replay computes what the forward did
             with torch.enable_grad(), torch.autocast(device, dtype=dtype, enabled=autocast):
@@ -234,7 +234,7 @@ class RangesRender(torch.autograd.Function):
             if job.statistics:
                 _owner_statistics(job, camera, means2d, block.detach(), index, picked, stats)
             del pixels, means2d, block  # before the next camera's replay
-        job.stats = stats if job.statistics else None
+        job.stats = stats
         return (None, camera_leaf.grad, *whole)
 
 
