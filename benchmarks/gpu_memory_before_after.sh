@@ -23,7 +23,9 @@ capacity() {  # TREE NAME capacity-arguments...
 }
 capacity "$root" replicated --layout replicated --gpus 1 &
 for n in ${ranks//,/ }; do
-  capacity "$before" "before_$n" --layout sharded --gpus "$n" --ranks-per-gpu 8 &
   capacity "$root" "after_$n" --layout sharded --gpus "$n" --ranks-per-gpu 8 &
+done
+for n in ${BEFORE_RANKS:-${ranks//,/ }}; do  # BEFORE_RANKS (space-separated): fewer before-runs where device time is short
+  capacity "$before" "before_${n}" --layout sharded --gpus "$n" --ranks-per-gpu 8 &
 done
 wait
