@@ -13,9 +13,10 @@ root=$PWD start=$(date +%s)
 cache=/tmp/capacity_scenes
 common=(--sizes "$size" --cap-gib 4 --images "$images" --cache "$cache" "${@:6}")
 mkdir -p "$out"
-python benchmarks/capacity.py --generate-only "${common[@]}" > /dev/null  # once, before the runs that share it
+PYTHONPATH=$root${PYTHONPATH:+:$PYTHONPATH} python benchmarks/capacity.py --generate-only "${common[@]}" > /dev/null  # once, before the runs that share it
 capacity() {  # TREE NAME capacity-arguments...
   local tree=$1 name=$2
+  rm -rf "/tmp/memory_$name"  # no earlier call's results taken for this one's
   (cd "$tree" && PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} python benchmarks/capacity.py "${@:3}" "${common[@]}" \
     --out "/tmp/memory_$name" > "/tmp/memory_$name.log" 2>&1)
   cp "/tmp/memory_$name/results.md" "$out/$name.md" 2>/dev/null || tail -5 "/tmp/memory_$name.log"
