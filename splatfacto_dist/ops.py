@@ -189,3 +189,17 @@ class RowCodec:
         for key, value in state.items():
             if isinstance(value, torch.Tensor) and ("state", key) in arrived:
                 state[key] = torch.cat([value[keep], arrived[("state", key)]])
+
+
+def image_gradient_norms(grads: torch.Tensor, width: int, height: int, views: int) -> torch.Tensor:
+    """gsplat's densification statistic of one image, for [..., 2] 2D-mean gradients (or absgrads)
+    summed over that image: each axis in half-image units (W/2, H/2), times the images the loss
+    averaged over (a per-image gradient), then the norm. Statistics taken by camera (strategy.py)
+    and in pixel ranges (sharded/ranges.py) both go through this one rule."""
+    scaled = torch.stack([grads[..., 0] * (width / 2.0 * views), grads[..., 1] * (height / 2.0 * views)], -1)
+    return scaled.norm(dim=-1)
+
+
+def screen_radii(radii: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """Screen radii as the fraction of the image's larger side that gsplat's statistics keep."""
+    return radii / float(max(width, height))

@@ -81,14 +81,13 @@ class SynchronizedDefaultStrategy(DefaultStrategy):
         means2d = info[self.key_for_gradient]
         views = info.get("views_in_loss", info["n_cameras"])
         radii = info["radii"] if info["radii"].dim() == 2 else info["radii"][None]  # [C, M]; [1, M] for M pairs
-        grads = (means2d.absgrad if self.absgrad else means2d.grad).reshape(*radii.shape, 2).clone()
-        grads[..., 0] *= info["width"] / 2.0 * views
-        grads[..., 1] *= info["height"] / 2.0 * views
+        grads = (means2d.absgrad if self.absgrad else means2d.grad).reshape(*radii.shape, 2)
+        norms = ops.image_gradient_norms(grads, info["width"], info["height"], views)
         visible = radii > 0
-        rows = torch.stack([torch.where(visible, grads.norm(dim=-1), 0.0).sum(dim=0), visible.sum(dim=0).float()], 1)
+        rows = torch.stack([torch.where(visible, norms, 0.0).sum(dim=0), visible.sum(dim=0).float()], 1)
         maxima = None
         if track_radii:
-            radii = torch.where(visible, radii / float(max(info["width"], info["height"])), 0.0)
+            radii = torch.where(visible, ops.screen_radii(radii, info["width"], info["height"]), 0.0)
             maxima = radii.amax(dim=0)
         sums, maxima = self.layout.stats_to_owners(rows, maxima, n, info)
         state["grad2d"] += sums[:, 0]

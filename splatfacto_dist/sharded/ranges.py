@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from splatfacto_dist import comm
+from splatfacto_dist import comm, ops
 from splatfacto_dist.pixels.balance import RangeBalance
 from splatfacto_dist.pixels.plan import cut, owned_pixels, rendered_rows, tile_costs
 from splatfacto_dist.sharded.exchange import Exchange, pair_width, project_camera, rasterize_received, route_to_ranges
@@ -249,9 +249,9 @@ def _owner_statistics(
     stats: Dict[str, torch.Tensor],
 ) -> None:
     """gsplat's per-image statistics of one camera, on the owners: each received pair's 2D gradient
-    (or absgrad) goes back to its owner, which sums the ranges' per (Gaussian, camera), scales it as
-    gsplat does (W/2 and H/2, times the images of the loss), takes the norm, and counts the camera
-    once for each Gaussian visible in it."""
+    (or absgrad) goes back to its owner, which sums the ranges' per (Gaussian, camera), takes the
+    statistic by the rule a render by camera takes it (`ops.image_gradient_norms`), and counts the
+    camera once for each Gaussian visible in it."""
     gradient = means2d.absgrad if job.absgrad else means2d.grad
     if gradient is None:
         gradient = torch.zeros_like(means2d)
@@ -259,12 +259,9 @@ def _owner_statistics(
     summed = torch.zeros((len(block), 2), dtype=back.dtype, device=back.device).index_add_(0, picked, back)
     width, height = job.size(camera)
     views = job.counts[job.camera_rank(camera)]
-    summed[:, 0] *= width / 2.0 * views
-    summed[:, 1] *= height / 2.0 * views
-    stats["grad2d"].index_add_(0, index, summed.norm(dim=-1))
+    stats["grad2d"].index_add_(0, index, ops.image_gradient_norms(summed, width, height, views))
     stats["count"].index_add_(0, index, torch.ones_like(summed[:, 0]))
-    radii = block[:, -2] / float(max(width, height))
-    stats["radii"].scatter_reduce_(0, index, radii, reduce="amax")
+    stats["radii"].scatter_reduce_(0, index, ops.screen_radii(block[:, -2], width, height), reduce="amax")
 
 
 def received_most(job: RangesJob) -> int:
