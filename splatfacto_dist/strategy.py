@@ -40,9 +40,25 @@ class SynchronizedDefaultStrategy(DefaultStrategy):
 
     def step_pre_backward(self, params, optimizers, state, step: int, info: Dict[str, Any]) -> None:
         """gsplat's (keep the 2D means' gradient), but for a render by pixel ranges, whose
-        statistics the owners take in its backward (`sharded.ranges`)."""
+        statistics the owners take in its backward (`sharded.ranges`): straight into this state's
+        buffers, so a densifying step holds no second set of per-Gaussian statistics."""
         if "ranges_job" not in info:
             super().step_pre_backward(params, optimizers, state, step, info)
+        elif info["ranges_job"].statistics:
+            info["ranges_job"].stats = self._state_buffers(params, state)
+
+    def _state_buffers(self, params, state: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+        """The statistics this strategy keeps (grad2d, count, and radii while screen-size splits
+        last), made where missing; the Gaussian ids moved to the parameters' device."""
+        n, device = len(params["means"]), params["means"].device
+        ids = state.get("ids")  # the model's (made on the CPU with it); split and duplicate need them
+        if ids is not None and ids.device != device:
+            state["ids"] = ids.to(device)
+        keys = ("grad2d", "count") + (("radii",) if self.refine_scale2d_stop_iter > 0 else ())
+        for key in keys:
+            if state[key] is None:
+                state[key] = torch.zeros(n, device=device)
+        return {key: state[key] for key in keys}
 
     @torch.no_grad()
     def _update_state(
@@ -64,19 +80,9 @@ class SynchronizedDefaultStrategy(DefaultStrategy):
             return None
         assert not packed, "splatfacto-dist's renders give [C, N] or [P] pair statistics, not gsplat's packed ones"
         n = len(params["means"])
-        ids = state.get("ids")  # the model's (made on the CPU with it); split and duplicate need them
-        if ids is not None and ids.device != params["means"].device:
-            state["ids"] = ids.to(params["means"].device)
+        self._state_buffers(params, state)
         track_radii = self.refine_scale2d_stop_iter > 0
-        for key in ("grad2d", "count") + (("radii",) if track_radii else ()):
-            if state[key] is None:
-                state[key] = torch.zeros(n, device=params["means"].device)
-        if "ranges_job" in info:  # the owners' own statistics, summed per (Gaussian, image) in its backward
-            stats = info["ranges_job"].stats
-            state["grad2d"] += stats["grad2d"]
-            state["count"] += stats["count"]
-            if track_radii:
-                state["radii"] = torch.maximum(state["radii"], stats["radii"])
+        if "ranges_job" in info:  # its backward added the owners' statistics to these buffers already
             return None
         means2d = info[self.key_for_gradient]
         views = info.get("views_in_loss", info["n_cameras"])

@@ -125,14 +125,14 @@ def _render_and_backward(pixel_ranges: bool, absgrad: bool, world: int, tile_pri
         statistics=statistics,
     )  # fmt: skip
     strategy = SynchronizedDefaultStrategy(layout=layout, absgrad=absgrad, refine_scale2d_stop_iter=1)
-    strategy.step_pre_backward(shard, {}, {}, 0, info)
+    state = {"grad2d": None, "count": None, "radii": None}
+    strategy.step_pre_backward(shard, {}, state, 0, info)
     weights = torch.rand(render.shape, generator=torch.Generator().manual_seed(rank))
     ((render * weights).sum() + alpha.sum()).backward()
-    state = {"grad2d": None, "count": None, "radii": None}
     if statistics:
         strategy._update_state(shard, state, info)
     else:
-        assert info["ranges_job"].stats is None
+        assert info["ranges_job"].stats is None and state["grad2d"] is None  # nothing allocated, nothing taken
     return {
         "render": render.detach(),
         "alpha": alpha.detach(),
@@ -267,7 +267,7 @@ def _balance_worker(rank: int, port: int, world: int, results) -> None:
             waits.append(balance.last_wait_s)
             for camera in range(3):
                 timer = balance.time(costs, cut(balance.tile_costs(costs), world), torch.device("cpu"))
-                clock.sleep(0.004 * rank + 0.0003 * (render % 3))  # the last rank the slowest, by far
+                clock.sleep(0.02 * rank + 0.0003 * (render % 3))  # the last rank the slowest, by far (a busy host too)
                 timer.stop()
         balance.settle()
         waits.append(balance.last_wait_s)
@@ -286,4 +286,4 @@ def test_every_rank_learns_the_same_price_from_every_ranks_range_times():
     assert len(prices) == 1 and samples[0] == samples[1] and len(samples[0]) == 8 * 3 * world
     fast, slow = results[0][2], results[world - 1][2]
     assert fast[0] == slow[0] == 0  # nothing was timed before the first render
-    assert all(w > 3 * 0.003 for w in fast[1:]) and all(w == 0 for w in slow[1:]), (fast, slow)
+    assert all(w > 3 * 0.015 for w in fast[1:]) and all(w == 0 for w in slow[1:]), (fast, slow)

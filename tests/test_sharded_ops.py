@@ -336,9 +336,9 @@ def _empty_side_worker(rank: int, port: int, results, pixel_ranges: bool) -> Non
             shard, viewmats=viewmats, Ks=K, width=192, height=144, sh_degree=3, absgrad=True
         )
         strategy = SynchronizedDefaultStrategy(layout=layout, absgrad=True)
-        strategy.step_pre_backward(shard, {}, {}, 0, info)
-        render.sum().backward()  # both ranks reach the exchanges' backward, or this hangs until the timeout
         state = {"grad2d": None, "count": None, "radii": None}
+        strategy.step_pre_backward(shard, {}, state, 0, info)
+        render.sum().backward()  # both ranks reach the exchanges' backward, or this hangs until the timeout
         strategy._update_state(shard, state, {**info, "views_in_loss": 1})
         results[rank] = (
             layout.record(len(shard["means"]))["most_received"],

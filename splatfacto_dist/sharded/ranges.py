@@ -48,9 +48,7 @@ class RangesJob:
     ranges: List[List[Tuple[int, int]]] = field(default_factory=list)  # per camera, each rank's tiles
     sent: List[List[int]] = field(default_factory=list)  # per camera, pairs this rank sent each rank
     received: List[List[int]] = field(default_factory=list)  # per camera, pairs each rank sent here
-    stats: Optional[Dict[str, torch.Tensor]] = (
-        None  # the owners' densification statistics, after a backward that took them
-    )
+    stats: Optional[Dict[str, torch.Tensor]] = None  # where its backward adds the statistics (strategy state)
 
     @property
     def cameras(self) -> int:
@@ -222,8 +220,10 @@ class RangesRender(torch.autograd.Function):
         grads = _assemble(
             job, [g.reshape(-1, g.shape[-1]) for g in grad.contiguous()], backward=True, device=grad.device
         )
-        n = len(values[0])
-        stats = {key: grad.new_zeros(n) for key in ("grad2d", "count", "radii")} if job.statistics else None
+        if job.statistics and job.stats is None:  # no strategy gave its state's buffers (`step_pre_backward`)
+            n = len(values[0])
+            job.stats = {key: grad.new_zeros(n) for key in ("grad2d", "count", "radii")}
+        stats = job.stats  # added to camera by camera
         for camera in range(job.cameras):
             device, autocast, dtype = ctx.autocast  # the replay computes what the forward did
             with torch.enable_grad(), torch.autocast(device, dtype=dtype, enabled=autocast):
@@ -234,7 +234,6 @@ class RangesRender(torch.autograd.Function):
             if job.statistics:
                 _owner_statistics(job, camera, means2d, block.detach(), index, picked, stats)
             del pixels, means2d, block  # before the next camera's replay
-        job.stats = stats
         return (None, camera_leaf.grad, *whole)
 
 
@@ -261,7 +260,8 @@ def _owner_statistics(
     views = job.counts[job.camera_rank(camera)]
     stats["grad2d"].index_add_(0, index, ops.image_gradient_norms(summed, width, height, views))
     stats["count"].index_add_(0, index, torch.ones_like(summed[:, 0]))
-    stats["radii"].scatter_reduce_(0, index, ops.screen_radii(block[:, -2], width, height), reduce="amax")
+    if "radii" in stats:  # kept while screen-size splits last
+        stats["radii"].scatter_reduce_(0, index, ops.screen_radii(block[:, -2], width, height), reduce="amax")
 
 
 def received_most(job: RangesJob) -> int:
