@@ -13,7 +13,7 @@ import random
 from statistics import mean
 from typing import List, Optional, Sequence
 
-from splatfacto_dist.datamanager import CameraSchedule
+from splatfacto_dist.data.datamanager import CameraSchedule
 
 CASES = [(2, 61, 1), (4, 61, 1), (2, 200, 1), (4, 300, 1), (2, 48, 3)]  # ranks, cameras, cameras per rank
 

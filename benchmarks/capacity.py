@@ -18,7 +18,7 @@ Gaussians from start to end. Training renders at full resolution from the first 
 (--pipeline.model.num-downscales 0) and reaches SH degree 3 by 3/8 of the --images budget, so
 the memory measured is that of a real step. The cap reaches every rank as the environment
 variable SPLATFACTO_DIST_MEMORY_CAP_GIB, which the trainer applies (`splatfacto_dist.launching.memcap`);
-a run whose rank records (`splatfacto_dist.records`) lack the cap is marked "uncapped". Arguments the benchmark does not know go
+a run whose rank records (`splatfacto_dist.reporting.records`) lack the cap is marked "uncapped". Arguments the benchmark does not know go
 to every training run. Writes results.json (every run, each rank's peak) and results.md.
 """
 
@@ -38,7 +38,7 @@ from typing import Dict, List, Optional
 
 from splatfacto_dist.benchmarking.bench import layout_args, rank_gpu_memory, read_events, summarize_ranks
 from splatfacto_dist.launching.memcap import ALLOCATOR_ENV, ENV as CAP_ENV, EXPANDABLE
-from splatfacto_dist.records import clear_rank_records, read_rank_records
+from splatfacto_dist.reporting.records import clear_rank_records, read_rank_records
 from splatfacto_dist.scenes.synthetic import SceneSpec, generate, is_complete, parse_count
 
 OOM = re.compile(r"out of memory|OutOfMemoryError", re.IGNORECASE)

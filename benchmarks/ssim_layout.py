@@ -16,7 +16,7 @@ import time
 import torch
 from pytorch_msssim import SSIM
 
-from splatfacto_dist.ssim import LossSSIM
+from splatfacto_dist.render.ssim import LossSSIM
 
 LAYOUTS = {
     "stock": lambda x: x.permute(2, 0, 1)[None],

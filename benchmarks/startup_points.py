@@ -40,7 +40,7 @@ def measure(scene: Path, ranks: int) -> Dict[str, float]:
     from nerfstudio.data.dataparsers.colmap_dataparser import ColmapDataParserConfig
     from nerfstudio.models.splatfacto import SplatfactoModel
 
-    from splatfacto_dist.model import nearest_distances
+    from splatfacto_dist.models.model import nearest_distances
     from splatfacto_dist.scenes.colmap_points import BulkPointsColmapDataParser
 
     config = ColmapDataParserConfig(data=scene)

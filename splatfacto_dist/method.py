@@ -12,10 +12,10 @@ from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
 from nerfstudio.plugins.types import MethodSpecification
 
-from splatfacto_dist.datamanager import ShardedFullImageDatamanagerConfig
-from splatfacto_dist.model import SplatfactoDistModelConfig
-from splatfacto_dist.pipeline import DistPipelineConfig
-from splatfacto_dist.trainer import DistTrainerConfig
+from splatfacto_dist.data.datamanager import ShardedFullImageDatamanagerConfig
+from splatfacto_dist.engine.pipeline import DistPipelineConfig
+from splatfacto_dist.engine.trainer import DistTrainerConfig
+from splatfacto_dist.models.model import SplatfactoDistModelConfig
 
 
 def _adam(lr: float) -> AdamOptimizerConfig:

@@ -183,7 +183,7 @@ def build_model(random_init: bool, seed: int = 42, n_points: int = 300, layout: 
     """A SplatfactoDistModel on the CPU from random seed points, without data or a trainer."""
     from nerfstudio.data.scene_box import SceneBox
 
-    from splatfacto_dist.model import SplatfactoDistModelConfig
+    from splatfacto_dist.models.model import SplatfactoDistModelConfig
 
     g = torch.Generator().manual_seed(0)
     points = (torch.rand(n_points, 3, generator=g) - 0.5) * 2

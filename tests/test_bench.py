@@ -173,7 +173,7 @@ def test_every_job_runs_once_per_seed_with_that_seed():
 
 def test_rank_records_give_the_slowest_ranks_start_up_stages(tmp_path):
     from splatfacto_dist.benchmarking.bench import summarize_ranks
-    from splatfacto_dist.records import read_rank_records, write_rank_record
+    from splatfacto_dist.reporting.records import read_rank_records, write_rank_record
 
     write_rank_record(tmp_path, 1, {"startup_s": 12.5, "peak_host_mb": 120.0, "peak_gpu_mb": 40.0})
     write_rank_record(tmp_path, 1, {"startup_stages": {"imports": 5.0, "command line": 0.5, "setup": 7.0}})

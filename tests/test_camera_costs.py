@@ -16,9 +16,9 @@ import torch.multiprocessing as mp
 from conftest import free_port
 
 from splatfacto_dist import comm
-from splatfacto_dist.camera_costs import NEIGHBOURS, CameraCosts, deal_by_cost, dealt_by
-from splatfacto_dist.datamanager import CameraSchedule
-from splatfacto_dist.profiling import DeviceTimer
+from splatfacto_dist.data.camera_costs import NEIGHBOURS, CameraCosts, deal_by_cost, dealt_by
+from splatfacto_dist.data.datamanager import CameraSchedule
+from splatfacto_dist.reporting.profiling import DeviceTimer
 
 
 def epoch_of(n: int, world: int, costs, epoch: int, per_rank: int = 1):

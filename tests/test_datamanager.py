@@ -6,7 +6,7 @@ import pytest
 from nerfstudio.data.dataparsers.colmap_dataparser import ColmapDataParserConfig
 
 from splatfacto_dist import comm
-from splatfacto_dist.datamanager import ShardedFullImageDatamanagerConfig
+from splatfacto_dist.data.datamanager import ShardedFullImageDatamanagerConfig
 
 
 def datamanager_as(rank: int, world: int, scene, monkeypatch, **config):

@@ -4,7 +4,7 @@ import pytest
 import torch
 from gsplat.rendering import rasterization as gsplat_rasterization
 
-from splatfacto_dist.raster import EPS2D, FAR_PLANE, NEAR_PLANE, TILE_SIZE, rasterize
+from splatfacto_dist.render.raster import EPS2D, FAR_PLANE, NEAR_PLANE, TILE_SIZE, rasterize
 from splatfacto_dist.scenes.scene import ground_truth_gaussians, ring_cameras
 
 pytestmark = pytest.mark.gpu
@@ -124,8 +124,8 @@ def test_projected_pairs_render_as_one_rasterization(rasterize_mode):
     """The sharded layout's path (owners project and colour, the renderer rasterizes the received
     pairs with gsplat's packed kernels; here on one rank) renders what one gsplat call renders,
     with the same gradients, absgrad and radii; and the CPU reference of that path matches it."""
-    from splatfacto_dist.layout import ReplicatedLayout
-    from splatfacto_dist.sharded import ShardedLayout
+    from splatfacto_dist.layouts.replicated import ReplicatedLayout
+    from splatfacto_dist.layouts.sharded import ShardedLayout
 
     results = {}
     for name, layout, device in (
@@ -165,8 +165,8 @@ def test_camera_math_of_a_step_leaves_no_cublas_workspace():
     """A CUDA matmul makes cuBLAS keep a workspace (32 MiB on Hopper) per thread for the process's
     life; the step's camera math runs on the training thread and, in a sharded replay, on the
     autograd thread: done by hand, it holds nothing after its tensors are gone."""
-    from splatfacto_dist.model import SplatfactoDistModel
-    from splatfacto_dist.raster import camera_centres
+    from splatfacto_dist.models.model import SplatfactoDistModel
+    from splatfacto_dist.render.raster import camera_centres
 
     torch._C._cuda_clearCublasWorkspaces()
     poses = torch.randn(2, 3, 4, device="cuda", requires_grad=True)

@@ -13,9 +13,9 @@ import pytest
 import torch
 from conftest import CUDA_TWO_RANKS, SAVES, SCHEDULE, SHARDED, assert_renders_match, gaussians, train
 
-from splatfacto_dist import ops
-from splatfacto_dist.layout import GAUSSIAN_NAMES
-from splatfacto_dist.sharded import saving
+from splatfacto_dist.densify import ops
+from splatfacto_dist.layouts.replicated import GAUSSIAN_NAMES
+from splatfacto_dist.layouts.sharded import saving
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 CUDA = CUDA_TWO_RANKS

@@ -10,8 +10,8 @@ from nerfstudio.data.dataparsers.colmap_dataparser import ColmapDataParserConfig
 from nerfstudio.data.utils import colmap_parsing_utils as stock
 from nerfstudio.models.splatfacto import SplatfactoModel
 
-from splatfacto_dist.datamanager import ShardedFullImageDatamanagerConfig
-from splatfacto_dist.model import nearest_distances
+from splatfacto_dist.data.datamanager import ShardedFullImageDatamanagerConfig
+from splatfacto_dist.models.model import nearest_distances
 from splatfacto_dist.scenes.colmap_points import BulkPointsColmapDataParser, read_points3d_binary
 from splatfacto_dist.scenes.synthetic import SceneSpec, generate
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from conftest import free_port, tool, train_command
 
-from splatfacto_dist.records import read_rank_records
+from splatfacto_dist.reporting.records import read_rank_records
 
 ARGS = ["--max-num-iterations", "60", "--verify-replicas-every", "5"]
 

@@ -13,9 +13,9 @@ import torch.multiprocessing as mp
 from conftest import free_port, train_command
 
 from splatfacto_dist import comm
-from splatfacto_dist.control import PAUSE, RUN, STOP, RankControl
-from splatfacto_dist.layout import ReplicatedLayout
-from splatfacto_dist.sharded import ShardedLayout
+from splatfacto_dist.engine.control import PAUSE, RUN, STOP, RankControl
+from splatfacto_dist.layouts.replicated import ReplicatedLayout
+from splatfacto_dist.layouts.sharded import ShardedLayout
 
 
 def _in_group(rank: int, world: int, port: int, fn, results) -> None:

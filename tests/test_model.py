@@ -4,7 +4,7 @@ from conftest import build_model
 from nerfstudio.cameras.cameras import Cameras
 from torchmetrics.image import PeakSignalNoiseRatio
 
-from splatfacto_dist.model import intrinsics, psnr
+from splatfacto_dist.models.model import intrinsics, psnr
 
 GAUSSIAN_KEYS = ["means", "scales", "quats", "features_dc", "features_rest", "opacities"]
 
@@ -58,8 +58,8 @@ def test_renders_a_batch_of_cameras_like_one_by_one():
 
 @pytest.mark.parametrize("given, expected", [(None, 7), (3, 3)])
 def test_machine_seed_seeds_the_model_unless_the_model_seed_is_given(tmp_path, given, expected):
+    from splatfacto_dist.engine.trainer import DistTrainer
     from splatfacto_dist.method import splatfacto_dist_config
-    from splatfacto_dist.trainer import DistTrainer
 
     config = splatfacto_dist_config()
     config.machine.device_type, config.machine.seed = "cpu", 7

@@ -10,9 +10,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import free_port
 
-from splatfacto_dist.layout import ReplicatedLayout
-from splatfacto_dist.optimizer_step import _steps_directly, step_optimizers
-from splatfacto_dist.sharded import ShardedLayout
+from splatfacto_dist.engine.optimizer_step import _steps_directly, step_optimizers
+from splatfacto_dist.layouts.replicated import ReplicatedLayout
+from splatfacto_dist.layouts.sharded import ShardedLayout
 
 
 def _optimizers(grads: dict, max_norm: dict) -> SimpleNamespace:

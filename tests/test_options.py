@@ -22,16 +22,16 @@ from nerfstudio.engine.schedulers import (
 from nerfstudio.engine.trainer import TrainerConfig
 
 from splatfacto_dist.cli import refusal_before_parsing
-from splatfacto_dist.datamanager import ShardedFullImageDatamanagerConfig
+from splatfacto_dist.data.datamanager import ShardedFullImageDatamanagerConfig
+from splatfacto_dist.engine.pipeline import DistPipeline, DistPipelineConfig
+from splatfacto_dist.engine.scaling import convert_images_to_steps, scale_optimizers
+from splatfacto_dist.engine.trainer import DistTrainer, DistTrainerConfig
 from splatfacto_dist.launching import preflight, rank
 from splatfacto_dist.launching.options import SECTIONS, Honoured, Refused, refusal, section_of
 from splatfacto_dist.launching.refusals import LITERAL
-from splatfacto_dist.layout import ReplicatedLayout
+from splatfacto_dist.layouts.replicated import ReplicatedLayout
 from splatfacto_dist.method import splatfacto_dist_config
-from splatfacto_dist.model import SplatfactoDistModelConfig
-from splatfacto_dist.pipeline import DistPipeline, DistPipelineConfig
-from splatfacto_dist.scaling import convert_images_to_steps, scale_optimizers
-from splatfacto_dist.trainer import DistTrainer, DistTrainerConfig
+from splatfacto_dist.models.model import SplatfactoDistModelConfig
 
 SECTION_PATHS = {section.path for section in SECTIONS}
 

@@ -11,7 +11,15 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import free_port
 
-from splatfacto_dist.pixels.plan import SHARE, cut, owned_pixels, rendered_rows, tile_costs, tile_grid, tile_rectangles
+from splatfacto_dist.layouts.sharded.range_plan import (
+    SHARE,
+    cut,
+    owned_pixels,
+    rendered_rows,
+    tile_costs,
+    tile_grid,
+    tile_rectangles,
+)
 
 
 def test_a_cut_covers_the_tiles_in_contiguous_ranges_balanced_by_cost():
@@ -109,9 +117,9 @@ def _render_and_backward(pixel_ranges: bool, absgrad: bool, world: int, tile_pri
     moves the ranges' cuts (`pixels.balance`); `statistics` False: a render whose statistics nothing
     reads (after stop-split-at)."""
     from splatfacto_dist import comm
+    from splatfacto_dist.densify.strategy import SynchronizedDefaultStrategy
+    from splatfacto_dist.layouts.sharded import ShardedLayout
     from splatfacto_dist.scenes.scene import ring_cameras
-    from splatfacto_dist.sharded import ShardedLayout
-    from splatfacto_dist.strategy import SynchronizedDefaultStrategy
 
     layout = ShardedLayout(pixel_ranges=pixel_ranges)
     layout._balance.tile_price = tile_price
@@ -145,7 +153,7 @@ def _render_and_backward(pixel_ranges: bool, absgrad: bool, world: int, tile_pri
 
 
 def _worker(rank: int, port: int, world: int, results) -> None:
-    from splatfacto_dist.sharded import ranges
+    from splatfacto_dist.layouts.sharded import ranges
 
     ranges.PROJECTION_CHUNK = 128  # the shard of 200-300 rows replays in 2-3 chunks
     dist.init_process_group(
@@ -204,7 +212,7 @@ def _assert_same_render(rank: int, absgrad: bool, by_camera: dict, by_rows: dict
 
 
 def test_the_tile_price_is_the_fitted_time_of_a_tile_in_pair_cost_units():
-    from splatfacto_dist.pixels.balance import MIN_SAMPLES, fitted_tile_price
+    from splatfacto_dist.layouts.sharded.range_balance import MIN_SAMPLES, fitted_tile_price
 
     generator = torch.Generator().manual_seed(3)
     pairs = torch.randint(0, 50_000, (64,), generator=generator).tolist()
@@ -218,7 +226,7 @@ def test_the_tile_price_is_the_fitted_time_of_a_tile_in_pair_cost_units():
 
 
 def test_the_running_fit_keeps_the_sums_of_its_window_exactly():
-    from splatfacto_dist.pixels.balance import RunningFit, fitted_tile_price
+    from splatfacto_dist.layouts.sharded.range_balance import RunningFit, fitted_tile_price
 
     generator = torch.Generator().manual_seed(4)
     pairs = torch.randint(0, 50_000, (700,), generator=generator).tolist()
@@ -241,7 +249,7 @@ def test_the_running_fit_keeps_the_sums_of_its_window_exactly():
 
 
 def test_a_tile_price_gives_the_range_of_empty_tiles_fewer_of_them():
-    from splatfacto_dist.pixels.balance import RangeBalance
+    from splatfacto_dist.layouts.sharded.range_balance import RangeBalance
 
     costs = [0] * 60 + [100] * 40  # the top of the image empty, its bottom full of pairs
     balance = RangeBalance()
@@ -254,7 +262,7 @@ def test_a_tile_price_gives_the_range_of_empty_tiles_fewer_of_them():
 def _balance_worker(rank: int, port: int, world: int, results) -> None:
     import time as clock
 
-    from splatfacto_dist.pixels.balance import RangeBalance
+    from splatfacto_dist.layouts.sharded.range_balance import RangeBalance
 
     dist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world, timeout=timedelta(seconds=120)

@@ -1,4 +1,4 @@
-from splatfacto_dist.profiling import PhaseTimer
+from splatfacto_dist.reporting.profiling import PhaseTimer
 
 
 def run(timer: PhaseTimer, steps: range) -> None:

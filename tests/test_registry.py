@@ -3,9 +3,9 @@ import subprocess
 from conftest import tool
 from nerfstudio.plugins.registry import discover_methods
 
-from splatfacto_dist.datamanager import ShardedFullImageDatamanagerConfig
-from splatfacto_dist.model import SplatfactoDistModelConfig
-from splatfacto_dist.trainer import DistTrainerConfig
+from splatfacto_dist.data.datamanager import ShardedFullImageDatamanagerConfig
+from splatfacto_dist.engine.trainer import DistTrainerConfig
+from splatfacto_dist.models.model import SplatfactoDistModelConfig
 
 
 def test_method_is_discovered_through_nerfstudio_registry():

@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import train
 
-from splatfacto_dist.checkpoint import continue_schedules, load_moments
+from splatfacto_dist.engine.checkpoint import continue_schedules, load_moments
 
 SETTINGS = ("lr", "eps", "betas", "initial_lr", "weight_decay", "fused")
 

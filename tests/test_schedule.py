@@ -2,7 +2,7 @@ from collections import Counter
 
 import pytest
 
-from splatfacto_dist.datamanager import CameraSchedule, ConfigError
+from splatfacto_dist.data.datamanager import CameraSchedule, ConfigError
 
 
 def epoch_cameras(n: int, world: int, per_rank: int = 1, epoch: int = 0, shards=None):

@@ -26,7 +26,7 @@ from conftest import (
 )
 from ecosystem import check_ns_eval, check_ns_export, checkpoint
 
-from splatfacto_dist.records import read_rank_records
+from splatfacto_dist.reporting.records import read_rank_records
 
 
 @pytest.mark.parametrize("world, sh_interval", [(2, 8), (3, 64)])

@@ -11,11 +11,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import build_model, free_port
 
-from splatfacto_dist import comm, ops
-from splatfacto_dist.layout import GAUSSIAN_NAMES
-from splatfacto_dist.sharded import ShardedLayout, exchange, saving
-from splatfacto_dist.sharded.exchange import project_pairs
-from splatfacto_dist.sharded.rebalance import rebalance_plan
+from splatfacto_dist import comm
+from splatfacto_dist.densify import ops
+from splatfacto_dist.layouts.replicated import GAUSSIAN_NAMES
+from splatfacto_dist.layouts.sharded import ShardedLayout, exchange, saving
+from splatfacto_dist.layouts.sharded.exchange import project_pairs
+from splatfacto_dist.layouts.sharded.rebalance import rebalance_plan
 
 
 def test_split_draws_depend_on_ids_not_on_storage_order():
@@ -33,8 +34,8 @@ def test_pairs_sent_to_renderers_are_recomputed_in_backward_not_kept():
     """Between forward and backward the owner keeps nothing per sent pair (the activated copies, SH
     coefficients and projections are recomputed); the values and gradients are those of projecting
     and colouring the rows for each pair's camera, as the rasterizer would."""
-    from splatfacto_dist.raster import activate, camera_centres, project, view_colors
-    from splatfacto_dist.sharded.exchange import camera_meta, camera_rows
+    from splatfacto_dist.layouts.sharded.exchange import camera_meta, camera_rows
+    from splatfacto_dist.render.raster import activate, camera_centres, project, view_colors
 
     generator = torch.Generator().manual_seed(0)
     n = 400
@@ -238,7 +239,7 @@ def test_cameras_learn_through_the_owners_projection_and_colour_as_when_replicat
     replicated render's, the colour's dependence on the view direction included. All of it comes
     back through the gathered cameras (the owners project and colour): without their gradient the
     render does not depend on its cameras at all."""
-    from splatfacto_dist.layout import ReplicatedLayout
+    from splatfacto_dist.layouts.replicated import ReplicatedLayout
     from splatfacto_dist.scenes.scene import ring_cameras
 
     rows, weights = _colour_scene()
@@ -260,7 +261,7 @@ def _cropped_view(layout, shard, rows):
     the box, next to the replicated render of it and of the whole scene."""
     from nerfstudio.data.scene_box import OrientedBox
 
-    from splatfacto_dist.layout import ReplicatedLayout
+    from splatfacto_dist.layouts.replicated import ReplicatedLayout
     from splatfacto_dist.scenes.scene import ring_cameras
 
     box = OrientedBox(R=torch.eye(3), T=rows["means"].mean(0), S=torch.full((3,), 1.6))
@@ -278,7 +279,7 @@ def _cropped_view(layout, shard, rows):
 
 
 def _camera_worker(rank: int, port: int, results) -> None:
-    from splatfacto_dist.layout import ReplicatedLayout
+    from splatfacto_dist.layouts.replicated import ReplicatedLayout
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
@@ -314,8 +315,8 @@ def test_two_ranks_cameras_get_the_whole_gradient_of_their_render():
 def _empty_side_worker(rank: int, port: int, results, pixel_ranges: bool) -> None:
     from datetime import timedelta
 
+    from splatfacto_dist.densify.strategy import SynchronizedDefaultStrategy
     from splatfacto_dist.scenes.scene import ring_cameras
-    from splatfacto_dist.strategy import SynchronizedDefaultStrategy
 
     dist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2, timeout=timedelta(seconds=60)

@@ -10,8 +10,8 @@ import pytest
 import torch
 from pytorch_msssim import SSIM
 
-from splatfacto_dist import ssim as ssim_module
-from splatfacto_dist.ssim import LossSSIM
+from splatfacto_dist.render import ssim as ssim_module
+from splatfacto_dist.render.ssim import LossSSIM
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -45,7 +45,7 @@ def test_a_kernel_that_does_not_load_falls_back_with_one_line(monkeypatch, capsy
     def broken(*args):
         raise RuntimeError("no compiler for this GPU\nmore detail")
 
-    monkeypatch.setattr("splatfacto_dist.ssim_kernel.FusedSSIM.apply", broken)
+    monkeypatch.setattr("splatfacto_dist.render.ssim_kernel.FusedSSIM.apply", broken)
     assert ssim_module._load_fused(torch.device("cpu")) is None
     out = capsys.readouterr().out
     assert out.count("fused SSIM unavailable") == 1 and "no compiler for this GPU)" in out
@@ -54,7 +54,7 @@ def test_a_kernel_that_does_not_load_falls_back_with_one_line(monkeypatch, capsy
 INTERPRETED = """
 import torch
 from pytorch_msssim import SSIM
-from splatfacto_dist.ssim_kernel import FusedSSIM
+from splatfacto_dist.render.ssim_kernel import FusedSSIM
 from test_ssim import image_pair, value_and_grad
 reference = SSIM(data_range=1.0, size_average=True, channel=3)
 for shape in ((1, 11, 11), (2, 14, 23)):

@@ -2,7 +2,7 @@ import pytest
 import torch
 from gsplat.strategy import DefaultStrategy
 
-from splatfacto_dist.strategy import SynchronizedDefaultStrategy
+from splatfacto_dist.densify.strategy import SynchronizedDefaultStrategy
 
 
 @pytest.mark.parametrize("absgrad", [True, False])

@@ -66,7 +66,7 @@ def test_stock_ns_render_renders_the_eval_views(two_process_run, tmp_path):
 def test_logged_scalars_are_read_in_one_copy_and_keep_their_values():
     import torch
 
-    from splatfacto_dist.trainer import host_scalars
+    from splatfacto_dist.engine.trainer import host_scalars
 
     loss, losses, metrics = host_scalars(
         [torch.tensor(0.25)], {"main_loss": torch.tensor(0.125), "scale_reg": torch.zeros(())},

@@ -28,7 +28,7 @@ import numpy as np
 
 from splatfacto_dist.benchmarking import bench_report
 from splatfacto_dist.launching.argv import option
-from splatfacto_dist.records import clear_rank_records, read_rank_records
+from splatfacto_dist.reporting.records import clear_rank_records, read_rank_records
 
 STUB = Path(__file__).resolve().parent / "lpips_stub"
 _PROGRESS = re.compile(r"(\d+) \((\d+\.\d+)%\)")

@@ -17,8 +17,8 @@ import sys
 def main() -> None:
     from nerfstudio.engine.trainer import Trainer
 
-    from splatfacto_dist.records import write_rank_record
-    from splatfacto_dist.trainer import eval_all_images_at_end
+    from splatfacto_dist.engine.trainer import eval_all_images_at_end
+    from splatfacto_dist.reporting.records import write_rank_record
 
     after_train = Trainer._after_train
 

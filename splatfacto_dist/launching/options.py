@@ -23,11 +23,11 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 from nerfstudio.configs.base_config import LoggingConfig, MachineConfig, ViewerConfig
 from nerfstudio.engine.trainer import TrainerConfig
 
-from splatfacto_dist.datamanager import ShardedFullImageDatamanagerConfig
+from splatfacto_dist.data.datamanager import ShardedFullImageDatamanagerConfig
+from splatfacto_dist.engine.pipeline import DistPipelineConfig
+from splatfacto_dist.engine.scaling import CONVERTIBLE_SCHEDULERS, GAUSSIAN_GROUPS, SPLATFACTO_GROUPS, is_adam
 from splatfacto_dist.launching.refusals import FULL_IMAGE, INERT, LITERAL, NO_RAYS
-from splatfacto_dist.model import SplatfactoDistModelConfig
-from splatfacto_dist.pipeline import DistPipelineConfig
-from splatfacto_dist.scaling import CONVERTIBLE_SCHEDULERS, GAUSSIAN_GROUPS, SPLATFACTO_GROUPS, is_adam
+from splatfacto_dist.models.model import SplatfactoDistModelConfig
 
 
 @dataclass(frozen=True)

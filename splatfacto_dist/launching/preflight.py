@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 import torch
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from splatfacto_dist.datamanager import CameraSchedule, ConfigError
+from splatfacto_dist.data.datamanager import CameraSchedule, ConfigError
 from splatfacto_dist.launching import refusals
 from splatfacto_dist.launching.devices import ranks_per_gpu
 from splatfacto_dist.launching.options import refusal

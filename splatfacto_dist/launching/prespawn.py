@@ -23,7 +23,7 @@ def _worker(local_rank: int, conn: Connection) -> None:
     from splatfacto_dist.launching import rank
 
     importlib.import_module("splatfacto_dist.method")  # the config classes the parent will send
-    from splatfacto_dist.profiling import STARTUP
+    from splatfacto_dist.reporting.profiling import STARTUP
 
     STARTUP.mark("imports")
     message = conn.recv()

@@ -20,8 +20,8 @@ from nerfstudio.utils import comms, profiler
 
 from splatfacto_dist import comm
 from splatfacto_dist.launching.devices import gpu_of, gpus_needed, ranks_per_gpu
-from splatfacto_dist.profiling import STARTUP
-from splatfacto_dist.records import clear_rank_records, write_rank_record
+from splatfacto_dist.reporting.profiling import STARTUP
+from splatfacto_dist.reporting.records import clear_rank_records, write_rank_record
 
 DEFAULT_TIMEOUT = timedelta(minutes=10)
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from splatfacto_dist.raster import reference_rasterization
+from splatfacto_dist.render.raster import reference_rasterization
 from splatfacto_dist.scenes.colmap_writer import PointsWriter, write_images, write_pinhole_camera
 
 SH_C0 = 0.28209479177387814

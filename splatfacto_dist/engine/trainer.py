@@ -27,16 +27,17 @@ from nerfstudio.utils.misc import step_check
 from nerfstudio.utils.rich_utils import CONSOLE
 from nerfstudio.utils.writer import EventName, TimeWriter
 
-from splatfacto_dist import checkpoint, comm
-from splatfacto_dist.control import PAUSE, RUN, STOP, RankControl
+from splatfacto_dist import comm
+from splatfacto_dist.engine import checkpoint
+from splatfacto_dist.engine.control import PAUSE, RUN, STOP, RankControl
+from splatfacto_dist.engine.optimizer_step import live_parameters, step_optimizers
+from splatfacto_dist.engine.scaling import ScalingRule, convert_images_to_steps, fuse_adam, scale_optimizers
 from splatfacto_dist.launching.devices import gpu_of
 from splatfacto_dist.launching.memcap import ENV as MEMORY_CAP_ENV, apply_memory_cap, use_expandable_segments
 from splatfacto_dist.launching.preflight import refuse_at_parse
-from splatfacto_dist.model import SplatfactoDistModelConfig
-from splatfacto_dist.optimizer_step import live_parameters, step_optimizers
-from splatfacto_dist.profiling import PHASES, STARTUP
-from splatfacto_dist.records import write_rank_record
-from splatfacto_dist.scaling import ScalingRule, convert_images_to_steps, fuse_adam, scale_optimizers
+from splatfacto_dist.models.model import SplatfactoDistModelConfig
+from splatfacto_dist.reporting.profiling import PHASES, STARTUP
+from splatfacto_dist.reporting.records import write_rank_record
 
 
 @dataclass

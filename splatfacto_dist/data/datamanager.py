@@ -32,8 +32,8 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from rich.progress import track
 
 from splatfacto_dist import comm
-from splatfacto_dist.camera_costs import CameraCosts, cost_ranked, deal_by_cost, dealt_by, step_order
-from splatfacto_dist.profiling import DeviceTimer
+from splatfacto_dist.data.camera_costs import CameraCosts, cost_ranked, deal_by_cost, dealt_by, step_order
+from splatfacto_dist.reporting.profiling import DeviceTimer
 from splatfacto_dist.scenes.colmap_points import BulkPointsColmapDataParser
 
 

@@ -16,7 +16,7 @@ import torch
 from nerfstudio.data.dataparsers.colmap_dataparser import ColmapDataParserConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from splatfacto_dist.demo_result import SUMMARY, evaluate
+from splatfacto_dist.demo.result import SUMMARY, evaluate
 from splatfacto_dist.launching.launch import main as train_main
 from splatfacto_dist.method import splatfacto_dist_config
 

@@ -32,7 +32,7 @@ import random
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from splatfacto_dist import comm
-from splatfacto_dist.profiling import DeviceTimer
+from splatfacto_dist.reporting.profiling import DeviceTimer
 
 NEIGHBOURS = 2  # steps whose quantile positions are shuffled among themselves each epoch
 

@@ -24,7 +24,9 @@ from nerfstudio.engine.schedulers import (
 )
 from nerfstudio.engine.trainer import TrainerConfig
 
-from splatfacto_dist.layout import GAUSSIAN_NAMES as GAUSSIAN_GROUPS  # each Gaussian parameter has its optimizer
+from splatfacto_dist.layouts.replicated import (
+    GAUSSIAN_NAMES as GAUSSIAN_GROUPS,  # each Gaussian parameter has its optimizer
+)
 
 # The optimizer groups a splatfacto model can have; nerfstudio builds no optimizer for any other entry.
 SPLATFACTO_GROUPS = (*GAUSSIAN_GROUPS, "camera_opt", "bilateral_grid")

@@ -20,8 +20,8 @@ from nerfstudio.utils import profiler
 from torch.cuda.amp.grad_scaler import GradScaler
 
 from splatfacto_dist import comm
-from splatfacto_dist.datamanager import ConfigError, stack_images
-from splatfacto_dist.profiling import PHASES
+from splatfacto_dist.data.datamanager import ConfigError, stack_images
+from splatfacto_dist.reporting.profiling import PHASES
 
 
 @dataclass

@@ -26,10 +26,17 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from splatfacto_dist import comm, ops
-from splatfacto_dist.pixels.balance import RangeBalance
-from splatfacto_dist.pixels.plan import cut, owned_pixels, rendered_rows, tile_costs
-from splatfacto_dist.sharded.exchange import Exchange, pair_width, project_camera, rasterize_received, route_to_ranges
+from splatfacto_dist import comm
+from splatfacto_dist.densify import ops
+from splatfacto_dist.layouts.sharded.exchange import (
+    Exchange,
+    pair_width,
+    project_camera,
+    rasterize_received,
+    route_to_ranges,
+)
+from splatfacto_dist.layouts.sharded.range_balance import RangeBalance
+from splatfacto_dist.layouts.sharded.range_plan import cut, owned_pixels, rendered_rows, tile_costs
 
 
 @dataclass

@@ -31,11 +31,11 @@ from pytorch_msssim import SSIM
 from torchmetrics.image import PeakSignalNoiseRatio
 
 from splatfacto_dist import comm
-from splatfacto_dist.layout import ReplicatedLayout
-from splatfacto_dist.metrics import LazyLPIPS
-from splatfacto_dist.sharded import ShardedLayout
-from splatfacto_dist.ssim import LossSSIM
-from splatfacto_dist.strategy import SynchronizedDefaultStrategy
+from splatfacto_dist.densify.strategy import SynchronizedDefaultStrategy
+from splatfacto_dist.layouts.replicated import ReplicatedLayout
+from splatfacto_dist.layouts.sharded import ShardedLayout
+from splatfacto_dist.models.metrics import LazyLPIPS
+from splatfacto_dist.render.ssim import LossSSIM
 
 
 @dataclass

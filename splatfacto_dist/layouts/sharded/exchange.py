@@ -11,8 +11,8 @@ from nerfstudio.data.scene_box import OrientedBox
 from torch.utils.checkpoint import checkpoint
 
 from splatfacto_dist import comm
-from splatfacto_dist.pixels.plan import pair_tiles, rendered_rows, tile_rectangles
-from splatfacto_dist.raster import activate, camera_centres, project, rasterize_pairs, view_colors
+from splatfacto_dist.layouts.sharded.range_plan import pair_tiles, rendered_rows, tile_rectangles
+from splatfacto_dist.render.raster import activate, camera_centres, project, rasterize_pairs, view_colors
 
 
 class Exchange(torch.autograd.Function):

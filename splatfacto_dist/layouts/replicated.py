@@ -16,7 +16,7 @@ import torch
 from nerfstudio.data.scene_box import OrientedBox
 
 from splatfacto_dist import comm
-from splatfacto_dist.raster import activate, empty_render, rasterize
+from splatfacto_dist.render.raster import activate, empty_render, rasterize
 
 GAUSSIAN_NAMES = ("means", "scales", "quats", "features_dc", "features_rest", "opacities")
 

@@ -8,8 +8,8 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import torch
 
 from splatfacto_dist import comm
-from splatfacto_dist.layout import GAUSSIAN_NAMES
-from splatfacto_dist.ops import RowCodec
+from splatfacto_dist.densify.ops import RowCodec
+from splatfacto_dist.layouts.replicated import GAUSSIAN_NAMES
 
 SAVE_CHUNK_BYTES = 64 << 20
 """The most bytes of packed Gaussians (parameters, Adam moments, ids) a save puts in one GPU buffer:

@@ -28,7 +28,7 @@ def _load_fused(device: torch.device) -> Optional[Callable[[torch.Tensor, torch.
     """The fused SSIM if its kernels compile and run on `device` (forward and backward, on one
     window-sized image), else None after one note (rank 0)."""
     try:
-        from splatfacto_dist.ssim_kernel import FusedSSIM
+        from splatfacto_dist.render.ssim_kernel import FusedSSIM
 
         probe = torch.rand((1, 3, WINDOW, WINDOW), device=device, requires_grad=True)
         FusedSSIM.apply(probe, probe.detach()).backward()

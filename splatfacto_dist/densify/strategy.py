@@ -20,8 +20,8 @@ from typing import Any, Dict, Tuple, Union
 import torch
 from gsplat.strategy import DefaultStrategy
 
-from splatfacto_dist import ops
-from splatfacto_dist.layout import ReplicatedLayout
+from splatfacto_dist.densify import ops
+from splatfacto_dist.layouts.replicated import ReplicatedLayout
 
 
 @dataclass

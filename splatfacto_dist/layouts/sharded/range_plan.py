@@ -20,7 +20,7 @@ from typing import List, Sequence, Tuple
 
 import torch
 
-from splatfacto_dist.raster import TILE_SIZE
+from splatfacto_dist.render.raster import TILE_SIZE
 
 
 def tile_grid(width: int, height: int) -> Tuple[int, int]:

@@ -24,6 +24,6 @@ chunks), `viewer_queue` (viewer renders every rank serves), `layout` (`ShardedLa
 interface, which calls them).
 """
 
-from splatfacto_dist.sharded.layout import ShardedLayout
+from splatfacto_dist.layouts.sharded.layout import ShardedLayout
 
 __all__ = ["ShardedLayout"]

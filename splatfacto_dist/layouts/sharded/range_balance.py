@@ -28,7 +28,7 @@ from typing import Deque, List, Optional, Sequence, Tuple
 import torch
 
 from splatfacto_dist import comm
-from splatfacto_dist.profiling import DeviceTimer
+from splatfacto_dist.reporting.profiling import DeviceTimer
 
 WINDOW = 512  # ranges kept for the fit: a few dozen steps' images at any rank count
 MIN_SAMPLES = 16  # fewer ranges do not pin three coefficients down

@@ -9,10 +9,8 @@ import torch
 from nerfstudio.data.scene_box import OrientedBox
 
 from splatfacto_dist import comm
-from splatfacto_dist.layout import GAUSSIAN_NAMES, ReplicatedLayout, _named_tensors
-from splatfacto_dist.pixels.balance import RangeBalance
-from splatfacto_dist.profiling import PHASES
-from splatfacto_dist.sharded.exchange import (
+from splatfacto_dist.layouts.replicated import GAUSSIAN_NAMES, ReplicatedLayout, _named_tensors
+from splatfacto_dist.layouts.sharded.exchange import (
     AllCameras,
     Exchange,
     camera_meta,
@@ -20,10 +18,12 @@ from splatfacto_dist.sharded.exchange import (
     project_pairs,
     rasterize_received,
 )
-from splatfacto_dist.sharded.ranges import received_most, render_in_ranges
-from splatfacto_dist.sharded.rebalance import rebalance
-from splatfacto_dist.sharded.saving import gather_full_state, shard_optimizer_states
-from splatfacto_dist.sharded.viewer_queue import ViewerQueue
+from splatfacto_dist.layouts.sharded.range_balance import RangeBalance
+from splatfacto_dist.layouts.sharded.ranges import received_most, render_in_ranges
+from splatfacto_dist.layouts.sharded.rebalance import rebalance
+from splatfacto_dist.layouts.sharded.saving import gather_full_state, shard_optimizer_states
+from splatfacto_dist.layouts.sharded.viewer_queue import ViewerQueue
+from splatfacto_dist.reporting.profiling import PHASES
 
 
 class ShardedLayout(ReplicatedLayout):

@@ -1,0 +1,1 @@
+"""splatfacto-dist-demo: a complete training of the embedded scene, then its held-out views and metrics."""
