@@ -36,7 +36,8 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from splatfacto_dist.benchmarking.bench import layout_args, rank_gpu_memory, read_events, summarize_ranks
+from splatfacto_dist.benchmarking.bench import rank_gpu_memory, read_events, summarize_ranks
+from splatfacto_dist.launching.command import CLI, METHOD, layout_args, train_argv
 from splatfacto_dist.launching.memcap import ALLOCATOR_ENV, ENV as CAP_ENV, EXPANDABLE
 from splatfacto_dist.reporting.records import clear_rank_records, read_rank_records
 from splatfacto_dist.scenes.synthetic import SceneSpec, generate, is_complete, parse_count
@@ -69,11 +70,7 @@ def train_command(
     name: str, layout: str, gpus: int, scene: Path, args: argparse.Namespace, extra: List[str]
 ) -> List[str]:
     """One short training run that keeps its Gaussian count (see the module docstring)."""
-    return [
-        sys.executable,
-        "-m",
-        "splatfacto_dist.cli",
-        "splatfacto-dist",
+    options = [
         "--vis",
         "tensorboard",
         "--output-dir",
@@ -108,10 +105,8 @@ def train_command(
         args.device,
         *layout_args(layout),
         *extra,
-        "colmap",
-        "--data",
-        str(scene),
     ]
+    return train_argv(CLI, METHOD, options, ["colmap"], scene)
 
 
 def status_of(returncode: Optional[int], ranks: List[Dict], capped: bool) -> str:

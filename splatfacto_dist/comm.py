@@ -55,11 +55,6 @@ def broadcast_tensors(tensors: Sequence[torch.Tensor], src: int = 0) -> None:
             t.data.copy_(synced.to(t.device))
 
 
-def broadcast_module_state(module: torch.nn.Module, src: int = 0) -> None:
-    """Make every parameter and buffer of `module` equal to rank `src`'s copy."""
-    broadcast_tensors(list(module.parameters()) + list(module.buffers()), src)
-
-
 def average_gradients(params: Iterable[torch.nn.Parameter]) -> None:
     """Average `.grad` of `params` over all ranks with a single flat all-reduce.
 

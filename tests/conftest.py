@@ -15,6 +15,7 @@ from typing import List, Optional, Sequence
 import pytest
 import torch
 
+from splatfacto_dist.launching.command import CLI, METHOD, train_argv
 from splatfacto_dist.scenes.scene import generate_scene
 
 BIN = Path(sys.executable).parent
@@ -74,8 +75,6 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return generate_scene(tmp_path_factory.mktemp("scene"), n_views=24, width=64, height=48)
 
 
-CLI = (sys.executable, "-m", "splatfacto_dist.cli")
-
 # Counted in steps, no optimizer rescaling: 48 steps span a refine (step 32: splits with random samples,
 # duplicates, prunes) and opacity resets (steps 0 and 40); replicas compared every 8 steps. Cameras
 # in the seeded order: dealt by measured time (the default on several ranks), two runs would render
@@ -113,20 +112,8 @@ def train_command(
     `nprocs` None leaves the process count to an external launcher (torchrun, SLURM); `args` come after
     TINY's and so override them; an empty `launcher` gives the arguments tyro parses."""
     processes = [] if nprocs is None else ["--machine.num-devices", str(nprocs)]
-    return [
-        *launcher,
-        "splatfacto-dist",
-        *TINY,
-        *processes,
-        "--output-dir",
-        str(out),
-        "--timestamp",
-        "run",
-        *args,
-        dataparser,
-        "--data",
-        str(scene),
-    ]
+    options = [*TINY, *processes, "--output-dir", str(out), "--timestamp", "run", *args]
+    return train_argv(launcher, METHOD, options, [dataparser], scene)
 
 
 def train(out: Path, scene: Path, nprocs: int, args: List[str], timeout: int = 900) -> Path:

@@ -222,3 +222,108 @@ def test_report_shows_the_fullest_and_emptiest_ranks_gpu_memory(tmp_path):
     old["result"]["peak_mem_mb"] = 640.0  # a results.json from before the per-rank list
     table = bench_report.markdown([old, sharded], {"layout": "sharded"}, "memory")
     assert "| 702 / 610 |" in table and "| 640 |" in table and "Gaussian layout sharded" in table
+
+
+def test_stock_only_writes_its_report_and_exits_0(tmp_path, monkeypatch, capsys):
+    """`--stock-only` (issue 42): no splatfacto-dist job, so the plot has no GPU counts of its own;
+    the report (results.json, results.md, scaling.png) is still written and the run succeeds. The
+    training is replaced by the results a stock job leaves."""
+    from splatfacto_dist.benchmarking import bench
+
+    ran = []
+
+    def finished(jobs, args, extra, total_gpus, environment):
+        for job in jobs:
+            ran.append(job.name)
+            job.result = {"wall_s": 240.0, "returncode": 0.0, "steps": 96, "loop_s": 200.0, "psnr": 25.0}
+            job.curve = [[100.0, 48, 24.0], [240.0, 96, 25.0]]
+
+    monkeypatch.setattr(bench, "run_jobs", finished)
+    monkeypatch.setattr(bench, "_visible_gpus", lambda: 1)
+    monkeypatch.setattr(bench, "_environment", lambda args: {"budget_images": str(args.budget)})
+    out = tmp_path / "bench"
+    bench.main(["--data", str(tmp_path), "--stock-only", "--budget", "96", "--out", str(out)])  # no SystemExit
+    assert ran == ["stock-1gpu"]
+    assert [j["name"] for j in json.loads((out / "results.json").read_text())["jobs"]] == ["stock-1gpu"]
+    assert "| stock-1gpu | 1 | 1 | 96 |" in (out / "results.md").read_text() and "stock-1gpu" in capsys.readouterr().out
+    assert (out / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a stock-only results.json redrawn by bench_report alone exits 0 too
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "splatfacto_dist.benchmarking.bench_report",
+            str(tmp_path / "redrawn"),
+            str(out / "results.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "redrawn" / "scaling.png").stat().st_size > 1000
+
+
+def test_every_caller_builds_todays_training_command_line_with_one_builder():
+    """The benchmark's jobs, the capacity benchmark's runs and the tests' runs are built by
+    `launching.command.train_argv`; each still gives the command line it gave before it."""
+    import argparse
+    import importlib.util
+    from pathlib import Path
+
+    from conftest import train_command as test_command
+
+    from splatfacto_dist.benchmarking.bench import Job, _command
+    from splatfacto_dist.launching.command import CLI, train_argv
+
+    assert train_argv(["launch"], "m", ["--a", "1"], ["colmap", "--b", "2"], Path("d")) == [
+        "launch", "m", "--a", "1", "colmap", "--b", "2", "--data", "d",
+    ]  # fmt: skip
+    python = sys.executable
+    args = argparse.Namespace(
+        budget=100, eval_every=50, profile_every=53, dataparser=["nerfstudio-data", "--x", "1"], data="scene"
+    )
+    args.layout = "sharded"
+    common = [
+        "--vis", "tensorboard", "--output-dir", "out", "--timestamp", "JOB", "--experiment-name", "bench",
+        "--logging.steps-per-log", "10", "--steps-per-eval-image", "0", "--steps-per-save", "1000000",
+        "--max-num-iterations", "100", "--steps-per-eval-all-images", "50", "--machine.seed", "7",
+        "--pipeline.datamanager.train-cameras-sampling-seed", "7",
+    ]  # fmt: skip
+    data = ["nerfstudio-data", "--x", "1", "--data", "scene"]
+    stock = _command(Job("stock-1gpu", "splatfacto", 1, seed=7), args, ["--e"], Path("out"))
+    assert stock == [
+        python, "-m", "splatfacto_dist.benchmarking.bench_stock", "splatfacto",
+        *[("stock-1gpu" if a == "JOB" else a) for a in common], *data,
+    ]  # fmt: skip
+    dist = _command(Job("dist-2gpu", "splatfacto-dist", 2, 3, seed=7), args, ["--e"], Path("out"))
+    assert dist == [
+        python, "-m", "splatfacto_dist.cli", "splatfacto-dist", *[("dist-2gpu" if a == "JOB" else a) for a in common],
+        "--machine.num-devices", "2", "--pipeline.datamanager.cameras-per-rank", "3", "--eval-all-images-at-end",
+        "True", "--profile-phases-every", "53", "--pipeline.model.gaussian-layout", "sharded", "--e", *data,
+    ]  # fmt: skip
+
+    spec = importlib.util.spec_from_file_location("capacity", Path(__file__).parents[1] / "benchmarks" / "capacity.py")
+    capacity = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(capacity)
+    options = argparse.Namespace(out=Path("o"), images=300, device="cuda")
+    assert capacity.train_command("sharded-2gpu-8", "sharded", 2, Path("s"), options, ["--e"]) == [
+        python, "-m", "splatfacto_dist.cli", "splatfacto-dist", "--vis", "tensorboard", "--output-dir", "o/runs",
+        "--experiment-name", "capacity", "--timestamp", "sharded-2gpu-8", "--max-num-iterations", "300",
+        "--steps-per-eval-image", "0", "--steps-per-eval-batch", "0", "--steps-per-eval-all-images", "0",
+        "--steps-per-save", "1000000", "--logging.steps-per-log", "10", "--profile-phases-every", "5",
+        "--pipeline.model.stop-split-at", "0", "--pipeline.model.num-downscales", "0",
+        "--pipeline.model.sh-degree-interval", "37", "--machine.num-devices", "2", "--machine.device-type", "cuda",
+        "--pipeline.model.gaussian-layout", "sharded", "--e", "colmap", "--data", "s",
+    ]  # fmt: skip
+
+    from conftest import TINY
+
+    assert tuple(CLI) == (python, "-m", "splatfacto_dist.cli")
+    assert test_command(Path("o"), Path("s"), 2, ["--a"]) == [
+        *CLI, "splatfacto-dist", *TINY, "--machine.num-devices", "2", "--output-dir", "o", "--timestamp", "run",
+        "--a", "colmap", "--data", "s",
+    ]  # fmt: skip
+    assert test_command(Path("o"), Path("s"), None, (), "nerfstudio-data", launcher=()) == [
+        "splatfacto-dist", *TINY, "--output-dir", "o", "--timestamp", "run", "nerfstudio-data", "--data", "s",
+    ]  # fmt: skip

@@ -13,9 +13,9 @@ import pytest
 import torch
 from conftest import CUDA_TWO_RANKS, SAVES, SCHEDULE, SHARDED, assert_renders_match, gaussians, train
 
-from splatfacto_dist.densify import ops
-from splatfacto_dist.layouts.replicated import GAUSSIAN_NAMES
+from splatfacto_dist.layouts.contract import GAUSSIAN_NAMES
 from splatfacto_dist.layouts.sharded import saving
+from splatfacto_dist.layouts.sharded.rows import RowCodec
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 CUDA = CUDA_TWO_RANKS
@@ -56,24 +56,21 @@ def test_a_save_of_a_large_shard_needs_only_chunk_sized_gpu_buffers(monkeypatch)
     for name, shape in shapes.items():
         model.gauss_params[name] = torch.nn.Parameter(torch.randn(shape, device="cuda"))
     model.strategy_state["ids"] = torch.arange(n)
-    model.layout.total = n
+    model.layout.hold(n)
     params = model.gauss_params
     optimizers = SimpleNamespace(optimizers={name: torch.optim.Adam([params[name]]) for name in GAUSSIAN_NAMES})
     for name in GAUSSIAN_NAMES:
         params[name].grad = torch.ones_like(params[name])
         optimizers.optimizers[name].step()
         params[name].grad = None
-    pipeline = SimpleNamespace(
-        model=model, state_dict=lambda: {f"_model.{k}": v for k, v in model.state_dict().items()}
-    )
     torch.cuda.synchronize()
     before = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
-    state, _, _ = model.layout.full_state(pipeline, optimizers)
+    whole = model.layout.gather(params, optimizers.optimizers, model.strategy_state["ids"])
     extra = torch.cuda.max_memory_allocated() - before
     shard = sum(p.numel() * 3 * 4 for p in params.values())
-    assert torch.equal(state["_model.gauss_params.means"], params["means"].cpu())
+    assert torch.equal(whole.params["means"], params["means"].cpu())
     bound = 4 * saving.SAVE_CHUNK_BYTES + n * 8  # a chunk, its packed columns, copies; the ids on the GPU
     assert bound < shard / 4
     assert extra <= bound, (extra, shard)
-    assert ops.RowCodec(params, optimizers.optimizers, {"ids": model.strategy_state["ids"]}).width == 3 * 59 + 2
+    assert RowCodec(params, optimizers.optimizers, {"ids": model.strategy_state["ids"]}).width == 3 * 59 + 2

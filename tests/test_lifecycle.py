@@ -14,8 +14,7 @@ from conftest import free_port, train_command
 
 from splatfacto_dist import comm
 from splatfacto_dist.engine.control import PAUSE, RUN, STOP, RankControl
-from splatfacto_dist.layouts.replicated import ReplicatedLayout
-from splatfacto_dist.layouts.sharded import ShardedLayout
+from splatfacto_dist.engine.viewer_renders import TrainLock, ViewerRenders
 
 
 def _in_group(rank: int, world: int, port: int, fn, results) -> None:
@@ -75,7 +74,7 @@ def _pause_then_stop(rank: int):
     events = []
     for step in range(10_000):
         start = time.monotonic()
-        if not control.agree_to_continue(step, local_state, ReplicatedLayout(), lambda: None):
+        if not control.agree_to_continue(step, local_state, ViewerRenders(), lambda: None):
             events.append(("stopped", step))
             break
         if time.monotonic() - start > 0.5:
@@ -94,22 +93,21 @@ def test_viewer_pause_and_stop_on_rank_0_reach_every_rank():
 def _viewer_render_served_by_every_rank(rank: int):
     """Rank 0's viewer thread asks for a render that needs every rank (here: a sum over ranks); the
     training threads serve it at their next agreement, while the viewer thread holds the train lock."""
-    layout = ShardedLayout()
-    layout.train_lock = threading.Lock()
+    renders, train_lock = ViewerRenders(), TrainLock()
     result = {}
     if rank == 0:
 
         def viewer():
-            with layout.train_lock:  # nerfstudio's viewer renders under the trainer's lock
-                result["sum"] = layout.render_for_viewer(lambda: comm.all_reduce_ints([1])[0])
+            with train_lock:  # nerfstudio's viewer renders under the trainer's lock
+                result["sum"] = renders.submit(lambda: comm.all_reduce_ints([1])[0])
 
         threading.Thread(target=viewer, daemon=True).start()
     control = RankControl(every=5, device=torch.device("cpu"))
     served_at = None
     for step in range(200):
-        with layout.train_lock:  # a training step
+        with train_lock:  # a training step
             time.sleep(0.01)
-        control.agree_to_continue(step, lambda: RUN, layout, lambda: comm.all_reduce_ints([1]))
+        control.agree_to_continue(step, lambda: RUN, renders, lambda: comm.all_reduce_ints([1]))
         if rank == 1 or "sum" in result:
             served_at = step if served_at is None else served_at
     return result.get("sum"), served_at

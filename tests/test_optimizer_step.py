@@ -11,8 +11,7 @@ import torch.multiprocessing as mp
 from conftest import free_port
 
 from splatfacto_dist.engine.optimizer_step import _steps_directly, step_optimizers
-from splatfacto_dist.layouts.replicated import ReplicatedLayout
-from splatfacto_dist.layouts.sharded import ShardedLayout
+from splatfacto_dist.layouts.contract import GAUSSIAN_NAMES
 
 
 def _optimizers(grads: dict, max_norm: dict) -> SimpleNamespace:
@@ -34,11 +33,11 @@ def _worker(rank: int, port: int, results) -> None:
         means = torch.tensor([[3.0, 0.0]]) if rank == 0 else torch.tensor([[0.0, 4.0]])
         scales = torch.tensor([[1.0, 1.0]]) if rank == 0 else torch.tensor([[float("inf"), 1.0]])
         clipped = _optimizers({"means": means, "scales": scales}, {"means": 1.0})
-        step_optimizers(clipped, torch.amp.GradScaler("cpu", enabled=False), ["means"], ShardedLayout())
+        step_optimizers(clipped, torch.amp.GradScaler("cpu", enabled=False), ["means"], GAUSSIAN_NAMES)
         scaler = torch.amp.GradScaler("cpu", init_scale=4.0)
         scaler.scale(torch.ones(()))  # as the loss is scaled before backward
         scaled = _optimizers({"means": means * 4, "scales": scales * 4}, {})
-        step_optimizers(scaled, scaler, ["means", "scales"], ShardedLayout())
+        step_optimizers(scaled, scaler, ["means", "scales"], GAUSSIAN_NAMES)
         scaler.update()
         results[rank] = (
             clipped.params["means"].detach().tolist(),
@@ -64,7 +63,7 @@ def test_sharded_ranks_clip_by_the_global_norm_and_skip_a_non_finite_step_togeth
 def test_replicated_clipping_uses_the_live_parameters():
     """Stock clips `Optimizers.parameters`, the Parameters before any densification replaced them."""
     optimizers = _optimizers({"means": torch.tensor([[3.0, 4.0]])}, {"means": 1.0})
-    step_optimizers(optimizers, torch.amp.GradScaler("cpu", enabled=False), ["means"], ReplicatedLayout())
+    step_optimizers(optimizers, torch.amp.GradScaler("cpu", enabled=False), ["means"], ())
     assert torch.allclose(optimizers.params["means"].detach(), torch.tensor([[-0.6, -0.8]]), atol=1e-5)
 
 
@@ -105,7 +104,7 @@ def test_fused_adams_stepped_together_equal_each_stepped_alone():
             optimizer.step()
         if step > 0:  # after each one's own first step (which made its state), all step together
             assert all(_steps_directly(optimizer) for optimizer in together.optimizers.values())
-        step_optimizers(together, torch.amp.GradScaler("cpu", enabled=False), list(lrs), ReplicatedLayout())
+        step_optimizers(together, torch.amp.GradScaler("cpu", enabled=False), list(lrs), ())
         for name in lrs:
             assert torch.equal(alone.params[name], together.params[name]), (step, name)
             a, b = (

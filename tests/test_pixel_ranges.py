@@ -17,9 +17,9 @@ from splatfacto_dist.layouts.sharded.range_plan import (
     owned_pixels,
     rendered_rows,
     tile_costs,
-    tile_grid,
     tile_rectangles,
 )
+from splatfacto_dist.render.tiles import tile_bounds, tile_grid
 
 
 def test_a_cut_covers_the_tiles_in_contiguous_ranges_balanced_by_cost():
@@ -90,6 +90,28 @@ def test_tile_costs_spread_each_pair_over_the_tiles_it_touches():
     assert torch.equal(tile_costs(means2d, radii, 40, 40), expected)
 
 
+def test_the_reference_rasterizer_draws_each_pair_on_the_tiles_ranges_route_it_to():
+    """One tile rule (`render.tiles`): the pixels the CPU reference composites for a pair are exactly
+    the pixels of the tiles `tile_bounds` gives it, which decide the ranges' costs and routes."""
+    from splatfacto_dist.render.raster import _tile_pixel_pairs
+
+    width, height = 40, 40  # 3 x 3 tiles, the last column and row 8 px
+    means2d = torch.tensor([[8.0, 8.0], [24.0, 40.0], [16.0, 16.0], [-30.0, -30.0], [39.5, 20.0]])
+    radii = torch.tensor([4, 12, 16, 10, 0], dtype=torch.int32)
+    x0, x1, y0, y1 = tile_bounds(means2d, radii, width, height)
+    # centre -/+ radius in tiles, floored and ceiled, clipped: (0.25 +- 0.25), (1.5, 2.5 +- 0.75), (1 +- 1), outside
+    assert x0.tolist()[:4] == [0, 0, 0, 0] and x1.tolist()[:4] == [1, 3, 2, 0]
+    assert y0.tolist()[:4] == [0, 1, 0, 0] and y1.tolist()[:4] == [1, 3, 2, 0]
+    gauss, pixel, _ = _tile_pixel_pairs(means2d, radii, torch.ones(5), torch.zeros(5, dtype=torch.long), width, height)
+    for g in range(len(means2d)):
+        drawn = torch.zeros(height, width, dtype=torch.bool)
+        drawn.view(-1)[pixel[gauss == g]] = True
+        tiles = torch.zeros(height, width, dtype=torch.bool)
+        if radii[g] > 0:  # the rasterizer skips what was not projected
+            tiles[int(y0[g]) * 16 : int(y1[g]) * 16, int(x0[g]) * 16 : int(x1[g]) * 16] = True
+        assert torch.equal(drawn, tiles), g
+
+
 def _scene():
     """600 Gaussians with view-dependent colour, half of them elongated, some large enough to span
     several ranges."""
@@ -124,21 +146,21 @@ def _render_and_backward(pixel_ranges: bool, absgrad: bool, world: int, tile_pri
     layout = ShardedLayout(pixel_ranges=pixel_ranges)
     layout._balance.tile_price = tile_price
     rows = _scene()
-    shard = {k: v[layout.block(len(v))].clone().requires_grad_() for k, v in rows.items()}
+    shard = {k: v[layout.hold(len(v))].clone().requires_grad_() for k, v in rows.items()}
     rank = comm.rank()
     viewmats = ring_cameras(world)[rank : rank + 1].clone().requires_grad_()
     K = torch.tensor([[[172.8, 0.0, 96.0], [0.0, 172.8, 72.0], [0.0, 0.0, 1.0]]])
+    strategy = SynchronizedDefaultStrategy(absgrad=absgrad, refine_scale2d_stop_iter=1)
+    state = {"grad2d": None, "count": None, "radii": None}
     render, alpha, info = layout.render(
         shard, viewmats=viewmats, Ks=K, width=192, height=144, sh_degree=3, render_mode="RGB+ED", absgrad=absgrad,
-        statistics=statistics,
+        statistics=strategy.statistics_buffers(shard, state) if statistics else None,
     )  # fmt: skip
-    strategy = SynchronizedDefaultStrategy(layout=layout, absgrad=absgrad, refine_scale2d_stop_iter=1)
-    state = {"grad2d": None, "count": None, "radii": None}
     strategy.step_pre_backward(shard, {}, state, 0, info)
     weights = torch.rand(render.shape, generator=torch.Generator().manual_seed(rank))
     ((render * weights).sum() + alpha.sum()).backward()
     if statistics:
-        strategy._update_state(shard, state, info)
+        strategy._add_statistics(shard, state, info, layout)
     else:
         assert info["ranges_job"].stats is None and state["grad2d"] is None  # nothing allocated, nothing taken
     return {

@@ -13,10 +13,11 @@ from conftest import build_model, free_port
 
 from splatfacto_dist import comm
 from splatfacto_dist.densify import ops
-from splatfacto_dist.layouts.replicated import GAUSSIAN_NAMES
+from splatfacto_dist.layouts.contract import GAUSSIAN_NAMES
 from splatfacto_dist.layouts.sharded import ShardedLayout, exchange, saving
 from splatfacto_dist.layouts.sharded.exchange import project_pairs
 from splatfacto_dist.layouts.sharded.rebalance import rebalance_plan
+from splatfacto_dist.layouts.sharded.rows import RowCodec
 
 
 def test_split_draws_depend_on_ids_not_on_storage_order():
@@ -179,29 +180,26 @@ def test_a_save_makes_bounded_chunks_and_only_reads_the_live_optimizer_state(mon
     for optimizer in optimizers.optimizers.values():
         optimizer.step()
     live = {name: dict(optimizers.optimizers[name].state[params[name]]) for name in GAUSSIAN_NAMES}
-    width = ops.RowCodec(params, optimizers.optimizers, {"ids": model.strategy_state["ids"]}).width
+    width = RowCodec(params, optimizers.optimizers, {"ids": model.strategy_state["ids"]}).width
     monkeypatch.setattr(saving, "SAVE_CHUNK_BYTES", 7 * 4 * width)
     packed_rows = []
-    pack = ops.RowCodec.pack
+    pack = RowCodec.pack
 
     def recording_pack(self, params, optimizers, state, rows):
         packed_rows.append(len(rows))
         return pack(self, params, optimizers, state, rows)
 
-    monkeypatch.setattr(ops.RowCodec, "pack", recording_pack)
-    pipeline = SimpleNamespace(
-        model=model, state_dict=lambda: {f"_model.{k}": v for k, v in model.state_dict().items()}
-    )
-    state, optimizer_states, ids = model.layout.full_state(pipeline, optimizers)
+    monkeypatch.setattr(RowCodec, "pack", recording_pack)
+    whole = model.layout.gather(params, optimizers.optimizers, model.strategy_state["ids"])
     assert max(packed_rows) == 7 and sum(packed_rows) == len(params["means"]) == 300
-    assert torch.equal(ids, model.strategy_state["ids"])
+    assert torch.equal(whole.ids, model.strategy_state["ids"])
     for name in GAUSSIAN_NAMES:
-        assert torch.equal(state[f"_model.gauss_params.{name}"], params[name])
+        assert torch.equal(whole.params[name], params[name])
         now = optimizers.optimizers[name].state[params[name]]
         for key in ("exp_avg", "exp_avg_sq"):
-            assert torch.equal(optimizer_states[name]["state"][0][key], live[name][key])
+            assert torch.equal(whole.moments[name][key], live[name][key])
             assert now[key] is live[name][key]  # the live tensors, unreplaced
-            assert optimizer_states[name]["state"][0][key] is not live[name][key]  # the save's own copy
+            assert whole.moments[name][key] is not live[name][key]  # the save's own copy
 
 
 def _colour_scene():
@@ -271,7 +269,8 @@ def _cropped_view(layout, shard, rows):
         if comm.rank() == 0:
             got = layout.render(shard, crop=box, **view)[0]
         else:
-            layout.serve(shard, 3)
+            no_cameras = {"viewmats": torch.zeros((0, 4, 4)), "Ks": torch.zeros((0, 3, 3)), "width": 0, "height": 0}
+            layout.render(shard, sh_degree=3, **no_cameras)
             got = None
         want = ReplicatedLayout().render(rows, crop=box, **view)[0]
         whole = ReplicatedLayout().render(rows, **view)[0]
@@ -285,7 +284,7 @@ def _camera_worker(rank: int, port: int, results) -> None:
     try:
         rows, weights = _colour_scene()
         layout = ShardedLayout()
-        shard = {k: v[layout.block(len(v))] for k, v in rows.items()}
+        shard = {k: v[layout.hold(len(v))] for k, v in rows.items()}
         mine = slice(rank, rank + 1)  # each rank renders one camera from every rank's Gaussians
         results[rank] = (
             _camera_gradient(layout, shard, weights, mine),
@@ -324,7 +323,7 @@ def _empty_side_worker(rank: int, port: int, results, pixel_ranges: bool) -> Non
     try:
         rows, _ = _colour_scene()
         layout = ShardedLayout(pixel_ranges=pixel_ranges)
-        shard = {k: v[layout.block(len(v))].clone() for k, v in rows.items()}
+        shard = {k: v[layout.hold(len(v))].clone() for k, v in rows.items()}
         if rank == 0:
             shard["means"] = shard["means"] + torch.tensor([0.0, 0.0, 1e3])  # far out of every view
         shard = {k: v.requires_grad_() for k, v in shard.items()}  # a default run: no camera optimizer
@@ -333,14 +332,15 @@ def _empty_side_worker(rank: int, port: int, results, pixel_ranges: bool) -> Non
             viewmats = viewmats.clone()
             viewmats[0, 2, 3] = -1e4  # rank 0's camera sees no Gaussian either
         K = torch.tensor([[[172.8, 0.0, 96.0], [0.0, 172.8, 72.0], [0.0, 0.0, 1.0]]])  # 9 tile rows to cut
-        render, _, info = layout.render(
-            shard, viewmats=viewmats, Ks=K, width=192, height=144, sh_degree=3, absgrad=True
-        )
-        strategy = SynchronizedDefaultStrategy(layout=layout, absgrad=True)
+        strategy = SynchronizedDefaultStrategy(absgrad=True)
         state = {"grad2d": None, "count": None, "radii": None}
+        render, _, info = layout.render(
+            shard, viewmats=viewmats, Ks=K, width=192, height=144, sh_degree=3, absgrad=True,
+            statistics=strategy.statistics_buffers(shard, state),
+        )  # fmt: skip
         strategy.step_pre_backward(shard, {}, state, 0, info)
         render.sum().backward()  # both ranks reach the exchanges' backward, or this hangs until the timeout
-        strategy._update_state(shard, state, {**info, "views_in_loss": 1})
+        strategy._add_statistics(shard, state, {**info, "views_in_loss": 1}, layout)
         results[rank] = (
             layout.record(len(shard["means"]))["most_received"],
             float(render.abs().sum()),
@@ -366,3 +366,31 @@ def test_a_rank_that_sends_and_receives_nothing_still_takes_part_in_backward_and
         assert 0 < received0 < count1 and 0 < received1 < count1 and received0 + received1 >= count1
     else:
         assert received0 == 0 and received1 == count1
+
+
+def test_packed_rows_are_read_by_their_named_columns():
+    """The camera rows, the cameras' host rows and the projected pairs' rows are read by the names
+    `exchange` gives their columns: each name picks what its writer put there."""
+    from nerfstudio.data.scene_box import OrientedBox
+
+    from splatfacto_dist.layouts.sharded.exchange import _crop_of, camera_meta, camera_rows
+
+    viewmats, K = torch.arange(32.0).reshape(2, 4, 4), torch.arange(18.0).reshape(2, 3, 3)
+    cameras = camera_rows(viewmats, K, torch.device("cpu"))
+    assert torch.equal(cameras[1, exchange.VIEWMAT].reshape(4, 4), viewmats[1])
+    assert torch.equal(cameras[1, exchange.K].reshape(3, 3), K[1])
+    box = OrientedBox(R=torch.eye(3) * 2, T=torch.tensor([1.0, 2.0, 3.0]), S=torch.tensor([4.0, 5.0, 6.0]))
+    meta = camera_meta(2, 64, 48, True, False, box)
+    flags = [int(meta[1, c]) for c in (exchange.WIDTH, exchange.HEIGHT, exchange.DEPTH_FLAG, exchange.ANTIALIASED)]
+    assert flags == [64, 48, 1, 0]
+    crop = _crop_of(meta[1])
+    assert torch.equal(crop.R, box.R) and torch.equal(crop.T, box.T) and torch.equal(crop.S, box.S)
+    assert _crop_of(camera_meta(1, 64, 48, False, False, None)[0]) is None
+    # pairs: 12 floats (colour 3), or 13 when a camera of the render asks for depth (colour 4)
+    assert exchange.pair_width(camera_meta(1, 64, 48, False, False, None)) == 12 and exchange.pair_width(meta) == 13
+    assert exchange.pair_columns(12) == [2, 3, 1, 3, 1, 1, 1] and exchange.pair_columns(13) == [2, 3, 1, 4, 1, 1, 1]
+    row = torch.arange(13.0)[None]
+    assert row[0, exchange.MEANS2D].tolist() == [0, 1] and int(row[0, exchange.MEAN_Y]) == 1
+    assert row[0, exchange.CONIC].tolist() == [2, 3, 4] and int(row[0, exchange.OPACITY]) == 5
+    assert [int(row[0, c]) for c in (exchange.DEPTH, exchange.RADIUS, exchange.CAMERA)] == [10, 11, 12]
+    assert exchange.colour_channels(13) == 4 and exchange.FIXED_COLUMNS == 9

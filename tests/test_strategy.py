@@ -3,6 +3,7 @@ import torch
 from gsplat.strategy import DefaultStrategy
 
 from splatfacto_dist.densify.strategy import SynchronizedDefaultStrategy
+from splatfacto_dist.layouts.replicated import ReplicatedLayout
 
 
 @pytest.mark.parametrize("absgrad", [True, False])
@@ -21,7 +22,7 @@ def test_sync_free_statistics_update_equals_gsplats(absgrad, screen_size_stats, 
     ours, gsplats = SynchronizedDefaultStrategy(**settings), DefaultStrategy(**settings)
     state_ours, state_gsplat = ours.initialize_state(), gsplats.initialize_state()
     for _ in range(3):
-        ours._update_state(params, state_ours, info)
+        ours._add_statistics(params, state_ours, info, ReplicatedLayout())
         gsplats._update_state(params, state_gsplat, info)
     assert state_ours.keys() == state_gsplat.keys()
     for key in ("grad2d", "count"):
@@ -61,7 +62,8 @@ def test_renders_of_one_step_by_image_size_count_like_one_render():
     strategy = SynchronizedDefaultStrategy(absgrad=True, refine_scale2d_stop_iter=100)
     at_once, by_part = strategy.initialize_state(), strategy.initialize_state()
     params = {"means": torch.zeros(N, 3)}
-    strategy._update_state(params, at_once, whole)
-    strategy._update_state(params, by_part, parts)
+    strategy._add_statistics(params, at_once, whole, ReplicatedLayout())
+    for part in parts:
+        strategy._add_statistics(params, by_part, part, ReplicatedLayout())
     for key in ("grad2d", "count", "radii"):
         torch.testing.assert_close(by_part[key], at_once[key])

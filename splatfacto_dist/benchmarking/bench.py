@@ -28,9 +28,11 @@ import numpy as np
 
 from splatfacto_dist.benchmarking import bench_report
 from splatfacto_dist.launching.argv import option
+from splatfacto_dist.launching.command import CLI, layout_args, train_argv
 from splatfacto_dist.reporting.records import clear_rank_records, read_rank_records
 
 STUB = Path(__file__).resolve().parent / "lpips_stub"
+STOCK = (sys.executable, "-m", "splatfacto_dist.benchmarking.bench_stock")  # stock ns-train, LPIPS stubbed
 _PROGRESS = re.compile(r"(\d+) \((\d+\.\d+)%\)")
 _EVAL_PREFIX = "Eval Images Metrics Dict (all images)/"
 
@@ -78,32 +80,22 @@ def _command(job: Job, args: argparse.Namespace, extra: List[str], out: Path) ->
         str(job.seed),
     ]
     if job.method == "splatfacto":  # stock counts steps of one image: the same numbers, in images
-        cmd = [sys.executable, "-m", "splatfacto_dist.benchmarking.bench_stock", "splatfacto", *common]
-    else:  # splatfacto-dist counts images by default and divides by the images per step itself
-        cmd = [
-            sys.executable,
-            "-m",
-            "splatfacto_dist.cli",
-            "splatfacto-dist",
-            *common,
-            "--machine.num-devices",
-            str(job.n_gpus),
-            "--pipeline.datamanager.cameras-per-rank",
-            str(job.batch),
-            "--eval-all-images-at-end",
-            "True",
-            "--profile-phases-every",
-            str(args.profile_every),
-            *layout_args(args.layout),
-            *extra,
-        ]
-    return cmd + [*args.dataparser, "--data", str(args.data)]
-
-
-def layout_args(layout: str) -> List[str]:
-    """The trainer options selecting a Gaussian layout; none for the default, replicated, so the
-    benchmark runs on trainers that predate the option."""
-    return [] if layout == "replicated" else ["--pipeline.model.gaussian-layout", layout]
+        return train_argv(STOCK, job.method, common, args.dataparser, args.data)
+    # splatfacto-dist counts images by default and divides by the images per step itself
+    dist = [
+        *common,
+        "--machine.num-devices",
+        str(job.n_gpus),
+        "--pipeline.datamanager.cameras-per-rank",
+        str(job.batch),
+        "--eval-all-images-at-end",
+        "True",
+        "--profile-phases-every",
+        str(args.profile_every),
+        *layout_args(args.layout),
+        *extra,
+    ]
+    return train_argv(CLI, job.method, dist, args.dataparser, args.data)
 
 
 def read_events(run: Path, images_per_step: int, started_at: float) -> tuple:

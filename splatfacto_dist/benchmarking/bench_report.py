@@ -182,7 +182,8 @@ def markdown(jobs: List[dict], environment: Dict[str, str], title: str) -> str:
 
 
 def plot(jobs: List[dict], path: Path, title: str) -> None:
-    """Three panels: time vs GPUs, test PSNR vs GPUs, test PSNR over time (time-to-PSNR)."""
+    """Three panels: time vs GPUs, test PSNR vs GPUs, test PSNR over time (time-to-PSNR). Without a
+    splatfacto-dist job (`bench --stock-only`) the first two show stock's lines alone, at 1 GPU."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -194,8 +195,11 @@ def plot(jobs: List[dict], path: Path, title: str) -> None:
     dist = [runs for runs in dist if runs]
     fig, (ax_t, ax_q, ax_c) = plt.subplots(1, 3, figsize=(13, 3.8))
     gpus = [runs[0]["n_gpus"] for runs in dist]
+    ticks = gpus or [1]  # stock's 1 GPU when no splatfacto-dist job ran
 
     def band(ax, key: str, style: str, label: str) -> None:
+        if not dist:
+            return
         values = [[j["result"].get(key, float("nan")) for j in runs] for runs in dist]
         ax.errorbar(
             gpus, [np.mean(v) for v in values], yerr=[np.std(v) for v in values], fmt=style, capsize=3, label=label
@@ -206,9 +210,9 @@ def plot(jobs: List[dict], path: Path, title: str) -> None:
     if base:
         for key, style in (("wall_s", "-"), ("loop_s", "--")):
             ax_t.axhline(base[key], color="gray", ls=style, lw=1)
-        ax_t.plot(gpus, [base["loop_s"] / g for g in gpus], ":", color="gray", label="stock loop / GPUs (ideal)")
-        ax_t.text(max(gpus), base["wall_s"], "stock 1 GPU", va="bottom", ha="right", fontsize=8, color="gray")
-    ax_t.set(xlabel="GPUs", ylabel="seconds", title="time", xticks=gpus)
+        ax_t.plot(ticks, [base["loop_s"] / g for g in ticks], ":", color="gray", label="stock loop / GPUs (ideal)")
+        ax_t.text(max(ticks), base["wall_s"], "stock 1 GPU", va="bottom", ha="right", fontsize=8, color="gray")
+    ax_t.set(xlabel="GPUs", ylabel="seconds", title="time", xticks=ticks)
     ax_t.legend(fontsize=7)
     band(ax_q, "psnr", "o-", "splatfacto-dist")
     if base:
@@ -216,7 +220,7 @@ def plot(jobs: List[dict], path: Path, title: str) -> None:
         ax_q.axhspan(
             base["psnr"] - PSNR_TOLERANCE_DB, base["psnr"], color="gray", alpha=0.2, label=f"-{PSNR_TOLERANCE_DB} dB"
         )
-    ax_q.set(xlabel="GPUs", ylabel="test PSNR (dB)", title="quality", xticks=gpus)
+    ax_q.set(xlabel="GPUs", ylabel="test PSNR (dB)", title="quality", xticks=ticks)
     ax_q.legend(fontsize=7)
     for job in jobs:
         if job["curve"]:

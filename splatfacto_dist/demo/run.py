@@ -16,9 +16,10 @@ import torch
 from nerfstudio.data.dataparsers.colmap_dataparser import ColmapDataParserConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from splatfacto_dist.demo.result import SUMMARY, evaluate
+from splatfacto_dist.demo.result import PICTURE_SCALE, SUMMARY, evaluate
 from splatfacto_dist.launching.launch import main as train_main
 from splatfacto_dist.method import splatfacto_dist_config
+from splatfacto_dist.scenes.scene import picture_dir
 
 
 def main() -> None:
@@ -27,10 +28,12 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=None, help="training budget in images")
     args = parser.parse_args()
     scene = args.out / "scene"
-    if not (scene / "colmap").exists():
+    if not (scene / "colmap").exists() or not (scene / picture_dir(PICTURE_SCALE)).exists():
         # Rendered in a child process: this one forks the CPU ranks later, and a process that has
-        # already run torch's OpenMP thread pool cannot be forked safely.
-        subprocess.run([sys.executable, "-m", "splatfacto_dist.scenes.scene", str(scene)], check=True)
+        # already run torch's OpenMP thread pool cannot be forked safely. The views are also
+        # rendered PICTURE_SCALE times larger (320x240), for the result's picture only.
+        generate = [sys.executable, "-m", "splatfacto_dist.scenes.scene", str(scene)]
+        subprocess.run([*generate, "--picture-scale", str(PICTURE_SCALE)], check=True)
     CONSOLE.log(f"embedded scene: {scene}")
 
     gpus = torch.cuda.device_count()
@@ -61,7 +64,8 @@ def main() -> None:
     lpips = f", LPIPS {result.lpips:.3f}" if result.lpips is not None else ""
     for line in (
         f"\n[bold green]test views ({result.n_views}):[/bold green] PSNR {result.psnr:.2f} dB, SSIM {result.ssim:.3f}{lpips}",
-        f"[bold green]picture:[/bold green] {result.png} (each row: ground truth | render)",
+        f"[bold green]picture:[/bold green] {result.png} (each row: ground truth | render, "
+        f"{result.picture_scale}x the training size)",
         f"[bold green]outputs:[/bold green] {run_dir} (summary: {SUMMARY})",
         f"[bold green]export:[/bold green] ns-export gaussian-splat --load-config {run_dir / 'config.yml'} "
         f"--output-dir {run_dir / 'export'}",

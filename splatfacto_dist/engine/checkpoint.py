@@ -13,28 +13,12 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Optional, Protocol
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import torch
-from nerfstudio.utils.rich_utils import CONSOLE
 
-from splatfacto_dist import comm
-
-
-class Checkpointed(Protocol):
-    """What saving and resuming read and set on a trainer (the trainer calls them: this module
-    does not import it)."""
-
-    config: Any  # DistTrainerConfig: save_only_latest_checkpoint, load_dir / load_step / load_checkpoint, ...
-    pipeline: Any
-    optimizers: Any
-    grad_scaler: torch.amp.GradScaler
-    checkpoint_dir: Path
-    images_per_step: int
-    _start_step: int
-
-    def setup_optimizers(self) -> Any: ...
+from splatfacto_dist.layouts.contract import GaussianLayout, WholeGaussians
 
 
 def to_builtin(obj: Any) -> Any:
@@ -57,30 +41,39 @@ def save_atomic(state: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def save(trainer: Checkpointed, step: int) -> None:
-    """Every rank calls this (a sharded model is gathered collectively); rank 0 writes."""
-    costs = trainer.pipeline.datamanager.cost_state()  # every rank's camera costs, before rank 0 goes on alone
-    full = trainer.pipeline.model.layout.full_state(trainer.pipeline, trainer.optimizers)
-    if full is None:
-        return
-    pipeline_state, optimizer_states, ids = full
-    trainer.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    path: Path = trainer.checkpoint_dir / f"step-{step:09d}.ckpt"
-    state = {
-        "step": step,
-        "images_per_step": trainer.images_per_step,
-        "pipeline": pipeline_state,
-        "optimizers": optimizer_states,
-        "schedulers": {k: v.state_dict() for k, v in trainer.optimizers.schedulers.items()},
-        "scalers": trainer.grad_scaler.state_dict(),
-        "gaussian_ids": ids,  # random draws are keyed by them (ops.py); stock tools ignore the key
-        "camera_costs": costs,  # how the cameras are dealt (camera_costs.py)
-    }
-    save_atomic(state, path)
-    if trainer.config.save_only_latest_checkpoint:
-        for old in trainer.checkpoint_dir.glob("*.ckpt"):
-            if old != path:
-                old.unlink()
+def save(
+    path: Path, step: int, pipeline: Any, optimizers: Any, layout: GaussianLayout, extra: Dict[str, Any]
+) -> Optional[Path]:
+    """Every rank calls this (a sharded model is gathered collectively); rank 0 writes the whole model
+    in splatfacto's layout to `path` with `extra` (step bookkeeping, scalers, ...) and returns it."""
+    model = pipeline.model
+    costs = pipeline.datamanager.cost_state()  # every rank's camera costs, before rank 0 goes on alone
+    whole = layout.gather(model.gauss_params, optimizers.optimizers, model.strategy_state["ids"])
+    if whole is None:
+        return None
+    state = {k: v for k, v in pipeline.state_dict().items() if not k.startswith("_model.gauss_params.")}
+    state.update({f"_model.gauss_params.{name}": value for name, value in whole.params.items()})
+    optimizer_states = {}
+    for name, optimizer in optimizers.optimizers.items():
+        saved = optimizer.state_dict()
+        if name in whole.moments and saved["state"]:
+            (index,) = saved["state"]  # one parameter per Gaussian group
+            saved = {**saved, "state": {index: {**saved["state"][index], **whole.moments[name]}}}
+        optimizer_states[name] = saved
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_atomic(
+        {
+            "step": step,
+            **extra,
+            "pipeline": state,
+            "optimizers": optimizer_states,
+            "schedulers": {k: v.state_dict() for k, v in optimizers.schedulers.items()},
+            "gaussian_ids": whole.ids,  # random draws are keyed by them (ops.py); stock tools ignore the key
+            "camera_costs": costs,  # how the cameras are dealt (camera_costs.py)
+        },
+        path,
+    )
+    return path
 
 
 def checkpoint_to_resume(load_dir: Optional[Path], load_step: Optional[int], load_checkpoint: Optional[Path]):
@@ -115,35 +108,49 @@ def load_moments(optimizer: torch.optim.Optimizer, saved: Dict[str, Any]) -> Non
                     state["step"] = state["step"].to(device=p.device, dtype=torch.float32)
 
 
-def resume(trainer: Checkpointed) -> None:
-    """Load the checkpoint the config names (if any) into the trainer, see the module docstring."""
-    config = trainer.config
-    path = checkpoint_to_resume(config.load_dir, config.load_step, config.load_checkpoint)
-    if path is None:
-        if comm.is_main():  # one line per job, as nerfstudio's own notes are
-            CONSOLE.print("No Nerfstudio checkpoint to load, so training from scratch.")
-        return
-    loaded = torch.load(path, map_location="cpu", weights_only=False)
+def load(path: Path) -> Dict[str, Any]:
+    """A checkpoint's contents, on the CPU."""
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def start_step(loaded: Dict[str, Any], images_per_step: int, count_images: bool) -> int:
+    """The step a resume continues at: the same number of images seen when schedules count images
+    and the checkpoint's run took another number per step."""
     start = loaded["step"] + 1
     saved_images_per_step = loaded.get("images_per_step", 1)
-    if config.schedule_unit == "images" and saved_images_per_step != trainer.images_per_step:
-        start = start * saved_images_per_step // trainer.images_per_step  # the same images seen
-    trainer._start_step = start
-    model = trainer.pipeline.model
-    model.layout.load_full_state(trainer.pipeline, loaded["pipeline"], loaded["step"], loaded.get("gaussian_ids"))
-    trainer.optimizers = trainer.setup_optimizers()  # around the loaded Parameters
-    optimizer_states = model.layout.local_optimizer_states(loaded["optimizers"])
-    for name, saved in optimizer_states.items():
-        load_moments(trainer.optimizers.optimizers[name], saved)
-    if config.load_scheduler:
-        continue_schedules(trainer.optimizers.schedulers, start)
-    trainer.grad_scaler.load_state_dict(loaded["scalers"])
-    trainer.pipeline.datamanager.load_cost_state(loaded.get("camera_costs"))
-    if comm.is_main():
-        CONSOLE.print(
-            f"Done loading Nerfstudio checkpoint from {path} (images seen: "
-            f"{start * trainer.images_per_step}, continuing at step {start})"
-        )
+    if count_images and saved_images_per_step != images_per_step:
+        start = start * saved_images_per_step // images_per_step
+    return start
+
+
+def own_rows(loaded: Dict[str, Any], layout: GaussianLayout) -> Tuple[Dict[str, torch.Tensor], WholeGaussians]:
+    """The pipeline state and the Gaussians (parameters, Adam moments, ids) of a checkpoint holding the
+    whole model (either layout wrote it, or stock splatfacto: its Gaussians are then numbered in
+    order), cut to the rows this rank holds (`layout.hold`)."""
+    state = loaded["pipeline"]
+    n = len(state["_model.gauss_params.means"])
+    rows = layout.hold(n)
+    pipeline_state = {k: (v[rows] if k.startswith("_model.gauss_params.") else v) for k, v in state.items()}
+    moments = {}
+    for name, saved in loaded["optimizers"].items():
+        per_param = saved["state"].get(0, {})
+        if f"_model.gauss_params.{name}" in state:
+            moments[name] = {k: v[rows] for k, v in per_param.items() if k != "step"}
+    ids = loaded.get("gaussian_ids")
+    ids = torch.arange(n, dtype=torch.int64) if ids is None else ids
+    params = {k.split(".")[-1]: v for k, v in pipeline_state.items() if k.startswith("_model.gauss_params.")}
+    return pipeline_state, WholeGaussians(params, moments, ids[rows])
+
+
+def optimizer_states(loaded: Dict[str, Any], own: WholeGaussians) -> Dict[str, Dict]:
+    """The saved optimizer states with each Gaussian group's moments replaced by this rank's rows."""
+    out = {}
+    for name, saved in loaded["optimizers"].items():
+        if name in own.moments and saved["state"]:
+            (index,) = saved["state"]
+            saved = {**saved, "state": {index: {**saved["state"][index], **own.moments[name]}}}
+        out[name] = saved
+    return out
 
 
 def continue_schedules(schedulers: Dict[str, torch.optim.lr_scheduler.LRScheduler], start: int) -> None:

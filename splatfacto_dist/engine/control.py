@@ -15,6 +15,7 @@ from typing import Callable, Optional
 import torch
 
 from splatfacto_dist import comm
+from splatfacto_dist.engine.viewer_renders import ViewerRenders
 
 RUN, PAUSE, STOP = 0, 1, 2
 _POLL_S = 0.05
@@ -31,7 +32,7 @@ class RankControl:
         self.on_served = on_served  # (step, ms the longest-waiting served viewer render waited)
 
     def agree_to_continue(
-        self, step: int, local_state: Callable[[], int], layout, serve_empty: Callable[[], None]
+        self, step: int, local_state: Callable[[], int], renders: ViewerRenders, serve_empty: Callable[[], None]
     ) -> bool:
         """False once rank 0 says stop. `local_state()` is this rank's RUN/PAUSE/STOP; viewer
         renders waiting on rank 0 are served by every rank before this returns or while paused."""
@@ -42,25 +43,31 @@ class RankControl:
         if step % self.every:
             return True
         while True:
-            state = self._meet(step, local_state, layout, serve_empty)
+            state = self._meet(step, local_state, renders, serve_empty)
             if state != PAUSE:
                 return state == RUN
             time.sleep(_POLL_S)
 
-    def serve_until_stopped(self, local_state: Callable[[], int], layout, serve_empty: Callable[[], None]) -> None:
+    def serve_until_stopped(
+        self, local_state: Callable[[], int], renders: ViewerRenders, serve_empty: Callable[[], None]
+    ) -> None:
         """After training, with the viewer kept open and the model sharded: meet every 50 ms and
         serve rank 0's viewer renders until rank 0 says stop (or the job is stopped: ctrl+c, or
         a rank's failure, which the launcher turns into the end of the job)."""
-        while self._meet(None, local_state, layout, serve_empty) != STOP:
+        while self._meet(None, local_state, renders, serve_empty) != STOP:
             time.sleep(_POLL_S)
 
     def _meet(
-        self, step: Optional[int], local_state: Callable[[], int], layout, serve_empty: Callable[[], None]
+        self,
+        step: Optional[int],
+        local_state: Callable[[], int],
+        renders: ViewerRenders,
+        serve_empty: Callable[[], None],
     ) -> int:
         """One agreement: rank 0's state and its waiting viewer renders, which every rank then serves."""
-        state, renders = comm.broadcast_ints([local_state(), layout.pending_renders()], device=self.device)
-        if renders:
-            waited_ms = layout.serve_viewer(renders, serve_empty)
+        state, waiting = comm.broadcast_ints([local_state(), renders.pending()], device=self.device)
+        if waiting:
+            waited_ms = renders.serve(waiting, comm.is_main(), serve_empty)
             if self.on_served is not None and comm.is_main() and step is not None:
                 self.on_served(step, waited_ms)
         return state

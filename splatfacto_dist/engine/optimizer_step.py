@@ -9,18 +9,21 @@ decisions that need every gradient of a group taken over the whole model.
   schedules drift apart): the skip is decided on the whole group's norm, which is non-finite
   exactly when some shard's gradients are.
 
-Replicated, every rank already holds the averaged gradients, and the layout's norms are local.
+A replicated group's gradients are already averaged on every rank, so its norm is local; a split
+group's (`GaussianLayout.split_groups`) is the sum of the ranks' squares.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import torch
 from nerfstudio.engine.optimizers import Optimizers
 from torch.amp import GradScaler
 from torch.optim import optimizer as optimizer_hooks  # the hooks `register_optimizer_step_*_hook` adds
+
+from splatfacto_dist import comm
 
 
 def live_parameters(optimizers: Optimizers, name: str) -> List[torch.nn.Parameter]:
@@ -29,16 +32,40 @@ def live_parameters(optimizers: Optimizers, name: str) -> List[torch.nn.Paramete
     return [p for group in optimizers.optimizers[name].param_groups for p in group["params"]]
 
 
-def step_optimizers(optimizers: Optimizers, scaler: GradScaler, names: List[str], layout) -> None:
+def squared_norms(grads: Dict[str, List[torch.Tensor]], split_groups: Tuple[str, ...]) -> Dict[str, torch.Tensor]:
+    """Each group's squared L2 gradient norm over the whole model (for clipping, the scaler's
+    inf/NaN check and gradient logs): the groups in `split_groups` summed over the ranks in one small
+    all-reduce, so every rank must ask for the same groups."""
+    norms = {name: _squared_norm(values) for name, values in grads.items()}
+    split = [name for name in norms if name in split_groups]
+    if split:
+        devices = [norms[name].device for name in split if norms[name].device.type != "cpu"]
+        device = devices[0] if devices else torch.device("cpu")  # a group without gradients gives a CPU 0
+        summed = comm.all_reduce_sum(torch.stack([norms[name].to(device) for name in split]))
+        norms.update(zip(split, summed))
+    return norms
+
+
+def _squared_norm(values: List[torch.Tensor]) -> torch.Tensor:
+    """Sum of squares of every element of `values` (0 for none), as one float32 scalar."""
+    total = torch.zeros((), device=values[0].device if values else "cpu")
+    for value in values:
+        total = total + value.detach().float().pow(2).sum()
+    return total
+
+
+def step_optimizers(
+    optimizers: Optimizers, scaler: GradScaler, names: List[str], split_groups: Tuple[str, ...]
+) -> None:
     """Unscale, clip and step the optimizers `names` (see the module docstring); every rank calls it
     with the same `names`."""
     clip = {name: optimizers.config[name]["optimizer"].max_norm for name in names}
     clip = {name: max_norm for name, max_norm in clip.items() if max_norm is not None}
-    agree = [name for name in names if scaler.is_enabled() and layout.sharded] + list(clip)
+    agree = [name for name in names if scaler.is_enabled() and name in split_groups] + list(clip)
     if agree:
         for name in dict.fromkeys(agree):
             scaler.unscale_(optimizers.optimizers[name])
-        norms = layout.squared_norms({name: _grads(optimizers, name) for name in dict.fromkeys(agree)})
+        norms = squared_norms({name: _grads(optimizers, name) for name in dict.fromkeys(agree)}, split_groups)
         for name, squared in norms.items():
             finite = bool(torch.isfinite(squared))
             if scaler.is_enabled() and not finite:

@@ -46,7 +46,17 @@ class DistPipeline(VanillaPipeline):
         )
         self.world_size = world_size
         self._refuse_mixed_sizes_in_sharded_batches()
-        self.model.layout.broadcast_initial(self.model)
+        self._start_alike()
+
+    def _start_alike(self) -> None:
+        """Every rank starts from rank 0's exact replicated state; split Gaussian groups were drawn
+        identically everywhere and cut to each rank's rows, so they are not sent."""
+        split = self.model.layout.split_groups
+        shared = [
+            p for name, p in self.model.named_parameters()
+            if not (name.startswith("gauss_params.") and name.split(".")[1] in split)
+        ]  # fmt: skip
+        comm.broadcast_tensors(shared + list(self.model.buffers()))
 
     def _refuse_mixed_sizes_in_sharded_batches(self) -> None:
         """A sharded step exchanges Gaussians once per render, so every rank must render its batch at

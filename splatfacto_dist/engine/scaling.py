@@ -24,12 +24,10 @@ from nerfstudio.engine.schedulers import (
 )
 from nerfstudio.engine.trainer import TrainerConfig
 
-from splatfacto_dist.layouts.replicated import (
-    GAUSSIAN_NAMES as GAUSSIAN_GROUPS,  # each Gaussian parameter has its optimizer
-)
+from splatfacto_dist.layouts.contract import GAUSSIAN_NAMES  # each Gaussian parameter has its optimizer
 
 # The optimizer groups a splatfacto model can have; nerfstudio builds no optimizer for any other entry.
-SPLATFACTO_GROUPS = (*GAUSSIAN_GROUPS, "camera_opt", "bilateral_grid")
+SPLATFACTO_GROUPS = (*GAUSSIAN_NAMES, "camera_opt", "bilateral_grid")
 ScalingRule = Literal["sqrt", "linear", "off"]
 # Every scheduler whose step counts `convert_images_to_steps` rewrites, and whose learning rates stay
 # right under `scale_optimizers` (all are factors of the optimizer's lr, but exponential decay's
@@ -114,7 +112,7 @@ def scale_optimizers(config: TrainerConfig, effective_batch: int, rule: ScalingR
     if effective_batch == 1 or rule == "off":
         return
     factor = math.sqrt(effective_batch) if rule == "sqrt" else float(effective_batch)
-    for name in GAUSSIAN_GROUPS:
+    for name in GAUSSIAN_NAMES:
         group = config.optimizers.get(name)
         if group is None:
             continue

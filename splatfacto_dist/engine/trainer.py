@@ -30,14 +30,16 @@ from nerfstudio.utils.writer import EventName, TimeWriter
 from splatfacto_dist import comm
 from splatfacto_dist.engine import checkpoint
 from splatfacto_dist.engine.control import PAUSE, RUN, STOP, RankControl
-from splatfacto_dist.engine.optimizer_step import live_parameters, step_optimizers
+from splatfacto_dist.engine.optimizer_step import live_parameters, squared_norms, step_optimizers
 from splatfacto_dist.engine.scaling import ScalingRule, convert_images_to_steps, fuse_adam, scale_optimizers
+from splatfacto_dist.engine.viewer_renders import TrainLock
 from splatfacto_dist.launching.devices import gpu_of
 from splatfacto_dist.launching.memcap import ENV as MEMORY_CAP_ENV, apply_memory_cap, use_expandable_segments
 from splatfacto_dist.launching.preflight import refuse_at_parse
+from splatfacto_dist.layouts.contract import named_tensors
 from splatfacto_dist.models.model import SplatfactoDistModelConfig
 from splatfacto_dist.reporting.profiling import PHASES, STARTUP
-from splatfacto_dist.reporting.records import write_rank_record
+from splatfacto_dist.reporting.records import describe_layout, write_rank_record
 
 
 @dataclass
@@ -120,6 +122,7 @@ class DistTrainer(Trainer):
         if getattr(datamanager, "balance_cameras", False) is None:  # on where a camera's time is its own
             datamanager.balance_cameras = getattr(model, "gaussian_layout", "replicated") == "replicated"
         super().__init__(config, local_rank=local_rank, world_size=world_size)
+        self.train_lock = TrainLock()  # a viewer render waiting on every rank lets it go (engine/viewer_renders.py)
         if cuda:
             self.device = f"cuda:{gpu_of(local_rank, config)}"
         if config.ranks_per_gpu > 1 and comm.is_distributed() and torch.distributed.get_backend() == "nccl":
@@ -141,7 +144,6 @@ class DistTrainer(Trainer):
 
     def setup(self, test_mode: Literal["test", "val", "inference"] = "val") -> None:
         super().setup(test_mode)
-        self.pipeline.model.layout.train_lock = self.train_lock  # the viewer lets it go while it waits
         STARTUP.mark("setup")
 
     def train(self) -> None:
@@ -153,7 +155,7 @@ class DistTrainer(Trainer):
             self._report_rank()
             self._after_train()
         finally:
-            self.pipeline.model.layout.close_viewer("training has stopped: no rank serves the viewer any more")
+            self.pipeline.model.viewer_renders.close("training has stopped: no rank serves the viewer any more")
 
     def _train_steps(self) -> None:
         datamanager = self.pipeline.datamanager
@@ -232,13 +234,14 @@ class DistTrainer(Trainer):
         gpu = f", peak GPU {gpu_mb:.0f} MB" if gpu_mb is not None else ""
         CONSOLE.print(
             f"rank {comm.rank()}: start-up {startup:.1f} s ({STARTUP.breakdown(created)}), peak host {host_mb:.0f} MB"
-            f"{gpu}{model.layout.report(local)}",
+            f"{gpu}{describe_layout(record)}",
             soft_wrap=True,
         )
 
     def _agree_to_continue(self, step: int) -> bool:
         """Adopt rank 0's pause/stop state and serve its waiting viewer renders (control.py)."""
-        return self.control.agree_to_continue(step, self._local_state, self.pipeline.model.layout, self._serve_render)
+        renders = self.pipeline.model.viewer_renders
+        return self.control.agree_to_continue(step, self._local_state, renders, self._serve_render)
 
     def _local_state(self) -> int:
         return STOP if self.stop_training else PAUSE if self.training_state == "paused" else RUN
@@ -266,10 +269,13 @@ class DistTrainer(Trainer):
             with PHASES.phase("backward"):
                 self.grad_scaler.scale(loss).backward()  # type: ignore[union-attr]
         with PHASES.phase("all-reduce"):
-            self.pipeline.model.layout.average_gradients(self._trainable_groups())
+            split = self.pipeline.model.layout.split_groups  # their gradients met in the render's exchange
+            comm.average_gradients(
+                [p for name, ps in self._trainable_groups().items() if name not in split for p in ps]
+            )
         with PHASES.phase("optimizer"):
             needs_step = [g for g in groups if step % accumulation[g] == accumulation[g] - 1]
-            step_optimizers(self.optimizers, self.grad_scaler, needs_step, self.pipeline.model.layout)
+            step_optimizers(self.optimizers, self.grad_scaler, needs_step, split)
             scale = self.grad_scaler.get_scale()
             self.grad_scaler.update()
             if scale <= self.grad_scaler.get_scale():
@@ -284,7 +290,8 @@ class DistTrainer(Trainer):
         shards). Every rank calls it."""
         named = {name: [p.grad] for name, p in self.pipeline.model.named_parameters() if p.grad is not None}
         by_group = {name.split(".")[1] if name.startswith("gauss_params.") else name: name for name in named}
-        squared = self.pipeline.model.layout.squared_norms({group: named[name] for group, name in by_group.items()})
+        split = self.pipeline.model.layout.split_groups
+        squared = squared_norms({group: named[name] for group, name in by_group.items()}, split)
         norms = {f"Gradients/{by_group[group]}": value.sqrt() for group, value in squared.items()}
         norms["Gradients/Total"] = functools.reduce(torch.add, norms.values(), torch.zeros((), device=self.device))
         return norms
@@ -332,17 +339,50 @@ class DistTrainer(Trainer):
         model = self.pipeline.model
         try:
             check_optimizer_rows(model, self.optimizers)
-            comm.verify_replicas(model.layout.named_replicated(model, self.optimizers))
+            comm.verify_replicas(
+                named_tensors(list(model.named_parameters()), self.optimizers.optimizers, model.layout.split_groups)
+            )
             model.layout.verify_total(model.num_points)
         except comm.ReplicaMismatch as err:
             raise comm.ReplicaMismatch(f"step {step}: {err}") from None
 
     def save_checkpoint(self, step: int) -> None:
         """Every rank takes part (a sharded model is gathered); rank 0 writes (checkpoint.py)."""
-        checkpoint.save(self, step)
+        path = self.checkpoint_dir / f"step-{step:09d}.ckpt"
+        extra = {"images_per_step": self.images_per_step, "scalers": self.grad_scaler.state_dict()}
+        written = checkpoint.save(path, step, self.pipeline, self.optimizers, self.pipeline.model.layout, extra)
+        if written is not None and self.config.save_only_latest_checkpoint:
+            for old in self.checkpoint_dir.glob("*.ckpt"):
+                if old != written:
+                    old.unlink()
 
     def _load_checkpoint(self) -> None:
-        checkpoint.resume(self)
+        """Resume from the checkpoint the config names, if any (checkpoint.py): the whole model cut to
+        this rank's rows, the same images seen, and this run's optimizer settings."""
+        config = self.config
+        path = checkpoint.checkpoint_to_resume(config.load_dir, config.load_step, config.load_checkpoint)
+        if path is None:
+            if comm.is_main():  # one line per job, as nerfstudio's own notes are
+                CONSOLE.print("No Nerfstudio checkpoint to load, so training from scratch.")
+            return
+        loaded = checkpoint.load(path)
+        self._start_step = checkpoint.start_step(loaded, self.images_per_step, config.schedule_unit == "images")
+        model = self.pipeline.model
+        pipeline_state, own = checkpoint.own_rows(loaded, model.layout)
+        self.pipeline.load_pipeline(pipeline_state, loaded["step"])
+        model.load_gaussian_ids(own.ids)
+        self.optimizers = self.setup_optimizers()  # around the loaded Parameters
+        for name, saved in checkpoint.optimizer_states(loaded, own).items():
+            checkpoint.load_moments(self.optimizers.optimizers[name], saved)
+        if config.load_scheduler:
+            checkpoint.continue_schedules(self.optimizers.schedulers, self._start_step)
+        self.grad_scaler.load_state_dict(loaded["scalers"])
+        self.pipeline.datamanager.load_cost_state(loaded.get("camera_costs"))
+        if comm.is_main():
+            CONSOLE.print(
+                f"Done loading Nerfstudio checkpoint from {path} (images seen: "
+                f"{self._start_step * self.images_per_step}, continuing at step {self._start_step})"
+            )
 
     def _train_complete_viewer(self) -> None:
         """Keep the viewer open after training (until ctrl+c), holding only the ranks it needs.
@@ -354,13 +394,13 @@ class DistTrainer(Trainer):
         on its training thread, as during training.
         """
         layout = self.pipeline.model.layout
-        if layout.keeps_ranks_for_viewer and comm.is_distributed():
+        if layout.sharded and comm.is_distributed():
             if not self.config.is_viewer_enabled():
                 return
             if self.viewer_state is not None:
                 self.viewer_state.training_complete()
                 CONSOLE.print("Use ctrl+c to quit", justify="center")
-            self.control.serve_until_stopped(self._local_state, layout, self._serve_render)
+            self.control.serve_until_stopped(self._local_state, self.pipeline.model.viewer_renders, self._serve_render)
             return
         if self.viewer_state is None:
             return

@@ -25,8 +25,9 @@ from nerfstudio.engine.trainer import TrainerConfig
 
 from splatfacto_dist.data.datamanager import ShardedFullImageDatamanagerConfig
 from splatfacto_dist.engine.pipeline import DistPipelineConfig
-from splatfacto_dist.engine.scaling import CONVERTIBLE_SCHEDULERS, GAUSSIAN_GROUPS, SPLATFACTO_GROUPS, is_adam
+from splatfacto_dist.engine.scaling import CONVERTIBLE_SCHEDULERS, SPLATFACTO_GROUPS, is_adam
 from splatfacto_dist.launching.refusals import FULL_IMAGE, INERT, LITERAL, NO_RAYS
+from splatfacto_dist.layouts.contract import GAUSSIAN_NAMES
 from splatfacto_dist.models.model import SplatfactoDistModelConfig
 
 
@@ -105,7 +106,7 @@ def _non_adam_gaussian_groups(config: Any) -> List[str]:
     """Gaussian groups whose optimizer `scale_optimizers` would have to rewrite as Adam."""
     if config.batch_optimizer_scaling == "off":
         return []
-    return list(_groups_with(config, lambda name, g: name in GAUSSIAN_GROUPS and not is_adam(g["optimizer"])))
+    return list(_groups_with(config, lambda name, g: name in GAUSSIAN_NAMES and not is_adam(g["optimizer"])))
 
 
 def _unconvertible_schedulers(config: Any) -> List[str]:
@@ -115,7 +116,7 @@ def _unconvertible_schedulers(config: Any) -> List[str]:
         scheduler = group.get("scheduler")
         if scheduler is None or isinstance(scheduler, CONVERTIBLE_SCHEDULERS):
             return False
-        return config.schedule_unit == "images" or (name in GAUSSIAN_GROUPS and config.batch_optimizer_scaling != "off")
+        return config.schedule_unit == "images" or (name in GAUSSIAN_NAMES and config.batch_optimizer_scaling != "off")
 
     return list(_groups_with(config, bad))
 

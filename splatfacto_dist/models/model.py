@@ -32,6 +32,8 @@ from torchmetrics.image import PeakSignalNoiseRatio
 
 from splatfacto_dist import comm
 from splatfacto_dist.densify.strategy import SynchronizedDefaultStrategy
+from splatfacto_dist.engine.viewer_renders import ViewerRenders
+from splatfacto_dist.layouts.contract import GaussianLayout
 from splatfacto_dist.layouts.replicated import ReplicatedLayout
 from splatfacto_dist.layouts.sharded import ShardedLayout
 from splatfacto_dist.models.metrics import LazyLPIPS
@@ -114,10 +116,13 @@ class SplatfactoDistModel(SplatfactoModel):
     config: SplatfactoDistModelConfig
 
     def populate_modules(self) -> None:
+        self.layout: GaussianLayout
         if self.config.gaussian_layout == "sharded":
             self.layout = ShardedLayout(pixel_ranges=self.config.pixel_ranges is not False)
         else:
             self.layout = ReplicatedLayout()
+        self.viewer_renders = ViewerRenders()  # where the viewer's renders wait when every rank must serve them
+        self._training_thread = threading.current_thread()  # the model is built on it
         gaussians, ids = self._initial_gaussians()
         self.gauss_params = torch.nn.ParameterDict(
             {name: torch.nn.Parameter(value.contiguous()) for name, value in gaussians.items()}
@@ -160,7 +165,6 @@ class SplatfactoDistModel(SplatfactoModel):
             revised_opacity=False,
             report_refines=comm.is_main(),
             seed=self.seed,
-            layout=self.layout,
         )
         self.strategy_state = self.strategy.initialize_state(scene_scale=1.0)
         self.strategy_state["ids"] = ids
@@ -170,8 +174,12 @@ class SplatfactoDistModel(SplatfactoModel):
         1-process run) the loaded Gaussians are the whole model, whose count the layout keeps."""
         result = super().load_state_dict(state_dict, **kwargs)
         if not comm.is_distributed():
-            self.layout.total = self.num_points
+            self.layout.hold(self.num_points)
         return result
+
+    def load_gaussian_ids(self, ids: torch.Tensor) -> None:
+        """The ids of a loaded checkpoint's Gaussians (this rank's rows), which key their random draws."""
+        self.strategy_state["ids"] = ids.to(self.device)
 
     @property
     def seed(self) -> int:
@@ -190,7 +198,7 @@ class SplatfactoDistModel(SplatfactoModel):
         else:
             means = (torch.rand((self.config.num_random, 3), generator=generator) - 0.5) * self.config.random_scale
         n = means.shape[0]
-        rows = self.layout.take_initial(n)
+        rows = self.layout.hold(n)
         distances = nearest_distances(means, means[rows], 3)
         scales = torch.log(distances.mean(dim=-1, keepdim=True).repeat(1, 3))
         dim_sh = num_sh_bases(self.config.sh_degree)
@@ -294,9 +302,11 @@ class SplatfactoDistModel(SplatfactoModel):
         sharded mode) every rank takes part in it."""
         if not isinstance(camera, Cameras):
             return {}
-        if threading.current_thread() is self.layout.training_thread:
+        if threading.current_thread() is self._training_thread:
             return self._render(camera)
-        return self.layout.render_for_viewer(lambda: self._render_for_viewer(camera))
+        if self.layout.sharded and comm.is_distributed():
+            return self.viewer_renders.submit(lambda: self._render_for_viewer(camera))
+        return self._render_for_viewer(camera)
 
     def _render_for_viewer(self, camera: Cameras) -> Dict[str, Union[torch.Tensor, List]]:
         was_training = self.training
@@ -308,10 +318,12 @@ class SplatfactoDistModel(SplatfactoModel):
             self.train(was_training)
 
     def serve_render(self) -> None:
-        """Take part in a render another rank asked for (sharded mode: its eval or viewer camera)."""
+        """Take part in a render another rank asked for (sharded mode: its eval or viewer camera), with
+        no camera of this rank's; the rows are made as the asker's render makes them."""
         with torch.no_grad():
             rows, sh_degree = self._gaussian_rows()
-            self.layout.serve(rows, sh_degree)
+            no_cameras = {"viewmats": torch.zeros((0, 4, 4)), "Ks": torch.zeros((0, 3, 3)), "width": 0, "height": 0}
+            self.layout.render(rows, sh_degree=sh_degree, **no_cameras)
 
     def _render(self, camera: Cameras) -> Dict[str, Union[torch.Tensor, List]]:
         n_views = camera.shape[0]
@@ -323,7 +335,9 @@ class SplatfactoDistModel(SplatfactoModel):
 
         rows, sh_degree = self._gaussian_rows()
         render_mode = "RGB+ED" if self.config.output_depth_during_training or not self.training else "RGB"
-        render, alpha, self.info = self.layout.render(
+        densifying = self.training and self.step < self.strategy.refine_stop_iter  # densification reads its statistics
+        statistics = self.strategy.statistics_buffers(self.gauss_params, self.strategy_state) if densifying else None
+        render, alpha, self.info = self.layout.render(  # type: ignore[misc]
             rows,
             crop=None if self.training else self.crop_box,
             viewmats=self._viewmats(camera_to_worlds),
@@ -334,7 +348,7 @@ class SplatfactoDistModel(SplatfactoModel):
             render_mode=render_mode,
             rasterize_mode=self.config.rasterize_mode,
             absgrad=self.strategy.absgrad,
-            statistics=self.training and self.step < self.strategy.refine_stop_iter,  # read by densification
+            statistics=statistics,
         )
         if self.training:
             self.strategy.step_pre_backward(
@@ -378,7 +392,7 @@ class SplatfactoDistModel(SplatfactoModel):
             state=self.strategy_state,
             step=self.step,
             info=self._step_infos,
-            packed=False,
+            layout=self.layout,
         )
 
     def get_metrics_dict(self, outputs, batch) -> Dict[str, torch.Tensor]:

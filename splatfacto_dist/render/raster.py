@@ -23,9 +23,10 @@ from gsplat.cuda._wrapper import (
 )
 from gsplat.rendering import rasterization as gsplat_rasterization
 
+from splatfacto_dist.render.tiles import TILE_SIZE, tile_bounds, tile_grid
+
 RenderMode = Literal["RGB", "RGB+ED"]
 
-TILE_SIZE = 16
 # What counts as visible, for the rasterizer and for the sharded layout's choice of which Gaussians to
 # send a camera's rank (if the two disagreed, visible Gaussians would silently not be sent).
 NEAR_PLANE = 0.01
@@ -190,7 +191,7 @@ def rasterize_pairs(
             means2d.absgrad = torch.zeros_like(means2d)  # what a rasterizer leaves for densification
         return renders, renders[..., :1]
     if means2d.is_cuda:
-        tiles_x, tiles_y = math.ceil(width / TILE_SIZE), math.ceil(height / TILE_SIZE)
+        tiles_x, tiles_y = tile_grid(width, height)
         _, isect_ids, flatten_ids = isect_tiles(
             means2d, radii, depths, TILE_SIZE, tiles_x, tiles_y, packed=True, n_cameras=n_cameras,
             camera_ids=camera_ids, gaussian_ids=torch.arange(len(means2d), device=means2d.device),
@@ -266,6 +267,7 @@ def reference_rasterization(
     if render_mode == "RGB+ED":
         renders = _expected_depth(renders, alphas)
 
+    tiles_x, tiles_y = tile_grid(width, height)
     info: Dict[str, Any] = {
         "camera_ids": None,
         "gaussian_ids": None,
@@ -274,8 +276,8 @@ def reference_rasterization(
         "depths": depths,
         "conics": conics,
         "opacities": view_opacities,
-        "tile_width": math.ceil(width / TILE_SIZE),
-        "tile_height": math.ceil(height / TILE_SIZE),
+        "tile_width": tiles_x,
+        "tile_height": tiles_y,
         "width": width,
         "height": height,
         "tile_size": TILE_SIZE,
@@ -321,13 +323,7 @@ def _tile_pixel_pairs(
         empty = torch.zeros(0, dtype=torch.long, device=radii.device)
         return empty, empty, empty
     cam = camera_ids[rows]
-    tiles_x, tiles_y = math.ceil(width / TILE_SIZE), math.ceil(height / TILE_SIZE)
-    r = radii[rows].float() / TILE_SIZE
-    center = means2d.reshape(-1, 2)[rows] / TILE_SIZE
-    x0 = torch.clamp(torch.floor(center[:, 0] - r), 0, tiles_x).long()
-    x1 = torch.clamp(torch.ceil(center[:, 0] + r), 0, tiles_x).long()
-    y0 = torch.clamp(torch.floor(center[:, 1] - r), 0, tiles_y).long()
-    y1 = torch.clamp(torch.ceil(center[:, 1] + r), 0, tiles_y).long()
+    x0, x1, y0, y1 = tile_bounds(means2d.reshape(-1, 2)[rows], radii[rows], width, height)
     nx, ny = x1 - x0, y1 - y0
     per = nx * ny
     owner = torch.repeat_interleave(torch.arange(rows.numel(), device=rows.device), per)

@@ -26,6 +26,17 @@ def write_rank_record(run_dir: Path, rank: int, record: Dict[str, Any]) -> Path:
     return path
 
 
+def describe_layout(record: Dict[str, Any]) -> str:
+    """What a rank's end-of-run line adds of its layout's record: a shard says what it owned and the
+    most one render made it hold; a replica (it holds all) adds nothing."""
+    if "owned" not in record:
+        return ""
+    return (
+        f", owns {record['owned']} of {record['total']} Gaussians, rendered up to {record['most_received']} in one"
+        f" render ({100 * record['most_received_share']:.0f}% of the model then)"
+    )
+
+
 def clear_rank_records(run_dir: Path, rank: Optional[int] = None) -> None:
     """Forget an earlier run's records in `run_dir` (all, or `rank`'s): a benchmark reruns into the
     same folder, and neither a record of this run nor a run that writes none (killed, or failed

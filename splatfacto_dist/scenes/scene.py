@@ -87,8 +87,26 @@ def ring_cameras(n_views: int, radius: float = 4.0) -> torch.Tensor:
     return torch.stack(viewmats)
 
 
-def generate_scene(out_dir: Path, n_views: int = 32, width: int = 80, height: int = 60, seed: int = 0) -> Path:
-    """Render the scene into `out_dir` (images/ + colmap/sparse/0/*.txt); returns `out_dir`."""
+def picture_dir(scale: int) -> str:
+    """The folder, beside images/, of the views rendered at `scale` times their size (`generate_scene`)."""
+    return f"images_x{scale}"
+
+
+def generate_scene(
+    out_dir: Path,
+    n_views: int = 32,
+    width: int = 80,
+    height: int = 60,
+    seed: int = 0,
+    picture_scale: int = 0,
+) -> Path:
+    """Render the scene into `out_dir` (images/ + colmap/sparse/0/*.txt); returns `out_dir`.
+
+    With `picture_scale`, every view is also rendered from the same Gaussians at that many times its
+    size, into `picture_dir(picture_scale)` under the same name: the ground truth a picture shows
+    beside a trained model's render of the camera at that size (its intrinsics scaled). Nothing
+    trains or is measured on them.
+    """
     out_dir = Path(out_dir)
     images_dir = out_dir / "images"
     sparse_dir = out_dir / "colmap" / "sparse" / "0"
@@ -98,23 +116,28 @@ def generate_scene(out_dir: Path, n_views: int = 32, width: int = 80, height: in
     gt = ground_truth_gaussians(seed)
     viewmats = ring_cameras(n_views)
     focal = 0.9 * width
-    K = torch.tensor([[focal, 0, width / 2], [0, focal, height / 2], [0, 0, 1.0]])
-    with torch.no_grad():
+    for scale, folder in ((1, images_dir), (picture_scale, out_dir / picture_dir(picture_scale))):
+        if not scale:
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        w, h, f = width * scale, height * scale, focal * scale
+        K = torch.tensor([[f, 0, w / 2], [0, f, h / 2], [0, 0, 1.0]])
         for i in range(n_views):
-            rgb, _, _ = reference_rasterization(
-                means=gt["means"],
-                quats=gt["quats"],
-                scales=torch.exp(gt["scales"]),
-                opacities=gt["opacities"],
-                colors=gt["rgb"],
-                viewmats=viewmats[i : i + 1],
-                Ks=K[None],
-                width=width,
-                height=height,
-                sh_degree=None,
-            )
+            with torch.no_grad():
+                rgb, _, _ = reference_rasterization(
+                    means=gt["means"],
+                    quats=gt["quats"],
+                    scales=torch.exp(gt["scales"]),
+                    opacities=gt["opacities"],
+                    colors=gt["rgb"],
+                    viewmats=viewmats[i : i + 1],
+                    Ks=K[None],
+                    width=w,
+                    height=h,
+                    sh_degree=None,
+                )
             pixels = (rgb[0].clamp(0, 1).numpy() * 255).round().astype(np.uint8)
-            Image.fromarray(pixels).save(images_dir / f"frame_{i:04d}.png")
+            Image.fromarray(pixels).save(folder / f"frame_{i:04d}.png")
 
     write_pinhole_camera(sparse_dir, width, height, focal)
     write_images(sparse_dir, viewmats.numpy(), [f"frame_{i:04d}.png" for i in range(n_views)])
@@ -135,8 +158,10 @@ def main() -> None:
     parser.add_argument("--views", type=int, default=32)
     parser.add_argument("--width", type=int, default=80)
     parser.add_argument("--height", type=int, default=60)
+    parser.add_argument("--picture-scale", type=int, default=0, help="also write every view this many times larger")
     args = parser.parse_args()
-    print(generate_scene(args.out_dir, n_views=args.views, width=args.width, height=args.height))
+    out = generate_scene(args.out_dir, args.views, args.width, args.height, picture_scale=args.picture_scale)
+    print(out)
 
 
 if __name__ == "__main__":

@@ -19,9 +19,10 @@ alone: every image of the render is rendered by all ranks in turn, each rank the
 cut, and the pixels are assembled on the camera's rank (`ranges`).
 
 Modules, one concern each: `exchange` (a render's cameras and projected pairs between ranks, with
-their gradients), `ranges` (a render in pixel ranges), `rebalance` (evening out shards after a refine), `saving` (checkpoints gathered in
-chunks), `viewer_queue` (viewer renders every rank serves), `layout` (`ShardedLayout`, the step's
-interface, which calls them).
+their gradients), `ranges` (a render in pixel ranges) with `range_plan` (where each range is cut)
+and `range_balance` (the tile price learnt from the ranges' times), `rows` (a whole Gaussian as
+one row), `rebalance` (evening out shards after a refine), `saving` (the whole model gathered in
+chunks), `layout` (`ShardedLayout`, the `GaussianLayout` contract's calls, which use them).
 """
 
 from splatfacto_dist.layouts.sharded.layout import ShardedLayout

@@ -11,8 +11,45 @@ from nerfstudio.data.scene_box import OrientedBox
 from torch.utils.checkpoint import checkpoint
 
 from splatfacto_dist import comm
-from splatfacto_dist.layouts.sharded.range_plan import pair_tiles, rendered_rows, tile_rectangles
+from splatfacto_dist.layouts.sharded.range_plan import rendered_rows, tile_rectangles
 from splatfacto_dist.render.raster import activate, camera_centres, project, rasterize_pairs, view_colors
+from splatfacto_dist.render.tiles import tile_bounds
+
+# The packed rows' columns, named once: every reader below and in `ranges` reads them by these names.
+#
+# A camera row (`camera_rows`, [C, 25], on the device): the view matrix, then the intrinsics.
+VIEWMAT, K = slice(0, 16), slice(16, 25)
+# A camera's host row (`camera_meta`, [C, 20]): image width, height, the render's flags (depth
+# channel, antialiased), then its crop box (present, R, T, S).
+WIDTH, HEIGHT, DEPTH_FLAG, ANTIALIASED, CROP = 0, 1, 2, 3, 4
+CROP_R, CROP_T, CROP_S = slice(5, 14), slice(14, 17), slice(17, 20)
+META_WIDTH = CROP_S.stop
+# A projected (Gaussian, camera) pair's row (`project_camera`): means2d, conic, opacity, colour
+# (3 channels, or 4 when a camera of the render asks for depth: its depth is the fourth), then
+# depth (for sorting), radius (for tiles) and the camera's index on its renderer, which are counted
+# from the row's end since the colour's width varies.
+PAIR_SPLIT = (
+    ("means2d", 2),
+    ("conic", 3),
+    ("opacity", 1),
+    ("colour", None),
+    ("depth", 1),
+    ("radius", 1),
+    ("camera", 1),
+)
+MEANS2D, MEAN_Y, CONIC, OPACITY = slice(0, 2), 1, slice(2, 5), 5
+DEPTH, RADIUS, CAMERA = -3, -2, -1
+FIXED_COLUMNS = sum(width for _, width in PAIR_SPLIT if width is not None)  # all but the colour's: 9
+
+
+def colour_channels(pair_width: int) -> int:
+    """Colour channels (3, or 4 with the depth channel) of pair rows `pair_width` floats wide."""
+    return pair_width - FIXED_COLUMNS
+
+
+def pair_columns(pair_width: int) -> List[int]:
+    """The widths of `PAIR_SPLIT`'s columns in pair rows `pair_width` floats wide (`torch.split`'s)."""
+    return [colour_channels(pair_width) if width is None else width for _, width in PAIR_SPLIT]
 
 
 class Exchange(torch.autograd.Function):
@@ -54,7 +91,7 @@ class AllCameras(torch.autograd.Function):
 def camera_rows(viewmats: torch.Tensor, Ks: torch.Tensor, device: torch.device) -> torch.Tensor:
     """[C, 25] rows of one rank's cameras (viewmat 16, K 9), differentiable in the viewmats: the
     owners project and colour for the renderer, and a pose optimizer learns through both."""
-    n = viewmats.shape[0]
+    n = viewmats.shape[0]  # VIEWMAT, K
     return torch.cat([viewmats.reshape(n, 16).float().to(device), Ks.reshape(n, 9).float().to(device)], 1)
 
 
@@ -68,21 +105,21 @@ def camera_meta(
     box = torch.zeros(16)
     if crop is not None:
         box = torch.cat([torch.ones(1), crop.R.reshape(9).cpu(), crop.T.reshape(3).cpu(), crop.S.reshape(3).cpu()])
-    flags = torch.tensor([width, height, float(depth), float(antialiased)])
-    return torch.cat([flags, box.float()]).expand(n, 20)
+    flags = torch.tensor([width, height, float(depth), float(antialiased)])  # WIDTH, HEIGHT, DEPTH_FLAG, ANTIALIASED
+    return torch.cat([flags, box.float()]).expand(n, META_WIDTH)  # CROP, CROP_R, CROP_T, CROP_S
 
 
 def _crop_of(meta: torch.Tensor) -> Optional[OrientedBox]:
     """The crop box one camera's `camera_meta` row carries, if any."""
-    if float(meta[4]) == 0:
+    if float(meta[CROP]) == 0:
         return None
-    return OrientedBox(R=meta[5:14].reshape(3, 3), T=meta[14:17], S=meta[17:20])
+    return OrientedBox(R=meta[CROP_R].reshape(3, 3), T=meta[CROP_T], S=meta[CROP_S])
 
 
 def pair_width(meta: torch.Tensor) -> int:
-    """Floats per sent (Gaussian, camera) pair: means2d 2, conic 3, opacity, colour 3 (+ depth when
-    a camera of the render asks for it), depth, radius, camera; every rank computes it alike."""
-    return 2 + 3 + 1 + 3 + int(bool((meta[:, 2] > 0).any())) + 3
+    """Floats per sent (Gaussian, camera) pair (`PAIR_SPLIT`): the colour's 3 channels, +1 (depth)
+    when a camera of the render asks for it, and the other columns; every rank computes it alike."""
+    return FIXED_COLUMNS + 3 + int(bool((meta[:, DEPTH_FLAG] > 0).any()))
 
 
 def project_camera(
@@ -98,10 +135,10 @@ def project_camera(
     and coloured for it, their ids column `local`; the visible rows' indices): one owner's share
     of one camera, as `rasterize_pairs` takes it."""
     inputs = activate(rows)
-    viewmat, K = cameras[camera, :16].reshape(1, 4, 4), cameras[camera, 16:25].reshape(1, 3, 3)
-    w, h, depth, antialiased = (int(v) for v in meta[camera, :4])
+    viewmat, intrinsics = cameras[camera, VIEWMAT].reshape(1, 4, 4), cameras[camera, K].reshape(1, 3, 3)
+    w, h, depth, antialiased = (int(meta[camera, i]) for i in (WIDTH, HEIGHT, DEPTH_FLAG, ANTIALIASED))
     radii, means2d, depths, conics, compensations = project(
-        inputs["means"], inputs["quats"], inputs["scales"], viewmat, K, w, h, compensate=bool(antialiased)
+        inputs["means"], inputs["quats"], inputs["scales"], viewmat, intrinsics, w, h, compensate=bool(antialiased)
     )
     visible = radii[0] > 0
     crop = _crop_of(meta[camera])
@@ -110,11 +147,11 @@ def project_camera(
     (index,) = torch.nonzero(visible, as_tuple=True)
     opacities = inputs["opacities"] if compensations is None else inputs["opacities"] * compensations[0]
     colors = view_colors(inputs["means"], inputs["colors"], camera_centres(viewmat)[0], sh_degree, visible)
-    columns = [means2d[0], conics[0], opacities[:, None], colors]
-    if width == 13:  # the render's depth channel (zeros for cameras that did not ask)
+    columns = [means2d[0], conics[0], opacities[:, None], colors]  # MEANS2D, CONIC, OPACITY, the colour
+    if colour_channels(width) == 4:  # the render's depth channel (zeros for cameras that did not ask)
         columns.append(depths[0][:, None] if depth else torch.zeros_like(depths[0][:, None]))
-    fixed = torch.stack([depths[0].detach(), radii[0].float()], 1)[index]  # sorting and tiles: no gradient
-    ids = torch.full((len(index), 1), float(local), device=index.device)
+    fixed = torch.stack([depths[0].detach(), radii[0].float()], 1)[index]  # DEPTH, RADIUS: sorting, tiles; no gradient
+    ids = torch.full((len(index), 1), float(local), device=index.device)  # CAMERA
     return torch.cat([torch.cat(columns, 1)[index], fixed, ids], 1), index
 
 
@@ -183,7 +220,7 @@ def route_to_ranges(
     widened by `SLACK` px, so that a pair whose moved y rounds across a tile edge on the receiver
     (which recomputes its tiles) is there to draw; a pair sent that does not touch a tile draws
     nothing there."""
-    x0, x1, y0, y1 = pair_tiles(block[:, :2].detach(), block[:, -2].detach() + SLACK, width, height)
+    x0, x1, y0, y1 = tile_bounds(block[:, MEANS2D].detach(), block[:, RADIUS].detach() + SLACK, width, height)
     touch = []
     for tiles in ranges:
         hit = torch.zeros_like(x0, dtype=torch.bool)
@@ -195,8 +232,8 @@ def route_to_ranges(
     tops = [float(rendered_rows(tiles, width, height)[0]) for tiles in ranges]
     shift = torch.tensor(tops, device=block.device)[destination]
     send = block[picked]  # a copy, moved in place: one pair buffer, not two
-    send[:, 1] -= shift
-    send[:, -1] = 0.0
+    send[:, MEAN_Y] -= shift
+    send[:, CAMERA] = 0.0
     return send, picked, counts
 
 
@@ -205,8 +242,8 @@ def rasterize_received(
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(renders [n_views, H, W, D], alphas, means2d, radii) of received pairs: `rasterize_pairs` of
     their columns. `means2d` is the tensor whose gradient (or `.absgrad`) densification reads."""
-    channels = received.shape[1] - 9
-    means2d, conics, opacities, colors, depths, radii, ids = torch.split(received, [2, 3, 1, channels, 1, 1, 1], 1)
+    channels = colour_channels(received.shape[1])
+    means2d, conics, opacities, colors, depths, radii, ids = torch.split(received, pair_columns(received.shape[1]), 1)
     means2d = means2d.contiguous()
     render, alpha = rasterize_pairs(
         means2d, conics.contiguous(), opacities.reshape(-1), colors.contiguous(), depths.reshape(-1).detach(),

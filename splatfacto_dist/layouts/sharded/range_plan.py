@@ -7,6 +7,7 @@ range that cut a tile would change pixels, not only rounding. Tiles, not tile ro
 that overlooks a scene from its side sees most Gaussians crowded into a few rows near the
 horizon, and a row is not split by rows. The cost of a tile is its share of the projected
 Gaussians touching it (every owner's, summed; `tile_costs`): what its rank receives and holds.
+Which tiles a pair touches is the rasterizer's own rule (`render.tiles.tile_bounds`), read from there.
 
 A range's rank renders the tile rows the range spans, across the whole width, and keeps only its
 own tiles' pixels (`owned_pixels`); the rows it shares with a neighbour are rendered twice.
@@ -15,32 +16,11 @@ own tiles' pixels (`owned_pixels`); the rows it shares with a neighbour are rend
 from __future__ import annotations
 
 import bisect
-import math
 from typing import List, Sequence, Tuple
 
 import torch
 
-from splatfacto_dist.render.raster import TILE_SIZE
-
-
-def tile_grid(width: int, height: int) -> Tuple[int, int]:
-    """(tiles across, tile rows) of an image."""
-    return math.ceil(width / TILE_SIZE), math.ceil(height / TILE_SIZE)
-
-
-def pair_tiles(
-    means2d: torch.Tensor, radii: torch.Tensor, width: int, height: int
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """[P] first and one-past-last tile column and row each projected pair touches, by the
-    rasterizer's own rule (gsplat's `isect_tiles`: floor and ceil of centre -/+ radius, in tiles,
-    clipped to the image)."""
-    tiles_x, tiles_y = tile_grid(width, height)
-    centre, reach = means2d / TILE_SIZE, (radii / TILE_SIZE)[:, None]
-    low, high = torch.floor(centre - reach).long(), torch.ceil(centre + reach).long()
-    x0, x1 = low[:, 0].clamp(0, tiles_x), high[:, 0].clamp(0, tiles_x)
-    y0, y1 = low[:, 1].clamp(0, tiles_y), high[:, 1].clamp(0, tiles_y)
-    return x0, x1, y0, y1
-
+from splatfacto_dist.render.tiles import TILE_SIZE, tile_bounds, tile_grid
 
 SHARE = 1024  # a pair's cost, spread evenly over the tiles it touches (integers: every rank sums alike)
 
@@ -52,7 +32,7 @@ def tile_costs(means2d: torch.Tensor, radii: torch.Tensor, width: int, height: i
     near the camera as much as the many small ones near the horizon, and cut off far too few of
     those."""
     tiles_x, tiles_y = tile_grid(width, height)
-    x0, x1, y0, y1 = pair_tiles(means2d, radii, width, height)
+    x0, x1, y0, y1 = tile_bounds(means2d, radii, width, height)
     area = (x1 - x0) * (y1 - y0)
     weight = torch.where(area > 0, SHARE // area.clamp_min(1), 0)
     corners = torch.zeros((tiles_y + 1) * (tiles_x + 1), dtype=torch.int64, device=means2d.device)

@@ -29,7 +29,12 @@ from torch.utils.checkpoint import checkpoint
 from splatfacto_dist import comm
 from splatfacto_dist.densify import ops
 from splatfacto_dist.layouts.sharded.exchange import (
+    HEIGHT,
+    MEANS2D,
+    RADIUS,
+    WIDTH,
     Exchange,
+    colour_channels,
     pair_width,
     project_camera,
     rasterize_received,
@@ -51,11 +56,10 @@ class RangesJob:
     render_mode: str
     absgrad: bool
     balance: RangeBalance  # the run's tile price, and the timing of this rank's ranges
-    statistics: bool  # whether densification reads this render's statistics (else their exchange is skipped)
+    stats: Optional[Dict[str, torch.Tensor]]  # where its backward adds the statistics (None: nothing reads them)
     ranges: List[List[Tuple[int, int]]] = field(default_factory=list)  # per camera, each rank's tiles
     sent: List[List[int]] = field(default_factory=list)  # per camera, pairs this rank sent each rank
     received: List[List[int]] = field(default_factory=list)  # per camera, pairs each rank sent here
-    stats: Optional[Dict[str, torch.Tensor]] = None  # where its backward adds the statistics (strategy state)
 
     @property
     def cameras(self) -> int:
@@ -71,11 +75,11 @@ class RangesJob:
         raise IndexError(camera)
 
     def size(self, camera: int) -> Tuple[int, int]:
-        return int(self.meta[camera, 0]), int(self.meta[camera, 1])
+        return int(self.meta[camera, WIDTH]), int(self.meta[camera, HEIGHT])
 
     def channels(self) -> int:
         """Channels of the rendered pixels, alpha included."""
-        return pair_width(self.meta) - 9 + 1
+        return colour_channels(pair_width(self.meta)) + 1
 
 
 PROJECTION_CHUNK = 1 << 16
@@ -132,7 +136,7 @@ def _range_pixels(
     width, height = job.size(camera)
     block, index = _project(job, camera, chunks, cameras)
     if first:
-        costs = comm.all_reduce_counts(tile_costs(block[:, :2].detach(), block[:, -2].detach(), width, height))
+        costs = comm.all_reduce_counts(tile_costs(block[:, MEANS2D].detach(), block[:, RADIUS].detach(), width, height))
         job.ranges.append(cut(job.balance.tile_costs(costs), comm.world_size()))
     ranges = job.ranges[camera]
     send, picked, send_counts = route_to_ranges(block, ranges, width, height)
@@ -227,18 +231,15 @@ class RangesRender(torch.autograd.Function):
         grads = _assemble(
             job, [g.reshape(-1, g.shape[-1]) for g in grad.contiguous()], backward=True, device=grad.device
         )
-        if job.statistics and job.stats is None:  # no strategy gave its state's buffers (`step_pre_backward`)
-            n = len(values[0])
-            job.stats = {key: grad.new_zeros(n) for key in ("grad2d", "count", "radii")}
         stats = job.stats  # added to camera by camera
         for camera in range(job.cameras):
             device, autocast, dtype = ctx.autocast  # the replay computes what the forward did
             with torch.enable_grad(), torch.autocast(device, dtype=dtype, enabled=autocast):
                 pixels, means2d, (block, index, picked) = _range_pixels(job, camera, rows, camera_leaf, first=False)
-                if job.statistics:
+                if stats is not None:
                     means2d.retain_grad()
                 torch.autograd.backward(pixels, grads[camera])
-            if job.statistics:
+            if stats is not None:
                 _owner_statistics(job, camera, means2d, block.detach(), index, picked, stats)
             del pixels, means2d, block  # before the next camera's replay
         return (None, camera_leaf.grad, *whole)
@@ -268,7 +269,7 @@ def _owner_statistics(
     stats["grad2d"].index_add_(0, index, ops.image_gradient_norms(summed, width, height, views))
     stats["count"].index_add_(0, index, torch.ones_like(summed[:, 0]))
     if "radii" in stats:  # kept while screen-size splits last
-        stats["radii"].scatter_reduce_(0, index, ops.screen_radii(block[:, -2], width, height), reduce="amax")
+        stats["radii"].scatter_reduce_(0, index, ops.screen_radii(block[:, RADIUS], width, height), reduce="amax")
 
 
 def received_most(job: RangesJob) -> int:
@@ -283,12 +284,12 @@ def render_in_ranges(
     counts: List[int],
     options: Dict[str, Any],
     balance: RangeBalance,
-    statistics: bool = True,
+    statistics: Optional[Dict[str, torch.Tensor]] = None,
 ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], RangesJob]:
     """(renders [n, H, W, D], alphas [n, H, W, 1], the job) of this rank's cameras, or (None, None,
     job) when it has none (it only served the others). `balance` first learns from the last
-    render's range times, then prices this render's tiles; `statistics` False skips taking the
-    densification statistics (after stop-split-at nothing reads them)."""
+    render's range times, then prices this render's tiles; `statistics`: the owners' densification
+    buffers its backward adds to (None skips taking them: after stop-split-at nothing reads them)."""
     balance.settle()
     job = RangesJob(
         names=list(rows),
@@ -298,7 +299,7 @@ def render_in_ranges(
         render_mode=options.get("render_mode", "RGB"),
         absgrad=bool(options.get("absgrad")),
         balance=balance,
-        statistics=statistics,
+        stats=statistics,
     )
     images = RangesRender.apply(job, every, *rows.values())
     if counts[comm.rank()] == 0:

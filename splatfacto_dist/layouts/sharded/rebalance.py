@@ -8,7 +8,7 @@ import torch
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from splatfacto_dist import comm
-from splatfacto_dist.densify.ops import RowCodec
+from splatfacto_dist.layouts.sharded.rows import RowCodec
 
 REBALANCE_RATIO = 1.1
 """Rebalance after a refine once the largest shard exceeds the smallest by this factor (Grendel-GS's)."""
