@@ -1,7 +1,7 @@
 """Per-step timings of a real one-GPU training run: stock splatfacto or splatfacto-dist.
 
-Wraps gsplat's `DefaultStrategy.step_post_backward`, which both models call once at the end of every
-training step (splatfacto-dist's strategy inherits it), to record when each step ends, and times
+Wraps the strategy's `step_post_backward` (gsplat's `DefaultStrategy`'s for stock, splatfacto-dist's
+`SynchronizedDefaultStrategy`'s), which each model calls once at the end of every training step, to record when each step ends, and times
 each refining call (duplicate / split / prune) between two device syncs. Once the host runs ahead
 of the GPU, the time between step ends is the GPU's time per step. Writes every step's end time and
 every refine's cost to OUT.json and prints: the median step per 1,000 steps, and per refine its own
@@ -30,7 +30,6 @@ from gsplat.strategy import DefaultStrategy  # noqa: E402
 ENDS: List[float] = []
 STEPS: List[int] = []
 REFINES: List[Dict[str, float]] = []
-_original = DefaultStrategy.step_post_backward
 _sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
 
 
@@ -42,13 +41,22 @@ def _refines(strategy: DefaultStrategy, step: int) -> bool:
     )
 
 
-def _timed(self: DefaultStrategy, *args, **kwargs):
+def _timing(original):
+    """`original` (a strategy's step_post_backward), recording each call's end and timing refines."""
+
+    def timed(self: DefaultStrategy, *args, **kwargs):
+        return _timed(original, self, *args, **kwargs)
+
+    return timed
+
+
+def _timed(original, self: DefaultStrategy, *args, **kwargs):
     step = kwargs["step"]
     refine = _refines(self, step)
     if refine:
         _sync()
         start = time.perf_counter()
-    result = _original(self, *args, **kwargs)
+    result = original(self, *args, **kwargs)
     if refine:
         _sync()
         REFINES.append(
@@ -94,11 +102,14 @@ def main() -> None:
     parser.add_argument("args", nargs=argparse.REMAINDER, help="the training command line: METHOD and its options")
     parsed = parser.parse_args()
     mode, out, args = parsed.mode, parsed.out, parsed.args
-    DefaultStrategy.step_post_backward = _timed
     if mode == "stock":
         from nerfstudio.scripts.train import entrypoint
+
+        strategy = DefaultStrategy
     else:
         from splatfacto_dist.cli import entrypoint
+        from splatfacto_dist.densify.strategy import SynchronizedDefaultStrategy as strategy
+    strategy.step_post_backward = _timing(strategy.step_post_backward)
     sys.argv = [mode, *args]
     entrypoint()
     with open(out, "w") as f:

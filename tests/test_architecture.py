@@ -157,3 +157,46 @@ def test_earlier_runs_config_paths_still_resolve():
         tags = "\n".join(f"- !!python/name:{path} ''" for path in paths)
         loaded = yaml.load(tags, Loader=yaml.Loader)
         assert [f"{c.__module__}.{c.__qualname__}" for c in loaded] == list(CONFIG_PATHS.values())
+
+
+def _contract_members(cls) -> Dict[str, object]:
+    import inspect
+
+    members = {name: inspect.signature(value) for name, value in vars(cls).items() if inspect.isfunction(value)}
+    members.update({name: "attribute" for name in getattr(cls, "__annotations__", {})})
+    return {name: sig for name, sig in members.items() if not name.startswith("_")}
+
+
+def test_both_layouts_answer_every_call_of_the_contract_with_its_signature():
+    """The replicated and sharded layouts implement `GaussianLayout` side by side (neither inherits the
+    other): every call with the contract's parameters, every attribute; a planted layout missing a call
+    or renaming a parameter is caught."""
+    import inspect
+
+    from splatfacto_dist.layouts.contract import GaussianLayout
+    from splatfacto_dist.layouts.replicated import ReplicatedLayout
+    from splatfacto_dist.layouts.sharded import ShardedLayout
+
+    contract = _contract_members(GaussianLayout)
+    assert {"render", "stats_to_owners", "reduce_stats", "after_refine", "gather", "hold"} <= contract.keys()
+
+    def mismatches(cls) -> List[str]:
+        layout = cls()
+        wrong = []
+        for name, want in contract.items():
+            if not hasattr(layout, name):
+                wrong.append(f"{name} missing")
+            elif want != "attribute" and list(inspect.signature(getattr(cls, name)).parameters) != list(
+                want.parameters  # type: ignore[attr-defined]
+            ):
+                wrong.append(f"{name} has other parameters")
+        return wrong
+
+    assert mismatches(ReplicatedLayout) == [] and mismatches(ShardedLayout) == []
+    assert ReplicatedLayout not in ShardedLayout.__mro__ and ShardedLayout not in ReplicatedLayout.__mro__
+
+    class Planted(ReplicatedLayout):
+        def gather(self, params, optimisers, ids):  # a renamed parameter
+            return None
+
+    assert mismatches(Planted) == ["gather has other parameters"]

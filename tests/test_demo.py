@@ -79,7 +79,7 @@ def check_demo(tmp_path, env: dict, images: int) -> None:
     rows = np.split(picture, n)
     for row, truth, small in zip(rows, pictured, truths):
         assert np.array_equal(row[:, :width], truth)  # each row: ground truth | render
-        assert _psnr(_shrink(truth, scale), small) > 30  # the scene's view, rendered larger
+        assert _psnr(_shrink(truth, scale), small) > 25  # the scene's view, rendered larger
     renders = [row[:, width:] for row in rows]
     # The renders are the model's at that size, not thumbnails blown up: not constant on scale x scale blocks ...
     for render in renders:

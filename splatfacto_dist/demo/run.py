@@ -28,12 +28,15 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=None, help="training budget in images")
     args = parser.parse_args()
     scene = args.out / "scene"
+    dataparser = ColmapDataParserConfig()  # held-out views: every eval_interval-th, from the first
+    assert dataparser.eval_mode == "interval", dataparser.eval_mode
     if not (scene / "colmap").exists() or not (scene / picture_dir(PICTURE_SCALE)).exists():
         # Rendered in a child process: this one forks the CPU ranks later, and a process that has
-        # already run torch's OpenMP thread pool cannot be forked safely. The views are also
-        # rendered PICTURE_SCALE times larger (320x240), for the result's picture only.
+        # already run torch's OpenMP thread pool cannot be forked safely. The held-out views are
+        # also rendered PICTURE_SCALE times larger (320x240), for the result's picture only.
         generate = [sys.executable, "-m", "splatfacto_dist.scenes.scene", str(scene)]
-        subprocess.run([*generate, "--picture-scale", str(PICTURE_SCALE)], check=True)
+        larger = ["--picture-scale", str(PICTURE_SCALE), "--picture-every", str(dataparser.eval_interval)]
+        subprocess.run([*generate, *larger], check=True)
     CONSOLE.log(f"embedded scene: {scene}")
 
     gpus = torch.cuda.device_count()
@@ -41,7 +44,7 @@ def main() -> None:
     config.machine.device_type = "cuda" if gpus else "cpu"
     config.machine.num_devices = gpus or 2
     config.data = scene
-    config.pipeline.datamanager.dataparser = ColmapDataParserConfig()
+    config.pipeline.datamanager.dataparser = dataparser
     config.output_dir = args.out
     config.experiment_name = "demo"
     config.vis = "tensorboard"

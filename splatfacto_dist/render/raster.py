@@ -315,8 +315,9 @@ class _GatherWithAbsGrad(torch.autograd.Function):
 def _tile_pixel_pairs(
     means2d: torch.Tensor, radii: torch.Tensor, depths: torch.Tensor, camera_ids: torch.Tensor, width: int, height: int
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """All (Gaussian row, camera*H*W + pixel) pairs of the tiles each visible row touches; rows are
-    the flattened leading dimensions of the inputs, `camera_ids` each row's camera."""
+    """All (Gaussian row, camera*H*W + pixel) pairs of the tiles each visible row touches (`tiles.tile_bounds`:
+    the rule pixel ranges route pairs by); rows are the flattened leading dimensions of the inputs,
+    `camera_ids` each row's camera."""
     radii, depths = radii.reshape(-1), depths.reshape(-1)
     (rows,) = torch.nonzero(radii > 0, as_tuple=True)
     if rows.numel() == 0:

@@ -108,20 +108,20 @@ class ShardedLayout:
             self._most_received = (received, max(self.total, 1))
 
     def stats_to_owners(
-        self, rows: torch.Tensor, reduce_max: Optional[torch.Tensor], n: int, info: Dict[str, Any]
+        self, rows: torch.Tensor, maxima: Optional[torch.Tensor], n: int, info: Dict[str, Any]
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Per received row statistics ([M, k] sums, [M] maxima) of the render that made `info`
         -> the owners' [n, k] and [n]."""
         order, send_counts, recv_counts = info["exchange"]
-        packed = rows if reduce_max is None else torch.cat([rows, reduce_max[:, None]], dim=1)
+        packed = rows if maxima is None else torch.cat([rows, maxima[:, None]], dim=1)
         back = comm.all_to_all_rows(packed.contiguous(), recv_counts, send_counts)
         sums = torch.zeros((n, rows.shape[1]), dtype=rows.dtype, device=rows.device)
         sums.index_add_(0, order, back[:, : rows.shape[1]])
-        if reduce_max is None:
+        if maxima is None:
             return sums, None
-        maxima = torch.zeros(n, dtype=reduce_max.dtype, device=rows.device)
-        maxima.scatter_reduce_(0, order, back[:, -1], reduce="amax")
-        return sums, maxima
+        owned = torch.zeros(n, dtype=maxima.dtype, device=rows.device)
+        owned.scatter_reduce_(0, order, back[:, -1], reduce="amax")
+        return sums, owned
 
     def reduce_stats(self, state: Dict[str, Any]) -> None:
         """Nothing to reduce: each owner already holds the statistics of every camera."""
