@@ -7,6 +7,6 @@ set -euo pipefail
 data=$1; shift
 export NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0}
 gpus=$(python -c "import torch; print(torch.cuda.device_count())")
-torchrun --nnodes 2 --node-rank "${NODE_RANK:?}" --nproc-per-node "$gpus" \
+torchrun --nnodes 2 --node-rank "${NODE_RANK:?}" --nproc-per-node "$gpus" --max-restarts 3 \
   --master-addr "${MASTER_ADDR:?}" --master-port "${MASTER_PORT:-29500}" \
-  -m splatfacto_dist.cli splatfacto-dist "$@" colmap --data "$data"
+  -m splatfacto_dist.cli splatfacto-dist --auto-resume True "$@" colmap --data "$data"

@@ -97,15 +97,6 @@ def reduce_densification_stats(state: Dict[str, Any]) -> None:
         dist.all_reduce(state["radii"], op=dist.ReduceOp.MAX)
 
 
-def broadcast_ints(values: List[int], src: int = 0, device: torch.device = torch.device("cpu")) -> List[int]:
-    """Rank `src`'s `values` on every rank (control words such as pause/stop)."""
-    if not is_distributed():
-        return list(values)
-    t = torch.tensor(values, dtype=torch.int64, device=_comm_device(device))
-    dist.broadcast(t, src)
-    return [int(v) for v in t.tolist()]
-
-
 def all_gather_objects(obj: Any) -> List[Any]:
     """Every rank's `obj`, in rank order (small Python objects only: eval metrics)."""
     if not is_distributed():

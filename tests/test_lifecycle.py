@@ -74,7 +74,7 @@ def _pause_then_stop(rank: int):
     events = []
     for step in range(10_000):
         start = time.monotonic()
-        if not control.agree_to_continue(step, local_state, ViewerRenders(), lambda: None):
+        if control.agree_to_continue(step, local_state, ViewerRenders(), lambda: None) != RUN:
             events.append(("stopped", step))
             break
         if time.monotonic() - start > 0.5:

@@ -17,6 +17,7 @@ import random
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import Dict, Iterator, List, Literal, Optional, Sequence, Tuple, Type
 
 import torch
@@ -29,6 +30,7 @@ from nerfstudio.data.datamanagers.full_images_datamanager import (
 from nerfstudio.data.dataparsers.colmap_dataparser import ColmapDataParserConfig
 from nerfstudio.data.datasets.base_dataset import InputDataset
 from nerfstudio.utils.rich_utils import CONSOLE
+from PIL import Image
 from rich.progress import track
 
 from splatfacto_dist import comm
@@ -136,14 +138,56 @@ class ShardedFullImageDatamanagerConfig(FullImageDatamanagerConfig):
     so a camera's time there is the step's, and True is refused."""
 
 
+def one_line(err: BaseException) -> str:
+    """An exception as one line: its type, and its message's words."""
+    words = " ".join(str(err).split())
+    return f"{type(err).__name__}: {words}" if words else type(err).__name__
+
+
+def image_problem(path: Path, width: int, height: int, listed_in: str = "the camera model") -> Optional[str]:
+    """What is wrong with one image `listed_in` a camera model, in one line naming the file, or None: missing,
+    empty, unreadable, of another size than its camera (`width` x `height`), truncated or damaged.
+
+    Cheaper than decoding: the header gives the size; a PNG's every chunk is read and its checksum
+    compared (nothing is inflated), a JPEG's whole entropy-coded data is decoded at 1/8 scale (no
+    full-size inverse DCT); other formats are decoded."""
+    try:
+        if path.stat().st_size == 0:
+            return f"image {path} is empty (0 bytes)"
+    except FileNotFoundError:
+        return f"image {path} does not exist (listed in the {listed_in})"
+    except OSError as err:
+        return f"image {path} cannot be read: {one_line(err)}"
+    try:
+        with Image.open(path) as image:
+            if image.size != (width, height):
+                return f"image {path} is {image.width}x{image.height} but its camera says {width}x{height}"
+            if image.format == "PNG":
+                image.verify()
+            else:
+                if image.format == "JPEG":
+                    image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))
+                image.load()
+    except Exception as err:  # noqa: BLE001 - whatever PIL raises, the file is what the user must fix
+        return f"image {path} cannot be decoded (truncated or damaged?): {one_line(err)}"
+    return None
+
+
 def _load_and_undistort(dataset: InputDataset, idx: int, image_type: Literal["uint8", "float32"]) -> Dict:
-    """One image, undistorted like stock splatfacto (updating the dataset's intrinsics)."""
-    data = dataset.get_data(idx, image_type=image_type)
+    """One image, undistorted like stock splatfacto (updating the dataset's intrinsics). An image
+    that does not load is a `ConfigError` naming the file (the launcher checks them all first,
+    `preflight.data_refusal`; ns-train's launcher and a damage since then land here)."""
+    filename = dataset.image_filenames[idx]
+    try:
+        data = dataset.get_data(idx, image_type=image_type)
+    except (OSError, SyntaxError, ValueError, AssertionError) as err:
+        raise ConfigError(f"image {filename} cannot be loaded: {one_line(err)}") from None
     camera = dataset.cameras[idx].reshape(())
     width, height = int(camera.width.item()), int(camera.height.item())
     if data["image"].shape[1] != width or data["image"].shape[0] != height:
-        raise ValueError(
-            f"image {idx} is {data['image'].shape[1]}x{data['image'].shape[0]}, its camera says {width}x{height}"
+        raise ConfigError(
+            f"image {filename} is {data['image'].shape[1]}x{data['image'].shape[0]} (after"
+            f" --pipeline.datamanager.camera-res-scale-factor), its camera says {width}x{height}"
         )
     if camera.distortion_params is None or torch.all(camera.distortion_params == 0):
         return data

@@ -10,10 +10,12 @@ old GPU count.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -32,13 +34,78 @@ def to_builtin(obj: Any) -> Any:
     return obj
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be written or resumed from; its message is the one line to show."""
+
+
+def state_bytes(state: Any) -> int:
+    """About what `torch.save` writes for `state`: its tensors' bytes, 64 per tensor for the zip
+    records and their alignment, and 1 MiB for the pickled rest."""
+    total = 1 << 20
+
+    def add(obj: Any) -> None:
+        nonlocal total
+        if isinstance(obj, torch.Tensor):
+            total += obj.nelement() * obj.element_size() + 64
+        elif isinstance(obj, dict):
+            for value in obj.values():
+                add(value)
+        elif isinstance(obj, (list, tuple)):
+            for value in obj:
+                add(value)
+
+    add(state)
+    return total
+
+
+def _free_bytes(folder: Path) -> Optional[int]:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def _amount(n: int) -> str:
+    return f"{n} bytes ({n / 2**20:.1f} MiB)"
+
+
 def save_atomic(state: Any, path: Path) -> None:
-    """torch.save to a temporary file beside `path`, then rename over it."""
+    """torch.save to a temporary file beside `path`, then rename over it. Refused before writing
+    when the disk has less free space than the state needs; a failed write (disk full, unwritable)
+    removes the temporary file, leaves whatever `path` held, and raises `CheckpointError`."""
+    state = to_builtin(state)
+    needed = state_bytes(state)
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(to_builtin(state), tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CheckpointError(f"checkpoint {path} not written: {one_line(err)} (it needs about {_amount(needed)})")
+    free = _free_bytes(path.parent)
+    if free is not None and free < needed:
+        raise CheckpointError(
+            f"checkpoint {path} not written: it needs about {_amount(needed)}, {path.parent} has {_amount(free)} free"
+        )
+    try:
+        torch.save(state, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        free = _free_bytes(path.parent)
+        room = "" if free is None else f", {path.parent} has {_amount(free)} free"
+        raise CheckpointError(
+            f"checkpoint {path} not written: {one_line(err)} (it needs about {_amount(needed)}{room})"
+        ) from None
+
+
+def one_line(err: BaseException) -> str:
+    """An exception as one line: its type and its message's first line (torch's C++ errors append
+    a stack trace)."""
+    lines = str(err).strip().splitlines()
+    first = " ".join(lines[0].split()) if lines else ""
+    return f"{type(err).__name__}: {first}" if first else type(err).__name__
 
 
 def save(
@@ -60,7 +127,6 @@ def save(
             (index,) = saved["state"]  # one parameter per Gaussian group
             saved = {**saved, "state": {index: {**saved["state"][index], **whole.moments[name]}}}
         optimizer_states[name] = saved
-    path.parent.mkdir(parents=True, exist_ok=True)
     save_atomic(
         {
             "step": step,
@@ -111,6 +177,63 @@ def load_moments(optimizer: torch.optim.Optimizer, saved: Dict[str, Any]) -> Non
 def load(path: Path) -> Dict[str, Any]:
     """A checkpoint's contents, on the CPU."""
     return torch.load(path, map_location="cpu", weights_only=False)
+
+
+# What a checkpoint must hold to be resumed from (stock splatfacto's hold them too).
+REQUIRED = ("step", "pipeline", "optimizers")
+
+
+def load_complete(path: Path) -> Dict[str, Any]:
+    """`load`, raising `CheckpointError` (one line naming the file) for a file that does not load
+    (truncated, empty, unreadable) or lacks what a resume needs."""
+    try:
+        loaded = load(path)
+    except Exception as err:  # noqa: BLE001 - torch raises RuntimeError, EOFError, UnpicklingError, OSError...
+        raise CheckpointError(f"checkpoint {path} does not load: {one_line(err)}") from None
+    missing = [key for key in REQUIRED if not isinstance(loaded, dict) or key not in loaded]
+    if not missing and "_model.gauss_params.means" not in loaded["pipeline"]:
+        missing = ["pipeline's _model.gauss_params.means"]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} is incomplete: it holds no {', '.join(missing)}")
+    return loaded
+
+
+def _steps(load_dir: Path) -> List[Tuple[int, Path]]:
+    """The dir's `step-N.ckpt` files, newest first."""
+    found = []
+    for path in Path(load_dir).glob("step-*.ckpt"):
+        number = path.stem.split("-", 1)[1]
+        if number.isdigit():
+            found.append((int(number), path))
+    return sorted(found, reverse=True)
+
+
+def resume_from(
+    load_dir: Optional[Path],
+    load_step: Optional[int],
+    load_checkpoint: Optional[Path],
+    say: Callable[[str], None] = print,
+) -> Optional[Tuple[Path, Dict[str, Any]]]:
+    """The checkpoint to resume from and its contents: `--load-dir`'s newest complete one (each newer
+    one that does not load is named by `say` in one line and skipped), or exactly the file
+    `--load-dir --load-step` or `--load-checkpoint` names; None for neither. `CheckpointError` (one
+    line) when none loads."""
+    if load_dir is not None and load_step is None:
+        found = _steps(load_dir)
+        if not found:
+            raise CheckpointError(f"no step-*.ckpt checkpoint in {load_dir}")
+        for i, (_, path) in enumerate(found):
+            try:
+                return path, load_complete(path)
+            except CheckpointError as err:
+                older = "trying the next older one" if i + 1 < len(found) else "no older one is left"
+                say(f"{err}; {older}")
+        raise CheckpointError(f"none of the {len(found)} checkpoints in {load_dir} loads (each is named above)")
+    try:
+        path = checkpoint_to_resume(load_dir, load_step, load_checkpoint)
+    except FileNotFoundError as err:
+        raise CheckpointError(str(err)) from None
+    return None if path is None else (path, load_complete(path))
 
 
 def start_step(loaded: Dict[str, Any], images_per_step: int, count_images: bool) -> int:

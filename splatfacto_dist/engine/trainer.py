@@ -29,13 +29,14 @@ from nerfstudio.utils.writer import EventName, TimeWriter
 
 from splatfacto_dist import comm
 from splatfacto_dist.engine import checkpoint
-from splatfacto_dist.engine.control import PAUSE, RUN, STOP, RankControl
+from splatfacto_dist.engine.control import PAUSE, PREEMPT, RUN, STOP, RankControl
 from splatfacto_dist.engine.optimizer_step import live_parameters, squared_norms, step_optimizers
 from splatfacto_dist.engine.scaling import ScalingRule, convert_images_to_steps, fuse_adam, scale_optimizers
 from splatfacto_dist.engine.viewer_renders import TrainLock
 from splatfacto_dist.launching.devices import gpu_of
 from splatfacto_dist.launching.memcap import ENV as MEMORY_CAP_ENV, apply_memory_cap, use_expandable_segments
 from splatfacto_dist.launching.preflight import refuse_at_parse
+from splatfacto_dist.launching.signals import PREEMPTED_EXIT, Preemption
 from splatfacto_dist.layouts.contract import named_tensors
 from splatfacto_dist.models.model import SplatfactoDistModelConfig
 from splatfacto_dist.reporting.profiling import PHASES, STARTUP
@@ -69,6 +70,12 @@ class DistTrainerConfig(TrainerConfig):
     and memory cap (SPLATFACTO_DIST_MEMORY_CAP_GIB), so an N-rank job's per-rank memory and its
     distributed code paths can be measured and tested on fewer GPUs. Speed figures of such a run
     are meaningless. Needs splatfacto-dist-train (ns-train's launcher gives each rank a GPU)."""
+    auto_resume: bool = False
+    """Continue from the newest complete checkpoint of this experiment (its newest run folder under
+    <output-dir>/<experiment-name>/<method>/, in that folder), or start fresh when there is none;
+    --max-num-iterations is then the whole run's budget, so the same command line serves every
+    restart (SLURM requeue, torchrun --max-restarts) after a preemption (SIGTERM or SIGUSR1: the
+    ranks save the last finished step and exit with code 75)."""
     profile_phases_every: int = 0
     """Every this many steps, time each phase of the step (data, render+loss, backward, all-reduce,
     optimizer, densify, other) and log the means as "Step Phases (ms)". Those steps pay a device
@@ -136,6 +143,7 @@ class DistTrainer(Trainer):
             fuse_adam(config)
         scale_optimizers(config, self.images_per_step, config.batch_optimizer_scaling)
         PHASES.reset(config.profile_phases_every)
+        self.preemption = Preemption()  # SIGTERM / SIGUSR1 noted from `train` on (launching/signals.py)
         self.control = RankControl(
             config.control_every,
             torch.device(self.device),
@@ -150,6 +158,7 @@ class DistTrainer(Trainer):
         """Train the model (see the module docstring for one step's path), then finish: the final
         checkpoint, and the viewer kept open if asked. However it ends, no viewer render is left
         waiting for ranks that no longer serve."""
+        self.preemption.watch()
         try:
             self._train_steps()
             self._report_rank()
@@ -166,10 +175,20 @@ class DistTrainer(Trainer):
         self.stop_training = False
         rays_per_step = self.world_size * datamanager.get_train_rays_per_batch()  # loads this rank's images
         STARTUP.mark("images")
+        end = self.config.max_num_iterations  # the whole run's budget when resuming by itself
+        if not self.config.auto_resume:
+            end += self._start_step
+        if self._start_step >= end:
+            self.step = self._start_step - 1  # the checkpoint's: nothing left to train
+            if comm.is_main():
+                CONSOLE.print(f"The run is complete: its checkpoint is at step {self.step} of {end}.")
         with TimeWriter(writer, EventName.TOTAL_TRAIN_TIME):
-            for step in range(self._start_step, self._start_step + self.config.max_num_iterations):
+            for step in range(self._start_step, end):
                 self.step = step
-                if not self._agree_to_continue(step):
+                agreed = self._agree_to_continue(step)
+                if agreed == PREEMPT:
+                    self._end_preempted(step - 1)
+                if agreed != RUN:
                     break
                 with self.train_lock:
                     with TimeWriter(writer, EventName.ITER_TRAIN_TIME, step=step) as train_t:
@@ -238,13 +257,34 @@ class DistTrainer(Trainer):
             soft_wrap=True,
         )
 
-    def _agree_to_continue(self, step: int) -> bool:
-        """Adopt rank 0's pause/stop state and serve its waiting viewer renders (control.py)."""
+    def _agree_to_continue(self, step: int) -> int:
+        """Adopt rank 0's pause/stop state (or any rank's preemption) and serve its waiting viewer
+        renders (control.py)."""
         renders = self.pipeline.model.viewer_renders
         return self.control.agree_to_continue(step, self._local_state, renders, self._serve_render)
 
     def _local_state(self) -> int:
+        if self.preemption.requested:
+            return PREEMPT
         return STOP if self.stop_training else PAUSE if self.training_state == "paused" else RUN
+
+    def _end_preempted(self, last_step: int) -> None:
+        """Every rank, once they agreed on a preemption: save the last step every rank finished (if
+        this run finished one), wait until rank 0 has written it, and exit with PREEMPTED_EXIT."""
+        if last_step >= self._start_step:
+            self.save_checkpoint(last_step)
+        comm.barrier()  # no rank exits (and has its launcher stop the others) before the file is complete
+        if comm.is_main():
+            saved = (
+                f"saved step {last_step} in {self.checkpoint_dir}"
+                if last_step >= self._start_step
+                else "nothing new to save"
+            )
+            CONSOLE.print(
+                f"preempted ({self.preemption.name}): {saved}; the same command with --auto-resume True continues",
+                soft_wrap=True,
+            )
+        raise SystemExit(PREEMPTED_EXIT)
 
     def _serve_render(self) -> None:
         with self.train_lock:
@@ -347,10 +387,19 @@ class DistTrainer(Trainer):
             raise comm.ReplicaMismatch(f"step {step}: {err}") from None
 
     def save_checkpoint(self, step: int) -> None:
-        """Every rank takes part (a sharded model is gathered); rank 0 writes (checkpoint.py)."""
+        """Every rank takes part (a sharded model is gathered); rank 0 writes (checkpoint.py). A save
+        that fails (disk full, unwritable; checked against the free space first) leaves the previous
+        checkpoints and no temporary file, and says so in one line: training goes on after a
+        periodic save, the final one (after the last step) stops the run with that line."""
         path = self.checkpoint_dir / f"step-{step:09d}.ckpt"
         extra = {"images_per_step": self.images_per_step, "scalers": self.grad_scaler.state_dict()}
-        written = checkpoint.save(path, step, self.pipeline, self.optimizers, self.pipeline.model.layout, extra)
+        try:
+            written = checkpoint.save(path, step, self.pipeline, self.optimizers, self.pipeline.model.layout, extra)
+        except checkpoint.CheckpointError as err:
+            if self.training_state == "completed":  # nerfstudio's _after_train: the last save
+                raise
+            CONSOLE.print(f"[bold red]error:[/bold red] {err}; training goes on", soft_wrap=True)
+            return
         if written is not None and self.config.save_only_latest_checkpoint:
             for old in self.checkpoint_dir.glob("*.ckpt"):
                 if old != written:
@@ -358,14 +407,21 @@ class DistTrainer(Trainer):
 
     def _load_checkpoint(self) -> None:
         """Resume from the checkpoint the config names, if any (checkpoint.py): the whole model cut to
-        this rank's rows, the same images seen, and this run's optimizer settings."""
+        this rank's rows, the same images seen, and this run's optimizer settings. `--load-dir`
+        resumes from its newest complete checkpoint; each newer one that does not load is named
+        in one line (rank 0) and skipped."""
         config = self.config
-        path = checkpoint.checkpoint_to_resume(config.load_dir, config.load_step, config.load_checkpoint)
-        if path is None:
+
+        def say(line: str) -> None:
+            if comm.is_main():  # every rank skips the same files; one line per job
+                CONSOLE.print(f"[bold yellow]warning:[/bold yellow] {line}", soft_wrap=True)
+
+        found = checkpoint.resume_from(config.load_dir, config.load_step, config.load_checkpoint, say)
+        if found is None:
             if comm.is_main():  # one line per job, as nerfstudio's own notes are
                 CONSOLE.print("No Nerfstudio checkpoint to load, so training from scratch.")
             return
-        loaded = checkpoint.load(path)
+        path, loaded = found
         self._start_step = checkpoint.start_step(loaded, self.images_per_step, config.schedule_unit == "images")
         model = self.pipeline.model
         pipeline_state, own = checkpoint.own_rows(loaded, model.layout)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, List, Optional
 
 import torch.multiprocessing as mp
@@ -21,6 +22,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 
 from splatfacto_dist.launching.preflight import LaunchError, check_job
 from splatfacto_dist.launching.rank import Job, run_rank
+from splatfacto_dist.launching.signals import PREEMPTED_EXIT, forwarded_to
 
 if TYPE_CHECKING:
     from splatfacto_dist.launching.prespawn import Prespawned
@@ -75,7 +77,17 @@ def launch(config: TrainerConfig, ranks: Optional[Prespawned] = None) -> None:
         # CPU ranks fork and inherit the imported modules; CUDA ranks must spawn (nerfstudio's
         # imports initialize CUDA in this process, which a forked child cannot reuse).
         method = "spawn" if config.machine.device_type == "cuda" else "fork"
-        mp.start_processes(run_rank, nprocs=job.num_devices_per_machine, args=(config, job), start_method=method)
+        ranks_started = mp.start_processes(
+            run_rank, nprocs=job.num_devices_per_machine, args=(config, job), start_method=method, join=False
+        )
+        with forwarded_to([process.pid for process in ranks_started.processes]):
+            try:
+                while not ranks_started.join():  # raises once a rank fails, the others stopped
+                    pass
+            except mp.ProcessExitedException as ended:
+                if ended.exit_code == PREEMPTED_EXIT:  # the ranks saved and said so
+                    raise SystemExit(PREEMPTED_EXIT) from None
+                raise
 
 
 def main(config: TrainerConfig, ranks: Optional[Prespawned] = None) -> None:
@@ -84,6 +96,8 @@ def main(config: TrainerConfig, ranks: Optional[Prespawned] = None) -> None:
         config.pipeline.datamanager.data = config.data
     if config.load_config:
         config = yaml.load(config.load_config.read_text(), Loader=yaml.Loader)
+    if getattr(config, "auto_resume", False):
+        resume_automatically(config)
     config.set_timestamp()
     if comm_rank_from_env() == 0:
         config.print_to_terminal()
@@ -93,6 +107,28 @@ def main(config: TrainerConfig, ranks: Optional[Prespawned] = None) -> None:
     except LaunchError as err:
         CONSOLE.print(f"[bold red]error:[/bold red] {err.message}")
         raise
+
+
+def resume_automatically(config: TrainerConfig) -> None:
+    """--auto-resume: point `config` at the newest run folder of its experiment that holds a
+    checkpoint (its timestamp, so the run goes on in that folder, and its checkpoints), or say in
+    one line that the run starts fresh. Every process of a job sees the same folders, so each
+    decides alike."""
+    config.set_experiment_name()
+    experiment = Path(config.output_dir) / f"{config.experiment_name}" / f"{config.method_name}"
+    runs = [run for run in experiment.glob("*") if any((run / config.relative_model_dir).glob("step-*.ckpt"))]
+    talk = comm_rank_from_env() == 0
+    if not runs:
+        if talk:
+            CONSOLE.print(f"--auto-resume: no checkpoint under {experiment}, so training from scratch.")
+        return
+    newest = max(
+        runs, key=lambda run: max(p.stat().st_mtime for p in (run / config.relative_model_dir).glob("step-*.ckpt"))
+    )
+    config.timestamp = newest.name
+    config.load_dir = newest / config.relative_model_dir
+    if talk:
+        CONSOLE.print(f"--auto-resume: continuing the run in {newest}")
 
 
 def comm_rank_from_env() -> int:

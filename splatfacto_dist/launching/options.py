@@ -178,6 +178,7 @@ TRAINER: Table = {
     "fused_adam": Honoured("scaling.fuse_adam"),
     "eval_all_images_at_end": Honoured("DistTrainer._after_train"),
     "control_every": Honoured("DistTrainer._agree_to_continue"),
+    "auto_resume": Honoured("launch.resume_automatically, DistTrainer._train_steps"),
     "ranks_per_gpu": Honoured("rank.run_rank, DistTrainer.__init__ (devices.gpu_of); preflight.shared_gpu_refusal"),
     "profile_phases_every": Honoured("profiling.PHASES"),
 }

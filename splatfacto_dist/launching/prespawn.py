@@ -13,6 +13,8 @@ import time
 from multiprocessing.connection import Connection, wait
 from typing import Any, List
 
+from splatfacto_dist.launching.signals import PREEMPTED_EXIT, forwarded_to
+
 _GRACE_S = 5.0
 
 
@@ -74,21 +76,29 @@ class Prespawned:
         self._stop(self._procs, grace_s=_GRACE_S)
 
     def run(self, config: Any, job: Any) -> None:
-        """Start training on every rank and wait; if one fails, stop the rest and raise `RankFailed`."""
+        """Start training on every rank and wait, passing preemption signals on; if one fails, stop the
+        rest and raise `RankFailed`; if they were preempted (and saved), exit with PREEMPTED_EXIT."""
         self._started = True
         for conn in self._conns:
             conn.send((config, job))
             conn.close()
         alive = list(self._procs)
-        while alive:
-            wait([p.sentinel for p in alive])
-            ended = [p for p in alive if not p.is_alive()]
-            for proc in ended:
-                alive.remove(proc)
-            if any(p.exitcode != 0 for p in ended):
-                self._stop(alive, grace_s=_GRACE_S)  # peers of a failed rank fail on their own, mostly
-                failed = ", ".join(f"{i} ({_how(p.exitcode)})" for i, p in enumerate(self._procs) if p.exitcode != 0)
-                raise RankFailed(f"local ranks that ended in error: {failed}; the others were stopped")
+        with forwarded_to([p.pid for p in self._procs]):
+            while alive:
+                wait([p.sentinel for p in alive])
+                ended = [p for p in alive if not p.is_alive()]
+                for proc in ended:
+                    alive.remove(proc)
+                if any(p.exitcode not in (0, PREEMPTED_EXIT) for p in ended):
+                    self._stop(alive, grace_s=_GRACE_S)  # peers of a failed rank fail on their own, mostly
+                    failed = ", ".join(
+                        f"{i} ({_how(p.exitcode)})"
+                        for i, p in enumerate(self._procs)
+                        if p.exitcode not in (0, PREEMPTED_EXIT)
+                    )
+                    raise RankFailed(f"local ranks that ended in error: {failed}; the others were stopped")
+        if any(p.exitcode == PREEMPTED_EXIT for p in self._procs):
+            raise SystemExit(PREEMPTED_EXIT)  # the ranks saved and said so
 
     @staticmethod
     def _stop(procs: List[Any], grace_s: float) -> None:

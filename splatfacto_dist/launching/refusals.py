@@ -31,6 +31,31 @@ def missing_data(path: Optional[Path]) -> Optional[str]:
     return f"data path {path} does not exist (pass --data DIR or the dataparser's --data)"
 
 
+# Counts that must be positive: the flag, where the parsed config keeps it, and what it counts.
+COUNTS: Tuple[Tuple[str, Tuple[str, ...], str], ...] = (
+    ("--machine.num-devices", ("machine", "num_devices"), "processes (GPUs or CPU ranks) per machine"),
+    ("--machine.num-machines", ("machine", "num_machines"), "machines"),
+    ("--max-num-iterations", ("max_num_iterations",), "steps to train (images with --schedule-unit images)"),
+    (
+        "--pipeline.datamanager.cameras-per-rank",
+        ("pipeline", "datamanager", "cameras_per_rank"),
+        "images per rank and step",
+    ),
+    (
+        "--steps-per-save",
+        ("steps_per_save",),
+        "steps between checkpoints (one above --max-num-iterations saves only at the end)",
+    ),
+)
+
+
+def nonpositive_count(flag: str, value: object, counts: str) -> Optional[str]:
+    """The refusal of a count below 1, or None."""
+    if not isinstance(value, int) or isinstance(value, bool) or value >= 1:
+        return None
+    return f"{flag} {value}: give a positive number of {counts}"
+
+
 INERT = "{flag} {why}; leave it at {default!r}"
 
 
