@@ -15,6 +15,7 @@ import functools
 import os
 import resource
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Literal, Optional, Tuple, Type
 
 import psutil
@@ -271,17 +272,17 @@ class DistTrainer(Trainer):
     def _end_preempted(self, last_step: int) -> None:
         """Every rank, once they agreed on a preemption: save the last step every rank finished (if
         this run finished one), wait until rank 0 has written it, and exit with PREEMPTED_EXIT."""
-        if last_step >= self._start_step:
-            self.save_checkpoint(last_step)
+        written = self.save_checkpoint(last_step) if last_step >= self._start_step else None
         comm.barrier()  # no rank exits (and has its launcher stop the others) before the file is complete
         if comm.is_main():
-            saved = (
-                f"saved step {last_step} in {self.checkpoint_dir}"
-                if last_step >= self._start_step
-                else "nothing new to save"
-            )
+            if written is not None:
+                said = f"saved step {last_step} as {written}"
+            elif last_step >= self._start_step:
+                said = f"step {last_step} could not be saved (above); the newest checkpoint stands"
+            else:
+                said = "no step finished since the start, nothing to save"
             CONSOLE.print(
-                f"preempted ({self.preemption.name}): {saved}; the same command with --auto-resume True continues",
+                f"preempted ({self.preemption.name}): {said}; the same command with --auto-resume True continues",
                 soft_wrap=True,
             )
         raise SystemExit(PREEMPTED_EXIT)
@@ -386,11 +387,12 @@ class DistTrainer(Trainer):
         except comm.ReplicaMismatch as err:
             raise comm.ReplicaMismatch(f"step {step}: {err}") from None
 
-    def save_checkpoint(self, step: int) -> None:
+    def save_checkpoint(self, step: int) -> Optional[Path]:
         """Every rank takes part (a sharded model is gathered); rank 0 writes (checkpoint.py). A save
         that fails (disk full, unwritable; checked against the free space first) leaves the previous
         checkpoints and no temporary file, and says so in one line: training goes on after a
-        periodic save, the final one (after the last step) stops the run with that line."""
+        periodic save, the final one (after the last step) stops the run with that line. Returns, on
+        rank 0, the file written (None where the save failed, and on the other ranks)."""
         path = self.checkpoint_dir / f"step-{step:09d}.ckpt"
         extra = {"images_per_step": self.images_per_step, "scalers": self.grad_scaler.state_dict()}
         try:
@@ -399,11 +401,12 @@ class DistTrainer(Trainer):
             if self.training_state == "completed":  # nerfstudio's _after_train: the last save
                 raise
             CONSOLE.print(f"[bold red]error:[/bold red] {err}; training goes on", soft_wrap=True)
-            return
+            return None
         if written is not None and self.config.save_only_latest_checkpoint:
             for old in self.checkpoint_dir.glob("*.ckpt"):
                 if old != written:
                     old.unlink()
+        return written
 
     def _load_checkpoint(self) -> None:
         """Resume from the checkpoint the config names, if any (checkpoint.py): the whole model cut to

@@ -20,7 +20,7 @@ import yaml
 from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from splatfacto_dist.launching.preflight import LaunchError, check_job
+from splatfacto_dist.launching.preflight import LaunchError, check_job, output_refusal
 from splatfacto_dist.launching.rank import Job, run_rank
 from splatfacto_dist.launching.signals import PREEMPTED_EXIT, forwarded_to
 
@@ -99,13 +99,16 @@ def main(config: TrainerConfig, ranks: Optional[Prespawned] = None) -> None:
     if getattr(config, "auto_resume", False):
         resume_automatically(config)
     config.set_timestamp()
-    if comm_rank_from_env() == 0:
-        config.print_to_terminal()
-        config.save_config()
     try:
+        refusal = output_refusal(Path(config.output_dir))  # before anything is written there
+        if refusal:
+            raise LaunchError(refusal)
+        if comm_rank_from_env() == 0:
+            config.print_to_terminal()
+            config.save_config()
         launch(config, ranks)
     except LaunchError as err:
-        CONSOLE.print(f"[bold red]error:[/bold red] {err.message}")
+        CONSOLE.print(f"[bold red]error:[/bold red] {err.message}", soft_wrap=True)
         raise
 
 

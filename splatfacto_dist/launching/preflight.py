@@ -100,7 +100,7 @@ def refuse_at_parse(config: Any) -> None:
     """Print the refusal (if any) as one line and exit with code 2."""
     error = refusal_at_parse(config)
     if error:
-        CONSOLE.print(f"[bold red]error:[/bold red] {error}")
+        CONSOLE.print(f"[bold red]error:[/bold red] {error}", soft_wrap=True)  # one line, however long
         raise SystemExit(2)
 
 
