@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import threading
 import time
@@ -119,19 +120,39 @@ def test_a_viewer_render_is_served_by_every_rank_without_deadlock():
     assert served_at is not None and served_at < 200
 
 
-def test_a_failing_rank_stops_every_rank_promptly_with_its_error(tmp_path, scene):
-    broken = tmp_path / "scene"
-    subprocess.run(["cp", "-r", str(scene), str(broken)], check=True)
-    (broken / "images" / "frame_0005.png").write_bytes(b"not a png")  # one rank's image
+PLANTED_FAILURE = """
+import torch.distributed as dist
+from splatfacto_dist.engine import trainer
+
+original = trainer.DistTrainer.train_iteration
+
+
+def failing(self, step):
+    if dist.get_rank() == 1 and step == 3:
+        raise RuntimeError("planted failure of rank 1 at step 3")
+    return original(self, step)
+
+
+trainer.DistTrainer.train_iteration = failing
+"""
+
+
+def test_a_failing_rank_stops_every_rank_promptly_and_its_cause_is_the_last_line(tmp_path, scene):
+    """Rank 1 fails mid-run (planted through sitecustomize, which every forked rank inherits); rank 0
+    then loses its connection. The job ends long before the collective timeout, and the last line
+    the user sees is rank 1's cause, not rank 0's lost connection."""
+    (tmp_path / "plant").mkdir()
+    (tmp_path / "plant" / "sitecustomize.py").write_text(PLANTED_FAILURE)
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path / 'plant'}:{os.environ.get('PYTHONPATH', '')}"}
     start = time.monotonic()
     proc = subprocess.run(
-        train_command(tmp_path / "out", broken, 2, ["--max-num-iterations", "400"]),
+        train_command(tmp_path / "out", scene, 2, ["--max-num-iterations", "400"]),
         capture_output=True,
         text=True,
         timeout=300,
+        env=env,
     )
-    log = proc.stdout + proc.stderr
-    assert proc.returncode != 0
-    failures = [line for line in log.splitlines() if "failed:" in line and line.startswith("rank ")]
-    assert any("frame_0005" in line for line in failures), log[-3000:]
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: rank 1 failed: RuntimeError: planted failure of rank 1 at step 3"), last
     assert time.monotonic() - start < 120  # not the collective timeout (10 min)

@@ -21,8 +21,10 @@ from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from splatfacto_dist.launching.preflight import LaunchError, check_job, output_refusal
+from splatfacto_dist.launching.prespawn import RankFailed
 from splatfacto_dist.launching.rank import Job, run_rank
 from splatfacto_dist.launching.signals import PREEMPTED_EXIT, forwarded_to
+from splatfacto_dist.reporting.records import first_failure
 
 if TYPE_CHECKING:
     from splatfacto_dist.launching.prespawn import Prespawned
@@ -87,7 +89,10 @@ def launch(config: TrainerConfig, ranks: Optional[Prespawned] = None) -> None:
             except mp.ProcessExitedException as ended:
                 if ended.exit_code == PREEMPTED_EXIT:  # the ranks saved and said so
                     raise SystemExit(PREEMPTED_EXIT) from None
-                raise
+                raise RankFailed(first_failure(config.get_base_dir()) or str(ended)) from None
+            except mp.ProcessRaisedException as raised:
+                print(raised, file=sys.stderr, flush=True)  # the traceback of the rank torch noticed first
+                raise RankFailed(first_failure(config.get_base_dir()) or "a rank failed (above)") from None
 
 
 def main(config: TrainerConfig, ranks: Optional[Prespawned] = None) -> None:

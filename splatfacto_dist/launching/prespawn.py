@@ -14,6 +14,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any, List
 
 from splatfacto_dist.launching.signals import PREEMPTED_EXIT, forwarded_to
+from splatfacto_dist.reporting.records import first_failure
 
 _GRACE_S = 5.0
 
@@ -96,7 +97,8 @@ class Prespawned:
                         for i, p in enumerate(self._procs)
                         if p.exitcode not in (0, PREEMPTED_EXIT)
                     )
-                    raise RankFailed(f"local ranks that ended in error: {failed}; the others were stopped")
+                    first = first_failure(config.get_base_dir()) or "a rank failed"  # not a peer's lost connection
+                    raise RankFailed(f"{first}; local ranks that ended in error: {failed}, the others were stopped")
         if any(p.exitcode == PREEMPTED_EXIT for p in self._procs):
             raise SystemExit(PREEMPTED_EXIT)  # the ranks saved and said so
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import random
 import sys
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Optional
@@ -59,7 +60,8 @@ def _train(local_rank: int, world_size: int, config: TrainerConfig, global_rank:
         trainer.train()
     except Exception as err:
         try:
-            write_rank_record(config.get_base_dir(), global_rank, {"failed": f"{type(err).__name__}: {err}"[:4000]})
+            failure = {"failed": f"{type(err).__name__}: {err}"[:4000], "failed_at": time.time()}
+            write_rank_record(config.get_base_dir(), global_rank, failure)
         except Exception as unwritten:  # noqa: BLE001 - the training error is the one to raise
             print(f"rank {global_rank}: could not write its failure record: {unwritten}", file=sys.stderr, flush=True)
         raise

@@ -47,6 +47,16 @@ def clear_rank_records(run_dir: Path, rank: Optional[int] = None) -> None:
         path.unlink(missing_ok=True)
 
 
+def first_failure(run_dir: Path) -> Optional[str]:
+    """ "rank N failed: <cause>" of the rank that failed first in the run in `run_dir` (None if none
+    did): its peers fail after it, of a lost connection, and the first is the one to show."""
+    failed = [record for record in read_rank_records(run_dir) if "failed" in record]
+    if not failed:
+        return None
+    first = min(failed, key=lambda record: record.get("failed_at", float("inf")))
+    return f"rank {first['rank']} failed: {first['failed']}"
+
+
 def read_rank_records(run_dir: Path) -> List[Dict[str, Any]]:
     """Every rank's record of the run in `run_dir`, in rank order (none if no rank wrote one)."""
     folder = Path(run_dir) / RANKS_DIR
