@@ -196,7 +196,7 @@ def test_both_layouts_answer_every_call_of_the_contract_with_its_signature():
     assert ReplicatedLayout not in ShardedLayout.__mro__ and ShardedLayout not in ReplicatedLayout.__mro__
 
     class Planted(ReplicatedLayout):
-        def gather(self, params, optimisers, ids):  # a renamed parameter
+        def gather(self, params, optimisers, ids, statistics):  # a renamed parameter
             return None
 
     assert mismatches(Planted) == ["gather has other parameters"]

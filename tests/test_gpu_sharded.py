@@ -66,7 +66,7 @@ def test_a_save_of_a_large_shard_needs_only_chunk_sized_gpu_buffers(monkeypatch)
     torch.cuda.synchronize()
     before = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
-    whole = model.layout.gather(params, optimizers.optimizers, model.strategy_state["ids"])
+    whole = model.layout.gather(params, optimizers.optimizers, model.strategy_state["ids"], {})
     extra = torch.cuda.max_memory_allocated() - before
     shard = sum(p.numel() * 3 * 4 for p in params.values())
     assert torch.equal(whole.params["means"], params["means"].cpu())

@@ -190,7 +190,7 @@ def test_a_save_makes_bounded_chunks_and_only_reads_the_live_optimizer_state(mon
         return pack(self, params, optimizers, state, rows)
 
     monkeypatch.setattr(RowCodec, "pack", recording_pack)
-    whole = model.layout.gather(params, optimizers.optimizers, model.strategy_state["ids"])
+    whole = model.layout.gather(params, optimizers.optimizers, model.strategy_state["ids"], {})
     assert max(packed_rows) == 7 and sum(packed_rows) == len(params["means"]) == 300
     assert torch.equal(whole.ids, model.strategy_state["ids"])
     for name in GAUSSIAN_NAMES:

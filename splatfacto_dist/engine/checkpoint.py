@@ -22,6 +22,10 @@ import torch
 
 from splatfacto_dist.layouts.contract import GaussianLayout, WholeGaussians
 
+STATISTICS = ("grad2d", "count", "radii")
+"""The densification statistics a checkpoint keeps (those the strategy holds), so that a run resumed
+between two refines refines as the uninterrupted one."""
+
 
 def to_builtin(obj: Any) -> Any:
     """Replace numpy scalars (nerfstudio's LR schedules produce them) with Python numbers."""
@@ -115,7 +119,9 @@ def save(
     in splatfacto's layout to `path` with `extra` (step bookkeeping, scalers, ...) and returns it."""
     model = pipeline.model
     costs = pipeline.datamanager.cost_state()  # every rank's camera costs, before rank 0 goes on alone
-    whole = layout.gather(model.gauss_params, optimizers.optimizers, model.strategy_state["ids"])
+    state = model.strategy_state
+    statistics = {key: state[key] for key in STATISTICS if state.get(key) is not None}
+    whole = layout.gather(model.gauss_params, optimizers.optimizers, state["ids"], statistics)
     if whole is None:
         return None
     state = {k: v for k, v in pipeline.state_dict().items() if not k.startswith("_model.gauss_params.")}
@@ -135,6 +141,7 @@ def save(
             "optimizers": optimizer_states,
             "schedulers": {k: v.state_dict() for k, v in optimizers.schedulers.items()},
             "gaussian_ids": whole.ids,  # random draws are keyed by them (ops.py); stock tools ignore the key
+            "densification_statistics": {k: v.cpu() for k, v in whole.statistics.items()},
             "camera_costs": costs,  # how the cameras are dealt (camera_costs.py)
         },
         path,
@@ -262,7 +269,10 @@ def own_rows(loaded: Dict[str, Any], layout: GaussianLayout) -> Tuple[Dict[str, 
     ids = loaded.get("gaussian_ids")
     ids = torch.arange(n, dtype=torch.int64) if ids is None else ids
     params = {k.split(".")[-1]: v for k, v in pipeline_state.items() if k.startswith("_model.gauss_params.")}
-    return pipeline_state, WholeGaussians(params, moments, ids[rows])
+    statistics = {k: v[rows] for k, v in loaded.get("densification_statistics", {}).items()}
+    if not layout.sharded and comm.rank() != 0:  # replicas sum their statistics at a refine: rank 0 brings them
+        statistics = {k: torch.zeros_like(v) for k, v in statistics.items()}
+    return pipeline_state, WholeGaussians(params, moments, ids[rows], statistics)
 
 
 def optimizer_states(loaded: Dict[str, Any], own: WholeGaussians) -> Dict[str, Dict]:

@@ -429,7 +429,7 @@ class DistTrainer(Trainer):
         model = self.pipeline.model
         pipeline_state, own = checkpoint.own_rows(loaded, model.layout)
         self.pipeline.load_pipeline(pipeline_state, loaded["step"])
-        model.load_gaussian_ids(own.ids)
+        model.load_strategy_state(own.ids, own.statistics)
         self.optimizers = self.setup_optimizers()  # around the loaded Parameters
         for name, saved in checkpoint.optimizer_states(loaded, own).items():
             checkpoint.load_moments(self.optimizers.optimizers[name], saved)

@@ -89,6 +89,8 @@ def launch(config: TrainerConfig, ranks: Optional[Prespawned] = None) -> None:
             except mp.ProcessExitedException as ended:
                 if ended.exit_code == PREEMPTED_EXIT:  # the ranks saved and said so
                     raise SystemExit(PREEMPTED_EXIT) from None
+                if ended.exit_code < 0:  # killed by a signal: it wrote no record, and its peers lost it
+                    raise RankFailed(str(ended)) from None
                 raise RankFailed(first_failure(config.get_base_dir()) or str(ended)) from None
             except mp.ProcessRaisedException as raised:
                 print(raised, file=sys.stderr, flush=True)  # the traceback of the rank torch noticed first

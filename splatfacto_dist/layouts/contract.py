@@ -37,6 +37,9 @@ class WholeGaussians:
     """group -> Adam's per-Gaussian moments ({"exp_avg": ..., "exp_avg_sq": ...}; empty before a step)."""
     ids: torch.Tensor
     """[total] int64 ids, which key every random draw of a Gaussian (densify/ops.py)."""
+    statistics: Dict[str, torch.Tensor]
+    """Densification statistics gathered since the last refine (grad2d, count, radii: those kept), of
+    every rank's cameras: a run resumed between two refines refines as the uninterrupted one."""
 
 
 class GaussianLayout(Protocol):
@@ -91,9 +94,11 @@ class GaussianLayout(Protocol):
         ...
 
     def gather(
-        self, params: Mapping[str, torch.Tensor], optimizers: Mapping[str, torch.optim.Optimizer], ids: torch.Tensor
-    ) -> Optional[WholeGaussians]:
-        """The whole model on rank 0's CPU (None elsewhere), from every rank's rows; every rank calls it."""
+        self, params: Mapping[str, torch.Tensor], optimizers: Mapping[str, torch.optim.Optimizer], ids: torch.Tensor,
+        statistics: Mapping[str, torch.Tensor],
+    ) -> Optional[WholeGaussians]:  # fmt: skip
+        """The whole model on rank 0's CPU (None elsewhere), from every rank's rows and statistics;
+        every rank calls it."""
         ...
 
     def record(self, local: int) -> Dict[str, Any]:

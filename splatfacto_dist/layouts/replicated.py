@@ -65,16 +65,21 @@ class ReplicatedLayout:
         return counts
 
     def gather(
-        self, params: Mapping[str, torch.Tensor], optimizers: Mapping[str, torch.optim.Optimizer], ids: torch.Tensor
-    ) -> Optional[WholeGaussians]:
-        """Rank 0's own copy (the others' are equal)."""
+        self, params: Mapping[str, torch.Tensor], optimizers: Mapping[str, torch.optim.Optimizer], ids: torch.Tensor,
+        statistics: Mapping[str, torch.Tensor],
+    ) -> Optional[WholeGaussians]:  # fmt: skip
+        """Rank 0's own copy (the others' are equal), with the statistics of every rank's cameras (each
+        rank holds those of its own until a refine sums them: summed here on a copy)."""
+        summed = {k: v.clone() for k, v in statistics.items()}
+        if summed:
+            comm.reduce_densification_stats(summed)
         if not comm.is_main():
             return None
         moments = {
             name: {k: v for k, v in optimizers[name].state.get(p, {}).items() if k != "step"}
             for name, p in params.items()
         }
-        return WholeGaussians({k: v.detach() for k, v in params.items()}, moments, ids.cpu())
+        return WholeGaussians({k: v.detach() for k, v in params.items()}, moments, ids.cpu(), summed)
 
     def record(self, local: int) -> Dict[str, Any]:
         return {"gaussians": local}

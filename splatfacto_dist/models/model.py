@@ -177,9 +177,12 @@ class SplatfactoDistModel(SplatfactoModel):
             self.layout.hold(self.num_points)
         return result
 
-    def load_gaussian_ids(self, ids: torch.Tensor) -> None:
-        """The ids of a loaded checkpoint's Gaussians (this rank's rows), which key their random draws."""
+    def load_strategy_state(self, ids: torch.Tensor, statistics: Dict[str, torch.Tensor]) -> None:
+        """A loaded checkpoint's Gaussian ids (this rank's rows), which key their random draws, and its
+        densification statistics since the last refine (none in older or stock checkpoints)."""
         self.strategy_state["ids"] = ids.to(self.device)
+        for key, value in statistics.items():
+            self.strategy_state[key] = value.to(self.device)
 
     @property
     def seed(self) -> int:

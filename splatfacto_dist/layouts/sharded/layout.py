@@ -159,7 +159,9 @@ class ShardedLayout:
         return slice(r * n // w, (r + 1) * n // w)
 
     def gather(
-        self, params: Mapping[str, torch.Tensor], optimizers: Mapping[str, torch.optim.Optimizer], ids: torch.Tensor
-    ) -> Optional[WholeGaussians]:
-        """Every shard gathered to rank 0's CPU in bounded chunks (`gather_whole`)."""
-        return gather_whole(params, optimizers, ids, self.total)
+        self, params: Mapping[str, torch.Tensor], optimizers: Mapping[str, torch.optim.Optimizer], ids: torch.Tensor,
+        statistics: Mapping[str, torch.Tensor],
+    ) -> Optional[WholeGaussians]:  # fmt: skip
+        """Every shard gathered to rank 0's CPU in bounded chunks (`gather_whole`); an owner's
+        statistics are already those of every camera."""
+        return gather_whole(params, optimizers, ids, statistics, self.total)

@@ -18,7 +18,11 @@ large enough to run at the link's speed."""
 
 
 def gather_whole(
-    params: Mapping[str, torch.Tensor], optimizers: Mapping[str, torch.optim.Optimizer], ids: torch.Tensor, total: int
+    params: Mapping[str, torch.Tensor],
+    optimizers: Mapping[str, torch.optim.Optimizer],
+    ids: torch.Tensor,
+    statistics: Mapping[str, torch.Tensor],
+    total: int,
 ) -> Optional[WholeGaussians]:
     """On rank 0, the whole model of `total` Gaussians in splatfacto's row order; None on the other
     ranks, which only send.
@@ -29,7 +33,7 @@ def gather_whole(
     optimizer state is only read."""
     groups = {name: optimizers[name] for name in GAUSSIAN_NAMES}
     device = params["means"].device
-    state = {"ids": ids.to(device)}  # CPU until a refine moves them
+    state = {"ids": ids.to(device), **statistics}  # ids: CPU until a refine moves them
     codec = RowCodec(params, groups, state)
     chunk_rows = max(1, SAVE_CHUNK_BYTES // (4 * max(codec.width, 1)))
 
@@ -46,4 +50,6 @@ def gather_whole(
         if kind == "moment":
             name, moment = key.split("/")
             moments[name][moment] = value
-    return WholeGaussians({name: whole[("param", name)] for name in GAUSSIAN_NAMES}, moments, whole[("state", "ids")])
+    params_whole = {name: whole[("param", name)] for name in GAUSSIAN_NAMES}
+    kept = {key: whole[("state", key)] for key in statistics}
+    return WholeGaussians(params_whole, moments, whole[("state", "ids")], kept)
