@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
+from splatfacto_dist import comm
 from splatfacto_dist.layouts.contract import GaussianLayout, WholeGaussians
 
 STATISTICS = ("grad2d", "count", "radii")

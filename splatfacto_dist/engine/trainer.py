@@ -37,7 +37,7 @@ from splatfacto_dist.engine.viewer_renders import TrainLock
 from splatfacto_dist.launching.devices import gpu_of
 from splatfacto_dist.launching.memcap import ENV as MEMORY_CAP_ENV, apply_memory_cap, use_expandable_segments
 from splatfacto_dist.launching.preflight import refuse_at_parse
-from splatfacto_dist.launching.signals import PREEMPTED_EXIT, Preemption
+from splatfacto_dist.launching.signals import PREEMPTED_EXIT, PREEMPTION
 from splatfacto_dist.layouts.contract import named_tensors
 from splatfacto_dist.models.model import SplatfactoDistModelConfig
 from splatfacto_dist.reporting.profiling import PHASES, STARTUP
@@ -144,7 +144,7 @@ class DistTrainer(Trainer):
             fuse_adam(config)
         scale_optimizers(config, self.images_per_step, config.batch_optimizer_scaling)
         PHASES.reset(config.profile_phases_every)
-        self.preemption = Preemption()  # SIGTERM / SIGUSR1 noted from `train` on (launching/signals.py)
+        self.preemption = PREEMPTION  # SIGTERM / SIGUSR1, noted from the rank's start (launching/signals.py)
         self.control = RankControl(
             config.control_every,
             torch.device(self.device),
@@ -159,9 +159,12 @@ class DistTrainer(Trainer):
         """Train the model (see the module docstring for one step's path), then finish: the final
         checkpoint, and the viewer kept open if asked. However it ends, no viewer render is left
         waiting for ranks that no longer serve."""
-        self.preemption.watch()
+        self.preemption.watch()  # already, where a launcher started this rank
         try:
-            self._train_steps()
+            try:
+                self._train_steps()
+            finally:
+                self.preemption.unwatch()  # after the loop a signal ends the process (a kept viewer too)
             self._report_rank()
             self._after_train()
         finally:

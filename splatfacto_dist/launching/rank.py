@@ -21,6 +21,7 @@ from nerfstudio.utils import comms, profiler
 
 from splatfacto_dist import comm
 from splatfacto_dist.launching.devices import gpu_of, gpus_needed, ranks_per_gpu
+from splatfacto_dist.launching.signals import PREEMPTION
 from splatfacto_dist.reporting.profiling import STARTUP
 from splatfacto_dist.reporting.records import clear_rank_records, write_rank_record
 
@@ -71,6 +72,7 @@ def _train(local_rank: int, world_size: int, config: TrainerConfig, global_rank:
 
 def run_rank(local_rank: int, config: TrainerConfig, job: Job) -> None:
     """One rank: threads, device, process group, training, then the final barrier."""
+    PREEMPTION.watch()  # from the first moment: a signal during start-up is acted on at the first agreement
     STARTUP.mark("command line")
     global_rank = (
         job.global_rank if job.global_rank is not None else job.machine_rank * job.num_devices_per_machine + local_rank

@@ -25,7 +25,7 @@ PREEMPTED_EXIT = 75
 
 
 class Preemption:
-    """This process's note of a preemption signal; handlers installed by `watch` on the main thread."""
+    """A process's note of a preemption signal; handlers installed by `watch` on the main thread."""
 
     def __init__(self) -> None:
         self.signal: Optional[int] = None
@@ -35,6 +35,12 @@ class Preemption:
         if threading.current_thread() is threading.main_thread():
             for signum in PREEMPT_SIGNALS:
                 signal.signal(signum, self._note)
+
+    def unwatch(self) -> None:
+        """Let PREEMPT_SIGNALS end the process again (training is over: nothing to save at an agreement)."""
+        if threading.current_thread() is threading.main_thread():
+            for signum in PREEMPT_SIGNALS:
+                signal.signal(signum, signal.SIG_DFL)
 
     def _note(self, signum: int, frame: Any) -> None:
         if self.signal is None:
@@ -47,6 +53,11 @@ class Preemption:
     @property
     def name(self) -> str:
         return signal.Signals(self.signal).name if self.signal is not None else "none"
+
+
+PREEMPTION = Preemption()
+"""This process's note: a rank watches from its first moment (`launching.rank`, `prespawn`), before its
+trainer exists, so that a signal during start-up is acted on at the first agreement, not fatal."""
 
 
 @contextmanager
