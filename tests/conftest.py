@@ -243,3 +243,29 @@ def assert_renders_match(a: Path, b: Path) -> None:
     assert count_a == count_b
     mse = torch.mean((torch.stack(images_a) - torch.stack(images_b)) ** 2)
     assert -10 * torch.log10(mse) > 40, float(mse)
+
+
+# Rank 1 fails at step 3 of training: a `sitecustomize` that every rank's interpreter runs (forked ranks
+# inherit it, spawned ones import it from PYTHONPATH), for the tests of how a job ends when one rank fails.
+PLANTED_FAILURE = """
+import torch.distributed as dist
+from splatfacto_dist.engine import trainer
+
+original = trainer.DistTrainer.train_iteration
+
+
+def failing(self, step):
+    if dist.get_rank() == 1 and step == 3:
+        raise RuntimeError("planted failure of rank 1 at step 3")
+    return original(self, step)
+
+
+trainer.DistTrainer.train_iteration = failing
+"""
+
+
+def plant_failure(folder: Path) -> Path:
+    """A folder holding PLANTED_FAILURE as sitecustomize.py, to put first on a job's PYTHONPATH."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(PLANTED_FAILURE)
+    return folder

@@ -168,24 +168,27 @@ def test_prespawned_ranks_train_the_parsed_job(tmp_path, scene, capfd):
     assert all(list(r["startup_stages"]) == stages and r["startup_s"] > 0 for r in records), records
 
 
-def test_a_failing_prespawned_rank_stops_the_others(tmp_path, scene):
+def test_a_failing_prespawned_rank_stops_the_others(tmp_path, scene, monkeypatch):
+    """Rank 1 fails at step 3 (planted); the launcher stops rank 0 and says rank 1's cause first."""
+    import os
     import time
 
     import pytest
+    from conftest import plant_failure
 
     from splatfacto_dist.launching import launch
     from splatfacto_dist.launching.prespawn import Prespawned, RankFailed
 
-    broken = tmp_path / "scene"
-    subprocess.run(["cp", "-r", str(scene), str(broken)], check=True)
-    (broken / "images" / "frame_0005.png").write_bytes(b"not a png")
-    config = _parsed(train_command(tmp_path, broken, 2, ["--max-num-iterations", "400"], launcher=()))
-    ranks = Prespawned(2)
+    monkeypatch.setenv("PYTHONPATH", f"{plant_failure(tmp_path / 'plant')}:{os.environ.get('PYTHONPATH', '')}")
+    config = _parsed(train_command(tmp_path, scene, 2, ["--max-num-iterations", "400"], launcher=()))
+    ranks = Prespawned(2)  # spawned: each imports the planted sitecustomize
     start = time.monotonic()
     with pytest.raises(RankFailed) as failed:
         launch.launch(config, ranks)
     assert failed.value.code == 1
-    assert "1 (exit code 1)" in failed.value.message, failed.value.message  # rank 1 loads frame_0005
+    message = failed.value.message
+    assert message.startswith("rank 1 failed: RuntimeError: planted failure of rank 1 at step 3"), message
+    assert "1 (exit code 1)" in message, message
     assert time.monotonic() - start < 120
     assert not any(p.is_alive() for p in ranks._procs)
 

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import free_port, train_command
+from conftest import free_port, plant_failure, train_command
 
 from splatfacto_dist import comm
 from splatfacto_dist.engine.control import PAUSE, RUN, STOP, RankControl
@@ -120,30 +120,11 @@ def test_a_viewer_render_is_served_by_every_rank_without_deadlock():
     assert served_at is not None and served_at < 200
 
 
-PLANTED_FAILURE = """
-import torch.distributed as dist
-from splatfacto_dist.engine import trainer
-
-original = trainer.DistTrainer.train_iteration
-
-
-def failing(self, step):
-    if dist.get_rank() == 1 and step == 3:
-        raise RuntimeError("planted failure of rank 1 at step 3")
-    return original(self, step)
-
-
-trainer.DistTrainer.train_iteration = failing
-"""
-
-
 def test_a_failing_rank_stops_every_rank_promptly_and_its_cause_is_the_last_line(tmp_path, scene):
     """Rank 1 fails mid-run (planted through sitecustomize, which every forked rank inherits); rank 0
     then loses its connection. The job ends long before the collective timeout, and the last line
     the user sees is rank 1's cause, not rank 0's lost connection."""
-    (tmp_path / "plant").mkdir()
-    (tmp_path / "plant" / "sitecustomize.py").write_text(PLANTED_FAILURE)
-    env = {**os.environ, "PYTHONPATH": f"{tmp_path / 'plant'}:{os.environ.get('PYTHONPATH', '')}"}
+    env = {**os.environ, "PYTHONPATH": f"{plant_failure(tmp_path / 'plant')}:{os.environ.get('PYTHONPATH', '')}"}
     start = time.monotonic()
     proc = subprocess.run(
         train_command(tmp_path / "out", scene, 2, ["--max-num-iterations", "400"]),
