@@ -23,10 +23,6 @@ def _worker(local_rank: int, conn: Connection) -> None:
     """Import what every rank needs, then run the rank the parent describes (or exit on None)."""
     import importlib
 
-    from splatfacto_dist.launching.signals import PREEMPTION
-
-    PREEMPTION.watch()  # a signal while the parent parses is acted on once training starts
-
     from splatfacto_dist.launching import rank
 
     importlib.import_module("splatfacto_dist.method")  # the config classes the parent will send
