@@ -113,6 +113,23 @@ def one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {first}" if first else type(err).__name__
 
 
+def checkpoint_path(folder: Path, step: int) -> Path:
+    """Where the checkpoint of `step` lives in `folder` (nerfstudio's naming, which its tools read)."""
+    return Path(folder) / f"step-{step:09d}.ckpt"
+
+
+def with_moments(states: Dict[str, Dict], moments: Dict[str, Dict[str, torch.Tensor]]) -> Dict[str, Dict]:
+    """Optimizer state dicts with each Gaussian group's per-Gaussian moments replaced by `moments`
+    (one parameter per group; its `step` and settings kept)."""
+    out = {}
+    for name, saved in states.items():
+        if name in moments and saved["state"]:
+            (index,) = saved["state"]
+            saved = {**saved, "state": {index: {**saved["state"][index], **moments[name]}}}
+        out[name] = saved
+    return out
+
+
 def save(
     path: Path, step: int, pipeline: Any, optimizers: Any, layout: GaussianLayout, extra: Dict[str, Any]
 ) -> Optional[Path]:
@@ -127,13 +144,7 @@ def save(
         return None
     state = {k: v for k, v in pipeline.state_dict().items() if not k.startswith("_model.gauss_params.")}
     state.update({f"_model.gauss_params.{name}": value for name, value in whole.params.items()})
-    optimizer_states = {}
-    for name, optimizer in optimizers.optimizers.items():
-        saved = optimizer.state_dict()
-        if name in whole.moments and saved["state"]:
-            (index,) = saved["state"]  # one parameter per Gaussian group
-            saved = {**saved, "state": {index: {**saved["state"][index], **whole.moments[name]}}}
-        optimizer_states[name] = saved
+    optimizer_states = with_moments({k: v.state_dict() for k, v in optimizers.optimizers.items()}, whole.moments)
     save_atomic(
         {
             "step": step,
@@ -147,25 +158,6 @@ def save(
         },
         path,
     )
-    return path
-
-
-def checkpoint_to_resume(load_dir: Optional[Path], load_step: Optional[int], load_checkpoint: Optional[Path]):
-    """The file `--load-dir` (newest, or `--load-step`) or `--load-checkpoint` names; None for neither."""
-    if load_dir is not None:
-        step = load_step
-        if step is None:
-            steps = sorted(int(p.stem.split("-")[1]) for p in Path(load_dir).glob("step-*.ckpt"))
-            if not steps:
-                raise FileNotFoundError(f"no step-*.ckpt checkpoint in {load_dir}")
-            step = steps[-1]
-        path = Path(load_dir) / f"step-{step:09d}.ckpt"
-    elif load_checkpoint is not None:
-        path = Path(load_checkpoint)
-    else:
-        return None
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
     return path
 
 
@@ -237,11 +229,15 @@ def resume_from(
                 older = "trying the next older one" if i + 1 < len(found) else "no older one is left"
                 say(f"{err}; {older}")
         raise CheckpointError(f"none of the {len(found)} checkpoints in {load_dir} loads (each is named above)")
-    try:
-        path = checkpoint_to_resume(load_dir, load_step, load_checkpoint)
-    except FileNotFoundError as err:
-        raise CheckpointError(str(err)) from None
-    return None if path is None else (path, load_complete(path))
+    if load_dir is not None:
+        path = checkpoint_path(load_dir, load_step)  # type: ignore[arg-type]
+    elif load_checkpoint is not None:
+        path = Path(load_checkpoint)
+    else:
+        return None
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    return path, load_complete(path)
 
 
 def start_step(loaded: Dict[str, Any], images_per_step: int, count_images: bool) -> int:
@@ -274,17 +270,6 @@ def own_rows(loaded: Dict[str, Any], layout: GaussianLayout) -> Tuple[Dict[str, 
     if not layout.sharded and comm.rank() != 0:  # replicas sum their statistics at a refine: rank 0 brings them
         statistics = {k: torch.zeros_like(v) for k, v in statistics.items()}
     return pipeline_state, WholeGaussians(params, moments, ids[rows], statistics)
-
-
-def optimizer_states(loaded: Dict[str, Any], own: WholeGaussians) -> Dict[str, Dict]:
-    """The saved optimizer states with each Gaussian group's moments replaced by this rank's rows."""
-    out = {}
-    for name, saved in loaded["optimizers"].items():
-        if name in own.moments and saved["state"]:
-            (index,) = saved["state"]
-            saved = {**saved, "state": {index: {**saved["state"][index], **own.moments[name]}}}
-        out[name] = saved
-    return out
 
 
 def continue_schedules(schedulers: Dict[str, torch.optim.lr_scheduler.LRScheduler], start: int) -> None:

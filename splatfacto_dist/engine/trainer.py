@@ -1,10 +1,12 @@
 """DistTrainer: nerfstudio's Trainer with one training step that is correct on N ranks.
 
 One step, top to bottom (`train` -> `train_iteration`):
-  agree with rank 0 on pause/stop and serve viewer renders (control.py, every `control_every`
-  steps) -> this rank's cameras (dealt by measured cost, camera_costs.py) -> render + loss (the Gaussian layout brings the Gaussians each
-  camera sees) -> backward -> the layout averages gradients -> optimizer step -> densification
-  callbacks (statistics from every camera, id-keyed draws) -> log / eval / save (checkpoint.py).
+  agree with rank 0 on pause/stop (and any rank on a preemption) and serve viewer renders
+  (control.py, every `control_every` steps) -> this rank's cameras (dealt by measured cost,
+  camera_costs.py) -> render + loss (the Gaussian layout brings the Gaussians each camera sees) ->
+  backward -> one all-reduce of the groups the layout does not split -> optimizer step ->
+  densification callbacks (statistics from every camera, id-keyed draws) -> log / eval / save
+  (checkpoint.py).
 Where the Gaussians live (replicated or sharded) is the model's `layout`; pre-flight checks are in
 preflight.py.
 """
@@ -396,7 +398,7 @@ class DistTrainer(Trainer):
         checkpoints and no temporary file, and says so in one line: training goes on after a
         periodic save, the final one (after the last step) stops the run with that line. Returns, on
         rank 0, the file written (None where the save failed, and on the other ranks)."""
-        path = self.checkpoint_dir / f"step-{step:09d}.ckpt"
+        path = checkpoint.checkpoint_path(self.checkpoint_dir, step)
         extra = {"images_per_step": self.images_per_step, "scalers": self.grad_scaler.state_dict()}
         try:
             written = checkpoint.save(path, step, self.pipeline, self.optimizers, self.pipeline.model.layout, extra)
@@ -434,7 +436,7 @@ class DistTrainer(Trainer):
         self.pipeline.load_pipeline(pipeline_state, loaded["step"])
         model.load_strategy_state(own.ids, own.statistics)
         self.optimizers = self.setup_optimizers()  # around the loaded Parameters
-        for name, saved in checkpoint.optimizer_states(loaded, own).items():
+        for name, saved in checkpoint.with_moments(loaded["optimizers"], own.moments).items():
             checkpoint.load_moments(self.optimizers.optimizers[name], saved)
         if config.load_scheduler:
             checkpoint.continue_schedules(self.optimizers.schedulers, self._start_step)

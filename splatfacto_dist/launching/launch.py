@@ -126,15 +126,17 @@ def resume_automatically(config: TrainerConfig) -> None:
     decides alike."""
     config.set_experiment_name()
     experiment = Path(config.output_dir) / f"{config.experiment_name}" / f"{config.method_name}"
-    runs = [run for run in experiment.glob("*") if any((run / config.relative_model_dir).glob("step-*.ckpt"))]
+    saved = {
+        run: [p.stat().st_mtime for p in (run / config.relative_model_dir).glob("step-*.ckpt")]
+        for run in experiment.glob("*")
+    }
+    runs = {run: max(times) for run, times in saved.items() if times}  # each run's newest checkpoint
     talk = comm_rank_from_env() == 0
     if not runs:
         if talk:
             CONSOLE.print(f"--auto-resume: no checkpoint under {experiment}, so training from scratch.")
         return
-    newest = max(
-        runs, key=lambda run: max(p.stat().st_mtime for p in (run / config.relative_model_dir).glob("step-*.ckpt"))
-    )
+    newest = max(runs, key=runs.__getitem__)
     config.timestamp = newest.name
     config.load_dir = newest / config.relative_model_dir
     if talk:
