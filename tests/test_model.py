@@ -65,8 +65,9 @@ def test_machine_seed_seeds_the_model_unless_the_model_seed_is_given(tmp_path, g
     config.machine.device_type, config.machine.seed = "cpu", 7
     config.pipeline.model.seed, config.output_dir = given, tmp_path
     config.set_timestamp()
-    DistTrainer(config)
-    assert config.pipeline.model.seed == expected
+    trainer = DistTrainer(config)
+    assert trainer.config.pipeline.model.seed == expected
+    assert config.pipeline.model.seed == given  # the user's config (config.yml) keeps what was typed
 
 
 def _cameras(n: int) -> Cameras:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import subprocess
 import sys
@@ -356,3 +357,18 @@ def test_fps_sampling_is_refused_before_anything_starts(tmp_path, scene, launche
     errors = [line for line in proc.stdout.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "train-cameras-sampling-strategy fps" in errors[0], proc.stdout[-2000:]
     assert not list(tmp_path.iterdir())  # no config saved, no run directory: nothing started
+
+
+def test_the_job_config_resolves_a_copy_and_leaves_the_users_config_as_typed():
+    from splatfacto_dist.engine.job_config import for_job
+
+    config = splatfacto_dist_config()
+    config.pipeline.datamanager.cameras_per_rank = 2
+    typed = copy.deepcopy(config)
+    job = for_job(config, world_size=2)
+    assert config == typed  # config.yml, resume and ns-export read what the user typed
+    assert job.max_num_iterations == round(typed.max_num_iterations / 4)
+    assert job.pipeline.model.images_per_step == 4 and job.pipeline.model.seed == typed.machine.seed
+    assert job.pipeline.datamanager.balance_cameras is True  # replicated: a camera's time is its own
+    means = job.optimizers["means"]["optimizer"]
+    assert means.fused and means.lr == pytest.approx(typed.optimizers["means"]["optimizer"].lr * 2)

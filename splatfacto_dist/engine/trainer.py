@@ -31,17 +31,16 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from nerfstudio.utils.writer import EventName, TimeWriter
 
 from splatfacto_dist import comm
-from splatfacto_dist.engine import checkpoint
+from splatfacto_dist.engine import checkpoint, job_config
 from splatfacto_dist.engine.control import PAUSE, PREEMPT, RUN, STOP, RankControl
 from splatfacto_dist.engine.optimizer_step import live_parameters, squared_norms, step_optimizers
-from splatfacto_dist.engine.scaling import ScalingRule, convert_images_to_steps, fuse_adam, scale_optimizers
+from splatfacto_dist.engine.scaling import ScalingRule
 from splatfacto_dist.engine.viewer_renders import TrainLock
 from splatfacto_dist.launching.devices import gpu_of
 from splatfacto_dist.launching.memcap import ENV as MEMORY_CAP_ENV, apply_memory_cap, use_expandable_segments
 from splatfacto_dist.launching.preflight import refuse_at_parse
 from splatfacto_dist.launching.signals import PREEMPTED_EXIT, PREEMPTION
 from splatfacto_dist.layouts.contract import named_tensors
-from splatfacto_dist.models.model import SplatfactoDistModelConfig
 from splatfacto_dist.reporting.profiling import PHASES, STARTUP
 from splatfacto_dist.reporting.records import describe_layout, write_rank_record
 
@@ -125,12 +124,7 @@ class DistTrainer(Trainer):
             # and SLURM jobs never import it. Without it cuDNN's heuristics pick slower kernels for
             # the SSIM loss's convolutions, a large share of each full-resolution step.
             torch.backends.cudnn.benchmark = True
-        model = config.pipeline.model
-        if isinstance(model, SplatfactoDistModelConfig) and model.seed is None:
-            model.seed = config.machine.seed
-        datamanager = config.pipeline.datamanager
-        if getattr(datamanager, "balance_cameras", False) is None:  # on where a camera's time is its own
-            datamanager.balance_cameras = getattr(model, "gaussian_layout", "replicated") == "replicated"
+        config = job_config.for_job(config, world_size)  # the user's config stays as typed (config.yml)
         super().__init__(config, local_rank=local_rank, world_size=world_size)
         self.train_lock = TrainLock()  # a viewer render waiting on every rank lets it go (engine/viewer_renders.py)
         if cuda:
@@ -139,12 +133,7 @@ class DistTrainer(Trainer):
             raise RuntimeError(
                 "--ranks-per-gpu needs splatfacto-dist-train: this launcher gives each rank a GPU (NCCL)"
             )
-        self.images_per_step = world_size * config.pipeline.datamanager.cameras_per_rank  # type: ignore[attr-defined]
-        if config.schedule_unit == "images":
-            convert_images_to_steps(config, self.images_per_step)
-        if config.fused_adam:
-            fuse_adam(config)
-        scale_optimizers(config, self.images_per_step, config.batch_optimizer_scaling)
+        self.images_per_step = job_config.images_per_step(config, world_size)
         PHASES.reset(config.profile_phases_every)
         self.preemption = PREEMPTION  # SIGTERM / SIGUSR1, noted from the rank's start (launching/signals.py)
         self.control = RankControl(

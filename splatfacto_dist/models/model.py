@@ -59,8 +59,8 @@ class SplatfactoDistModelConfig(SplatfactoModelConfig):
     rank (one exchange per step; more memory where an image sees much of the model). Default: on
     when sharded; the replicated layout renders whole images (each rank holds the whole model)."""
     images_per_step: int = 1
-    """Images rendered per step across all ranks. Set by the trainer when it converts the schedule
-    from images to steps; it sizes the pause after an opacity reset (one pass over the cameras)."""
+    """Images rendered per step across all ranks. The job's config sets it (engine/job_config.py) when
+    the schedule counts images; it sizes the pause after an opacity reset (one pass over the cameras)."""
     fused_ssim: bool = True
     """The SSIM loss by a fused Triton kernel on CUDA (stock's pytorch_msssim value and gradient to
     float tolerance, several times faster); the CPU, or a machine where it does not compile, uses
@@ -186,7 +186,7 @@ class SplatfactoDistModel(SplatfactoModel):
 
     @property
     def seed(self) -> int:
-        """The model's seed. The trainer sets it from --machine.seed; a model built without one
+        """The model's seed. The job's config sets it from --machine.seed; a model built without one
         (ns-eval, ns-export) takes nerfstudio's default seed, and a checkpoint then replaces all it drew."""
         return MachineConfig().seed if self.config.seed is None else self.config.seed
 
