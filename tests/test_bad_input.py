@@ -185,6 +185,11 @@ def _refused(cmd: list, out: Path) -> str:
     return " ".join(lines[errors[0] :])
 
 
+def test_replicated_offload_on_several_ranks_is_refused_in_one_line(tmp_path, scene):
+    line = _refused(train_command(tmp_path / "out", scene, 2, ["--pipeline.model.offload", "True"]), tmp_path)
+    assert "--pipeline.model.offload" in line and "gaussian-layout sharded" in line
+
+
 def test_a_truncated_image_stops_a_two_rank_run_in_one_line(tmp_path, scene):
     data = _copy(scene, tmp_path)
     _truncate(_image(data, 5))

@@ -4,7 +4,8 @@ Every Gaussian carries a 62-bit id. Random draws that change a Gaussian (the spl
 samples) are a hash of (seed, step, id), never a position in a tensor, so replicated and sharded
 runs, on any rank count, draw the same numbers for the same Gaussian. Children of a refine get ids
 hashed from their parent's. Optimizer-state surgery goes through gsplat's
-`_update_param_with_optimizer`, as gsplat's own ops do.
+`_update_param_with_optimizer`, as gsplat's own ops do. A group may live in host memory
+(offload/): every index is taken to the device of the tensor it indexes (`_on`).
 """
 
 from __future__ import annotations
@@ -52,6 +53,11 @@ def keyed_normal(ids: torch.Tensor, seed: int, step: int, shape_tail: int) -> to
     return (torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2 * math.pi * u2)).float()
 
 
+def _on(index: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
+    """`index` where `tensor` is (the same tensor when it already is there)."""
+    return index.to(tensor.device, non_blocking=True)
+
+
 def _extend_state(state: Dict, keep: torch.Tensor, added: Dict[str, torch.Tensor]) -> None:
     for key, value in state.items():
         if isinstance(value, torch.Tensor):
@@ -63,7 +69,7 @@ def duplicate(params: Params, optimizers: Dict, state: Dict, mask: torch.Tensor,
     """gsplat's duplicate; the copies get ids of their own (identical twins would draw identical noise)."""
     sel = torch.where(mask)[0]
     _update_param_with_optimizer(
-        lambda name, p: torch.nn.Parameter(torch.cat([p, p[sel]])),
+        lambda name, p: torch.nn.Parameter(torch.cat([p, p[_on(sel, p)]])),
         lambda key, v: torch.cat([v, torch.zeros((len(sel), *v.shape[1:]), device=v.device)]),
         params,
         optimizers,
@@ -95,18 +101,30 @@ def split(
         elif name == "opacities" and revised_opacity:
             p_split = torch.logit(1.0 - torch.sqrt(1.0 - torch.sigmoid(p[sel]))).repeat(repeats)
         else:
-            p_split = p[sel].repeat(repeats)
-        return torch.nn.Parameter(torch.cat([p[rest], p_split]))
+            p_split = p[_on(sel, p)].repeat(repeats)
+        return torch.nn.Parameter(torch.cat([p[_on(rest, p)], p_split]))
 
     _update_param_with_optimizer(
         param_fn,
-        lambda key, v: torch.cat([v[rest], torch.zeros((2 * len(sel), *v.shape[1:]), device=v.device)]),
+        lambda key, v: torch.cat([v[_on(rest, v)], torch.zeros((2 * len(sel), *v.shape[1:]), device=v.device)]),
         params,
         optimizers,
     )
     added = {k: v[sel].repeat([2] + [1] * (v.dim() - 1)) for k, v in state.items() if isinstance(v, torch.Tensor)}
     added["ids"] = torch.cat([child_ids(parents, step, 1), child_ids(parents, step, 2)])
     _extend_state(state, rest, added)
+
+
+@torch.no_grad()
+def remove(params: Params, optimizers: Dict, state: Dict, mask: torch.Tensor) -> None:
+    """gsplat's remove (prune), wherever each group lives."""
+    keep = torch.where(~mask)[0]
+    _update_param_with_optimizer(
+        lambda name, p: torch.nn.Parameter(p[_on(keep, p)]), lambda key, v: v[_on(keep, v)], params, optimizers
+    )
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor):
+            state[key] = value[_on(keep, value)]
 
 
 def image_gradient_norms(grads: torch.Tensor, width: int, height: int, views: int) -> torch.Tensor:

@@ -127,6 +127,21 @@ class SynchronizedDefaultStrategy(DefaultStrategy):
             state["radii"] = torch.maximum(state["radii"], maxima)
 
     @torch.no_grad()
+    def _prune_gs(
+        self, params: Params, optimizers: Dict[str, torch.optim.Optimizer], state: Dict[str, Any], step: int
+    ) -> int:
+        """gsplat's pruning (same criteria), by `ops.remove`, which reaches groups in host memory."""
+        is_prune = torch.sigmoid(params["opacities"].flatten()) < self.prune_opa
+        if step > self.reset_every:
+            is_prune |= torch.exp(params["scales"]).max(dim=-1).values > self.prune_scale3d * state["scene_scale"]
+            if step < self.refine_scale2d_stop_iter:
+                is_prune |= state["radii"] > self.prune_scale2d
+        n_prune = int(is_prune.sum().item())
+        if n_prune > 0:
+            ops.remove(params, optimizers, state, is_prune)
+        return n_prune
+
+    @torch.no_grad()
     def _grow_gs(
         self,
         params: Params,

@@ -292,6 +292,7 @@ MODEL: Table = {
     "images_per_step": _literal(f"{_M}images-per-step"),
     "fused_ssim": Honoured("ssim.LossSSIM (SplatfactoDistModel.get_loss_dict)"),
     "gaussian_layout": Honoured("where the Gaussians live (replicated or sharded)"),
+    "offload": Honoured("SplatfactoDistModel._host_groups_apart, the layouts' render (offload/working_set.py)"),
     "pixel_ranges": Refused(
         when=lambda m: m.pixel_ranges is True and m.gaussian_layout != "sharded",
         message=f"{_M}pixel-ranges True: only the sharded layout renders images in pixel ranges (a replicated rank "

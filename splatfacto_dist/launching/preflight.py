@@ -54,6 +54,18 @@ def shared_gpu_refusal(config: Any) -> Optional[str]:
     return None
 
 
+def offload_refusal(config: Any, world_size: int) -> Optional[str]:
+    """Offload with replicas: every rank would keep the whole model's colours in host memory and
+    all-reduce their host gradients each step; the sharded layout divides them instead."""
+    model = config.pipeline.model
+    if getattr(model, "offload", False) and world_size > 1 and getattr(model, "gaussian_layout", "") == "replicated":
+        return (
+            f"--pipeline.model.offload True on {world_size} ranks needs --pipeline.model.gaussian-layout sharded "
+            "(replicated, every rank would hold and all-reduce the whole model's colours); or train on one rank"
+        )
+    return None
+
+
 def count_refusal(config: Any) -> Optional[str]:
     """The first count (`refusals.COUNTS`) below 1, or None."""
     for flag, path, counts in refusals.COUNTS:
@@ -83,6 +95,7 @@ def refusal_at_parse(config: Any) -> Optional[str]:
     when given: the method registry builds the default config at import (ns-export, ns-eval, ...),
     where an unwritable working directory must not refuse anything."""
     error = refusal(config) or shared_gpu_refusal(config) or count_refusal(config)
+    error = error or offload_refusal(config, config.machine.num_devices * config.machine.num_machines)
     if error:
         return error
     output_dir = getattr(config, "output_dir", None)
@@ -114,6 +127,7 @@ def check_job(config: Any, job: Any) -> None:
     """Fail early, in one line (`LaunchError`), on what cannot work for this job's shape."""
     # again: a --load-config never ran __post_init__
     error = refusal(config) or shared_gpu_refusal(config) or count_refusal(config)
+    error = error or offload_refusal(config, job.world_size)
     if error:
         raise LaunchError(error)
     machine = config.machine

@@ -14,6 +14,7 @@ from nerfstudio.data.scene_box import OrientedBox
 
 from splatfacto_dist import comm
 from splatfacto_dist.layouts.contract import RefineCounts, Render, WholeGaussians
+from splatfacto_dist.offload.working_set import working_set
 from splatfacto_dist.render.raster import activate, empty_render, rasterize
 
 
@@ -23,8 +24,9 @@ class ReplicatedLayout:
     sharded = False
     split_groups: Tuple[str, ...] = ()
 
-    def __init__(self) -> None:
+    def __init__(self, offload: bool = False) -> None:
         self.total = 0
+        self.offload = offload  # colours in host memory: render the cameras' working set (offload/)
 
     def hold(self, n: int) -> slice:
         self.total = n
@@ -38,20 +40,35 @@ class ReplicatedLayout:
         **cameras: Any,
     ) -> Optional[Render]:
         """`rasterize(**activate(rows), **cameras)` of the rows inside `crop` (the viewer's crop
-        box). Densification takes its statistics from the render's info after backward."""
+        box). Densification takes its statistics from the render's info after backward. Offloaded,
+        the rows are the cameras' working set, whose indices the info keeps for `stats_to_owners`."""
+        working = None
+        if self.offload:
+            width, height = cameras["width"], cameras["height"]
+            views = [(v, K, width, height) for v, K in zip(cameras["viewmats"], cameras["Ks"])]
+            rows, working = working_set(rows, views)
         if crop is not None:
             inside = crop.within(rows["means"]).reshape(-1)
             if not bool(inside.any()):
                 return empty_render(rows["means"], len(cameras["viewmats"]), cameras["width"], cameras["height"],
                                     cameras.get("render_mode", "RGB"))  # fmt: skip
             rows = {k: v[inside] for k, v in rows.items()}
-        return rasterize(**activate(rows), **cameras)
+        render, alpha, info = rasterize(**activate(rows), **cameras)
+        if working is not None:
+            info["working_rows"] = working
+        return render, alpha, info
 
     def stats_to_owners(
         self, rows: torch.Tensor, maxima: Optional[torch.Tensor], n: int, info: Dict[str, Any]
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """The rendered rows are the owners' rows."""
-        return rows, maxima
+        """The rendered rows are the owners' rows (offloaded: the working set's, put back in place)."""
+        working = info.get("working_rows")
+        if working is None:
+            return rows, maxima
+        sums = torch.zeros((n, rows.shape[1]), dtype=rows.dtype, device=rows.device).index_add_(0, working, rows)
+        if maxima is None:
+            return sums, None
+        return sums, torch.zeros(n, dtype=maxima.dtype, device=maxima.device).index_copy_(0, working, maxima)
 
     def reduce_stats(self, state: Dict[str, Any]) -> None:
         comm.reduce_densification_stats(state)

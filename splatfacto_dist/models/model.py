@@ -14,10 +14,11 @@ What changes and why:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 from dataclasses import dataclass, field
-from typing import Dict, List, Literal, Optional, Sequence, Tuple, Type, Union
+from typing import Dict, Iterator, List, Literal, Optional, Sequence, Tuple, Type, Union
 
 import numpy as np
 import torch
@@ -33,10 +34,11 @@ from torchmetrics.image import PeakSignalNoiseRatio
 from splatfacto_dist import comm
 from splatfacto_dist.densify.strategy import SynchronizedDefaultStrategy
 from splatfacto_dist.engine.viewer_renders import ViewerRenders
-from splatfacto_dist.layouts.contract import GaussianLayout
+from splatfacto_dist.layouts.contract import GAUSSIAN_NAMES, GaussianLayout
 from splatfacto_dist.layouts.replicated import ReplicatedLayout
 from splatfacto_dist.layouts.sharded import ShardedLayout
 from splatfacto_dist.models.metrics import LazyLPIPS
+from splatfacto_dist.offload.working_set import HOST_GROUPS
 from splatfacto_dist.render.ssim import LossSSIM
 
 
@@ -61,6 +63,13 @@ class SplatfactoDistModelConfig(SplatfactoModelConfig):
     images_per_step: int = 1
     """Images rendered per step across all ranks. The job's config sets it (engine/job_config.py) when
     the schedule counts images; it sizes the pause after an opacity reset (one pass over the cameras)."""
+    offload: bool = False
+    """Keep each Gaussian's colour (its 48 SH coefficients), their gradient and Adam state in host
+    memory; the GPU keeps the 11 floats culling and projection need (position, scale, rotation,
+    opacity) with theirs, ~200 B per Gaussian instead of ~950 B. Each render finds its cameras'
+    visible Gaussians on the GPU and brings only their colours over, and their gradients back; the
+    colours' Adam runs on the host over every Gaussian (the same training as without offload).
+    Either layout; replicated only on one rank (sharded divides what each rank offloads)."""
     fused_ssim: bool = True
     """The SSIM loss by a fused Triton kernel on CUDA (stock's pytorch_msssim value and gradient to
     float tolerance, several times faster); the CPU, or a machine where it does not compile, uses
@@ -118,9 +127,9 @@ class SplatfactoDistModel(SplatfactoModel):
     def populate_modules(self) -> None:
         self.layout: GaussianLayout
         if self.config.gaussian_layout == "sharded":
-            self.layout = ShardedLayout(pixel_ranges=self.config.pixel_ranges is not False)
+            self.layout = ShardedLayout(pixel_ranges=self.config.pixel_ranges is not False, offload=self.config.offload)
         else:
-            self.layout = ReplicatedLayout()
+            self.layout = ReplicatedLayout(offload=self.config.offload)
         self.viewer_renders = ViewerRenders()  # where the viewer's renders wait when every rank must serve them
         self._training_thread = threading.current_thread()  # the model is built on it
         gaussians, ids = self._initial_gaussians()
@@ -169,10 +178,37 @@ class SplatfactoDistModel(SplatfactoModel):
         self.strategy_state = self.strategy.initialize_state(scene_scale=1.0)
         self.strategy_state["ids"] = ids
 
+    @contextlib.contextmanager
+    def _host_groups_apart(self) -> Iterator[Dict[str, torch.nn.Parameter]]:
+        """Offloaded, the host groups (`offload.HOST_GROUPS`) taken out of `gauss_params` for the
+        block, then put back in splatfacto's order: a `.to(device)` or a load's resize, which
+        treat every parameter alike, would otherwise put them on the GPU, if only for a moment."""
+        held = {name: self.gauss_params.pop(name) for name in HOST_GROUPS} if self.config.offload else {}
+        try:
+            yield held
+        finally:
+            if held:
+                params = {**dict(self.gauss_params.items()), **held}
+                self.gauss_params = torch.nn.ParameterDict({name: params[name] for name in GAUSSIAN_NAMES})
+
+    def _apply(self, fn, recurse=True):  # type: ignore[override]
+        """Every parameter and buffer converted by `fn` (`.to(device)`), but the offloaded colours."""
+        if "gauss_params" not in self._modules:  # during construction
+            return super()._apply(fn, recurse)
+        with self._host_groups_apart():
+            return super()._apply(fn, recurse)
+
     def load_state_dict(self, state_dict, **kwargs):  # type: ignore[override]
         """Stock's load (it resizes the Gaussians to the checkpoint's); alone (ns-eval, ns-export, a
-        1-process run) the loaded Gaussians are the whole model, whose count the layout keeps."""
-        result = super().load_state_dict(state_dict, **kwargs)
+        1-process run) the loaded Gaussians are the whole model, whose count the layout keeps.
+        Offloaded, the colours are loaded straight into host memory."""
+        state_dict = dict(state_dict)
+        if "means" in state_dict:  # stock's older key names, which its load maps
+            state_dict.update({f"gauss_params.{name}": state_dict.pop(name) for name in GAUSSIAN_NAMES})
+        with self._host_groups_apart() as held:
+            for name in held:  # copies: a row range of a loaded whole model would keep all of it alive
+                held[name] = torch.nn.Parameter(state_dict.pop(f"gauss_params.{name}").detach().cpu().clone())
+            result = super().load_state_dict(state_dict, **kwargs)
         if not comm.is_distributed():
             self.layout.hold(self.num_points)
         return result

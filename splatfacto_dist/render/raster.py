@@ -10,7 +10,7 @@ without a GPU. The reference is meant for tests and tiny scenes: it materializes
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Literal, Optional, Tuple
+from typing import Any, Callable, Dict, Literal, Optional, Tuple
 
 import torch
 from gsplat.cuda._torch_impl import _fully_fused_projection, _quat_scale_to_covar_preci, _spherical_harmonics
@@ -45,14 +45,33 @@ def activate(rows: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     if "features_rest" in rows:
         colors = torch.cat((rows["features_dc"][:, None, :], rows["features_rest"]), dim=1)
     else:
-        colors = torch.sigmoid(rows["features_dc"])
+        colors = lanewise(torch.sigmoid, rows["features_dc"])
     return {
         "means": rows["means"],
         "quats": rows["quats"],
-        "scales": torch.exp(rows["scales"]),
-        "opacities": torch.sigmoid(rows["opacities"]).squeeze(-1),
+        "scales": lanewise(torch.exp, rows["scales"]),
+        "opacities": lanewise(torch.sigmoid, rows["opacities"]).squeeze(-1),
         "colors": colors,
     }
+
+
+CPU_LANES = 64
+"""A multiple of every CPU vector loop's step (16 float lanes of AVX-512, unrolled up to 4x)."""
+
+
+def lanewise(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """`fn(x)` for an elementwise `fn`, each element's value independent of the tensor's length.
+
+    On the CPU, torch computes exp and sigmoid in SIMD lanes and the last `numel % lanes` elements
+    by a scalar loop, which rounds differently: a row's activation would depend on how many rows
+    came before it, and a render of some rows (an offloaded working set, offload/) would differ in
+    the last bit from a render of all. Padded to whole vectors, every element takes the vector
+    path. CUDA computes every element alike: unchanged there."""
+    if x.device.type != "cpu":
+        return fn(x)
+    n = x.numel()
+    padded = torch.cat([x.reshape(-1), x.new_zeros((-n) % CPU_LANES)])
+    return fn(padded)[:n].reshape(x.shape)
 
 
 def rasterize(

@@ -109,6 +109,14 @@ def camera_meta(
     return torch.cat([flags, box.float()]).expand(n, META_WIDTH)  # CROP, CROP_R, CROP_T, CROP_S
 
 
+def views_of(cameras: torch.Tensor, meta: torch.Tensor) -> List[Tuple[torch.Tensor, torch.Tensor, int, int]]:
+    """(viewmat, K, width, height) of every camera of a render, from its rows and host rows."""
+    return [
+        (cameras[c, VIEWMAT].reshape(4, 4), cameras[c, K].reshape(3, 3), int(meta[c, WIDTH]), int(meta[c, HEIGHT]))
+        for c in range(len(cameras))
+    ]
+
+
 def _crop_of(meta: torch.Tensor) -> Optional[OrientedBox]:
     """The crop box one camera's `camera_meta` row carries, if any."""
     if float(meta[CROP]) == 0:

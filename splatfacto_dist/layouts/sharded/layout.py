@@ -17,11 +17,13 @@ from splatfacto_dist.layouts.sharded.exchange import (
     camera_rows,
     project_pairs,
     rasterize_received,
+    views_of,
 )
 from splatfacto_dist.layouts.sharded.range_balance import RangeBalance
 from splatfacto_dist.layouts.sharded.ranges import received_most, render_in_ranges
 from splatfacto_dist.layouts.sharded.rebalance import rebalance
 from splatfacto_dist.layouts.sharded.saving import gather_whole
+from splatfacto_dist.offload.working_set import working_set
 from splatfacto_dist.reporting.profiling import PHASES
 
 
@@ -31,8 +33,9 @@ class ShardedLayout:
     sharded = True
     split_groups = GAUSSIAN_NAMES
 
-    def __init__(self, pixel_ranges: bool = True) -> None:
+    def __init__(self, pixel_ranges: bool = True, offload: bool = False) -> None:
         self.total = 0
+        self.offload = offload  # colours in host memory: each owner renders its working set (offload/)
         # On several ranks: render in pixel ranges (`ranges`), else each camera on its own rank.
         self.pixel_ranges = pixel_ranges
         self._most_received = (0, 1)  # (rows, model total then): the render buffers' largest share
@@ -55,7 +58,9 @@ class ShardedLayout:
         render's `info["exchange"]` says which rows went where, for `stats_to_owners`. One rank
         takes the by-camera path (the exchange is then the identity), so a 1-rank sharded run
         tests it. `statistics`: the owners' densification buffers; in pixel ranges the render's
-        backward adds to them (and skips their exchange, one per image, when None)."""
+        backward adds to them (and skips their exchange, one per image, when None). Offloaded, an
+        owner's rows are its working set for the render's cameras, whose statistics go back to the
+        rows they came from."""
         viewmats, Ks = cameras["viewmats"], cameras["Ks"]
         width, height = cameras["width"], cameras["height"]
         render_mode = cameras.get("render_mode", "RGB")
@@ -67,9 +72,14 @@ class ShardedLayout:
         counts = comm.all_gather_ints(n_views, device)
         every = AllCameras.apply(local, counts)
         meta = torch.cat(comm.all_gather_rows(mine, counts))
+        working = None
+        if self.offload:
+            rows, working = working_set(rows, views_of(every.detach(), meta))
         if self.pixel_ranges and comm.world_size() > 1:
-            return self._render_in_ranges(rows, every, meta, counts, n_views, cameras, statistics)
+            return self._render_in_ranges(rows, every, meta, counts, n_views, cameras, statistics, working)
         packed, order, send_counts = project_pairs(rows, counts, every, meta, cameras.get("sh_degree"))
+        if working is not None:
+            order = working[order]
         recv_counts = comm.exchange_counts(send_counts, device)
         self._note_received(sum(recv_counts))
         received = Exchange.apply(packed, send_counts, recv_counts)
@@ -90,11 +100,11 @@ class ShardedLayout:
 
     def _render_in_ranges(
         self, rows, every, meta, counts: List[int], n_views: int, cameras: Dict[str, Any],
-        statistics: Optional[Dict[str, torch.Tensor]],
+        statistics: Optional[Dict[str, torch.Tensor]], working: Optional[torch.Tensor],
     ) -> Optional[Render]:  # fmt: skip
         """`render` with every image rendered by all ranks in pixel ranges (`ranges`); its statistics
-        reach the owners' `statistics` in backward."""
-        render, alpha, job = render_in_ranges(rows, every, meta, counts, cameras, self._balance, statistics)
+        reach the owners' `statistics` (at the `working` rows, when given) in backward."""
+        render, alpha, job = render_in_ranges(rows, every, meta, counts, cameras, self._balance, statistics, working)
         PHASES.note("range wait", self._balance.last_wait_s)
         self._note_received(received_most(job))
         if n_views == 0:

@@ -57,6 +57,7 @@ class RangesJob:
     absgrad: bool
     balance: RangeBalance  # the run's tile price, and the timing of this rank's ranges
     stats: Optional[Dict[str, torch.Tensor]]  # where its backward adds the statistics (None: nothing reads them)
+    stats_rows: Optional[torch.Tensor]  # the statistics' row of each rendered row (None: the same row)
     ranges: List[List[Tuple[int, int]]] = field(default_factory=list)  # per camera, each rank's tiles
     sent: List[List[int]] = field(default_factory=list)  # per camera, pairs this rank sent each rank
     received: List[List[int]] = field(default_factory=list)  # per camera, pairs each rank sent here
@@ -266,6 +267,8 @@ def _owner_statistics(
     summed = torch.zeros((len(block), 2), dtype=back.dtype, device=back.device).index_add_(0, picked, back)
     width, height = job.size(camera)
     views = job.counts[job.camera_rank(camera)]
+    if job.stats_rows is not None:
+        index = job.stats_rows[index]
     stats["grad2d"].index_add_(0, index, ops.image_gradient_norms(summed, width, height, views))
     stats["count"].index_add_(0, index, torch.ones_like(summed[:, 0]))
     if "radii" in stats:  # kept while screen-size splits last
@@ -285,11 +288,13 @@ def render_in_ranges(
     options: Dict[str, Any],
     balance: RangeBalance,
     statistics: Optional[Dict[str, torch.Tensor]] = None,
+    statistics_rows: Optional[torch.Tensor] = None,
 ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], RangesJob]:
     """(renders [n, H, W, D], alphas [n, H, W, 1], the job) of this rank's cameras, or (None, None,
     job) when it has none (it only served the others). `balance` first learns from the last
     render's range times, then prices this render's tiles; `statistics`: the owners' densification
-    buffers its backward adds to (None skips taking them: after stop-split-at nothing reads them)."""
+    buffers its backward adds to (None skips taking them: after stop-split-at nothing reads them), at
+    `statistics_rows[row]` for each of `rows` when given (an offloaded owner's working set)."""
     balance.settle()
     job = RangesJob(
         names=list(rows),
@@ -300,6 +305,7 @@ def render_in_ranges(
         absgrad=bool(options.get("absgrad")),
         balance=balance,
         stats=statistics,
+        stats_rows=statistics_rows,
     )
     images = RangesRender.apply(job, every, *rows.values())
     if counts[comm.rank()] == 0:

@@ -1,6 +1,7 @@
 """One float32 row per Gaussian holding all of it (parameters, Adam moments, strategy state, ids):
 moving Gaussians between ranks (a rebalance) or to rank 0 (a save) is then one collective of rows,
-whatever the model's groups are."""
+whatever the model's groups are. Rows are packed on the device of the row indices, whichever
+device (GPU, or host memory when offloaded) each group lives on."""
 
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ class RowCodec:
         """[len(rows), width] float32 rows of the Gaussians at `rows`."""
         columns = []
         for t in self._tensors(params, optimizers, state):
-            part = t.detach()[rows].reshape(len(rows), math.prod(t.shape[1:]))
+            part = t.detach()[rows.to(t.device)].to(rows.device).reshape(len(rows), math.prod(t.shape[1:]))
             columns.append(part.contiguous().view(torch.float32) if part.dtype == torch.int64 else part.float())
         return torch.cat(columns, dim=1) if columns else torch.zeros((len(rows), 0))
 
@@ -82,14 +83,18 @@ class RowCodec:
     def replace(self, params: Params, optimizers: Dict, state: Dict, keep: torch.Tensor, packed: torch.Tensor) -> None:
         """Keep the Gaussians at `keep` and append the packed ones, parameters, moments and state alike."""
         arrived = self.unpack(packed)
+
+        def kept(value: torch.Tensor, field: Tuple[str, str]) -> torch.Tensor:
+            return torch.cat([value.detach()[keep.to(value.device)], arrived[field].to(value.device)])
+
         for name in list(params.keys()):
             _update_param_with_optimizer(
-                lambda _, p: torch.nn.Parameter(torch.cat([p.detach()[keep], arrived[("param", name)]])),
-                lambda key, v: torch.cat([v[keep], arrived[("moment", f"{name}/{key}")]]),
+                lambda _, p: torch.nn.Parameter(kept(p, ("param", name))),
+                lambda key, v: kept(v, ("moment", f"{name}/{key}")),
                 params,
                 optimizers,
                 names=[name],
             )
         for key, value in state.items():
             if isinstance(value, torch.Tensor) and ("state", key) in arrived:
-                state[key] = torch.cat([value[keep], arrived[("state", key)]])
+                state[key] = kept(value, ("state", key))

@@ -1,0 +1,72 @@
+"""The rows a render needs, on the device: the GPU-side rows indexed, the host-side colours fetched.
+
+See the package docstring for what moves and why."""
+
+from __future__ import annotations
+
+from typing import Dict, List, Tuple
+
+import torch
+
+from splatfacto_dist.render.raster import project
+
+HOST_GROUPS = ("features_dc", "features_rest")
+"""The Gaussian groups an offloaded model keeps in host memory, with their gradients and Adam state."""
+
+VISIBILITY_CHUNK = 1 << 20
+"""Rows projected at once to find the working set: bounds the pass's transient ([C, chunk] radii,
+means, conics, depths: ~40 B per row and camera) for models of any size."""
+
+Camera = Tuple[torch.Tensor, torch.Tensor, int, int]
+"""(viewmat [4, 4], K [3, 3], width, height) of one camera."""
+
+
+class FetchRows(torch.autograd.Function):
+    """Rows `index` of a host tensor, on `device`; in backward their gradient goes back to the host,
+    added into a gradient of the whole tensor that is zero elsewhere: a dense Adam steps every row,
+    seen or not."""
+
+    @staticmethod
+    def forward(ctx, host: torch.Tensor, index: torch.Tensor, device: torch.device) -> torch.Tensor:  # type: ignore[override]
+        where = index.to(host.device)
+        ctx.save_for_backward(where)
+        ctx.whole = host.shape
+        return host.detach()[where].to(device)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        (where,) = ctx.saved_tensors
+        whole = torch.zeros(ctx.whole, dtype=grad.dtype, device=where.device)
+        return whole.index_add_(0, where, grad.to(where.device)), None, None
+
+
+@torch.no_grad()
+def visible_rows(rows: Dict[str, torch.Tensor], cameras: List[Camera]) -> torch.Tensor:
+    """[V] indices (ascending, on the rows' device) of the rows the rasterizer draws in some camera:
+    those its projection gives a radius in (the rasterizer's own visibility test, `raster.project`)."""
+    means, quats, scales = rows["means"].detach(), rows["quats"].detach(), rows["scales"].detach()
+    seen = torch.zeros(len(means), dtype=torch.bool, device=means.device)
+    for start in range(0, len(means), VISIBILITY_CHUNK):
+        chunk = slice(start, start + VISIBILITY_CHUNK)
+        for viewmat, K, width, height in cameras:  # the rasterizer's inputs (`raster.activate`)
+            radii = project(
+                means[chunk], quats[chunk], torch.exp(scales[chunk]), viewmat[None], K[None], width, height
+            )[0]
+            seen[chunk] |= radii[0] > 0
+    return torch.nonzero(seen, as_tuple=True)[0]
+
+
+def working_set(rows: Dict[str, torch.Tensor], cameras: List[Camera]) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
+    """(the rows some camera sees, on the device: `HOST_GROUPS` fetched from the host, the others
+    indexed where they are; their indices among `rows`)."""
+    index = visible_rows(rows, cameras)
+    device = rows["means"].device
+    if len(index) == 0 and len(rows["means"]) > 0:
+        # One row that draws nothing: the render stays a function of every group, so each gets its
+        # (zero) gradient and its dense Adam step, as when the whole model is rendered.
+        index = torch.zeros(1, dtype=torch.long, device=device)
+    subset = {
+        name: FetchRows.apply(value, index, device) if name in HOST_GROUPS else value[index]
+        for name, value in rows.items()
+    }
+    return subset, index
