@@ -9,6 +9,10 @@ layouts can be measured in separate calls:
 
     python benchmarks/capacity.py --layout replicated --gpus 1 --sizes 4e6 6e6 8e6 12e6 16e6
     python benchmarks/capacity.py --layout sharded --gpus 2 --sizes 8e6 12e6 16e6 24e6 32e6
+    python benchmarks/capacity.py --layout replicated --gpus 1 --offload --sizes 16e6 32e6 64e6
+
+--offload trains with --pipeline.model.offload True (colours and their Adam state in host memory,
+recorded per run as "offload"): each rank's peak host memory is then the other half of its bytes.
 
 Each size is a `splatfacto_dist.scenes.synthetic` scene whose points3D holds exactly that many points
 (generated once, cached under --cache). splatfacto starts from one Gaussian per point, and
@@ -48,8 +52,12 @@ OOM = re.compile(r"out of memory|OutOfMemoryError", re.IGNORECASE)
 CAPACITY_TARGET = {2: 1.9, 4: 3.7, 8: 7.0}
 MEMORY_TARGET = {2: 0.50, 4: 0.25, 8: 0.15}
 # One Gaussian's parameters at SH degree 3 (means 3, scales 3, quats 4, opacity 1, DC 3, rest 45
-# floats); its gradient is as large and Adam keeps two moments of it.
+# floats); its gradient is as large and Adam keeps two moments of it. Offloaded, the GPU keeps the
+# first 11 floats (offload/working_set.HOST_GROUPS are the colours).
 PARAM_BYTES = 4 * (3 + 3 + 4 + 1 + 3 + 45)
+GPU_PARAM_BYTES = {False: PARAM_BYTES, True: 4 * (3 + 3 + 4 + 1)}
+# Offload's bars, at the same cap: Gaussians held against replicated without offload on 1 GPU.
+OFFLOAD_TARGET = {1: 5.0, 2: 10.0, 4: 20.0}
 
 
 def scene_for(size: int, args: argparse.Namespace) -> Path:
@@ -104,6 +112,7 @@ def train_command(
         "--machine.device-type",
         args.device,
         *layout_args(layout),
+        *(["--pipeline.model.offload", "True"] if getattr(args, "offload", False) else []),
         *extra,
     ]
     return train_argv(CLI, METHOD, options, ["colmap"], scene)
@@ -123,7 +132,7 @@ def status_of(returncode: Optional[int], ranks: List[Dict], capped: bool) -> str
 def run_one(layout: str, gpus: int, size: int, args: argparse.Namespace, extra: List[str]) -> Dict:
     """Train one configuration at one size; its record for results.json."""
     scene = scene_for(size, args)
-    name = f"{layout}-{gpus}gpu-{size}"
+    name = f"{layout}-{gpus}gpu-{size}" + ("-offload" if args.offload else "")
     log_path = args.out / "logs" / f"{name}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, NCCL_NVLS_ENABLE="0")
@@ -154,6 +163,7 @@ def run_one(layout: str, gpus: int, size: int, args: argparse.Namespace, extra: 
     record = {
         "layout": layout,
         "gpus": gpus,
+        "offload": bool(args.offload),
         "size": size,
         "cap_gib": cap,
         "images": args.images,
@@ -188,14 +198,23 @@ def run_one(layout: str, gpus: int, size: int, args: argparse.Namespace, extra: 
 
 
 def _key(record: Dict) -> tuple:
-    return (record["layout"], record["gpus"], record["size"], record["cap_gib"], record["images"])
+    return (record["layout"], record["gpus"], record["size"], record["cap_gib"], record["images"], _offload(record))
+
+
+def _offload(record: Dict) -> bool:
+    return bool(record.get("offload", False))  # runs recorded before the option trained without it
+
+
+def _config(layout: str, gpus: int, offload: bool) -> str:
+    return f"{layout}{' + offload' if offload else ''}"
 
 
 def largest_trained(records: List[Dict]) -> Dict[tuple, Dict]:
-    """Per (layout, GPUs, cap): the largest size that trained to the end, and the smallest that did not."""
+    """Per (layout, GPUs, cap, offload): the largest size that trained to the end, and the smallest that
+    did not."""
     out: Dict[tuple, Dict] = {}
     for r in records:
-        entry = out.setdefault((r["layout"], r["gpus"], r["cap_gib"]), {"trained": 0, "failed": None})
+        entry = out.setdefault((r["layout"], r["gpus"], r["cap_gib"], _offload(r)), {"trained": 0, "failed": None})
         if r["status"] == "trained":
             entry["trained"] = max(entry["trained"], r["size"])
         elif entry["failed"] is None or r["size"] < entry["failed"]:
@@ -225,14 +244,14 @@ def markdown(records: List[Dict], environment: Dict[str, str]) -> str:
         host = f"{r['peak_host_mb']:.0f}" if "peak_host_mb" in r else "-"
         startup = f"{r['startup_s']:.0f}" if "startup_s" in r else "-"
         lines.append(
-            f"| {r['layout']} | {r['gpus']} | {r['cap_gib']:g} | {r['size']:,} | {r['images']} | {r['status']} | "
-            f"{memory} | {rendered} | {host} | {startup} | {r['wall_s']:.0f} |"
+            f"| {_config(r['layout'], r['gpus'], _offload(r))} | {r['gpus']} | {r['cap_gib']:g} | {r['size']:,} | "
+            f"{r['images']} | {r['status']} | {memory} | {rendered} | {host} | {startup} | {r['wall_s']:.0f} |"
         )
     summary = largest_trained(records)
     lines += ["", "| layout | GPUs | cap GiB | largest trained | smallest failed |", "|---" * 5 + "|"]
-    for (layout, gpus, cap), entry in sorted(summary.items()):
+    for (layout, gpus, cap, offload), entry in sorted(summary.items()):
         failed = f"{entry['failed']:,}" if entry["failed"] else "-"
-        lines.append(f"| {layout} | {gpus} | {cap:g} | {entry['trained']:,} | {failed} |")
+        lines.append(f"| {_config(layout, gpus, offload)} | {gpus} | {cap:g} | {entry['trained']:,} | {failed} |")
     lines += ["", *targets(records, summary), "", *breakdown(records)]
     return "\n".join(lines) + "\n"
 
@@ -247,7 +266,8 @@ def breakdown(records: List[Dict]) -> List[str]:
         "",
         "Phases of every 5th step; 'at start' is what was allocated when the peak's phase began, 'added' what "
         f"that phase allocated on top. Owned state = owned Gaussians x {3 * PARAM_BYTES} B (parameters and two "
-        f"Adam moments), gradients x {PARAM_BYTES} B.",
+        f"Adam moments; offloaded {3 * GPU_PARAM_BYTES[True]} B), gradients x {PARAM_BYTES} B "
+        f"(offloaded {GPU_PARAM_BYTES[True]} B); the rest of an offloaded Gaussian is in host memory.",
         "",
         "| layout | GPUs | Gaussians | peak MB | peak phase | at start MB | added MB | owned state MB | "
         "gradients MB | most received (% of model) | peak of each phase MB |",
@@ -262,10 +282,11 @@ def breakdown(records: List[Dict]) -> List[str]:
         owned = fullest["owned"]
         received = f"{100 * r['most_rendered'] / r['size']:.0f}" if "most_rendered" in r else "100"
         each = ", ".join(f"{k} {v['peak_mb']:.0f}" for k, v in sorted(phases.items(), key=lambda kv: -kv[1]["peak_mb"]))
+        param_bytes = GPU_PARAM_BYTES[_offload(r)]
         lines.append(
-            f"| {r['layout']} | {r['gpus']} | {r['size']:,} | {fullest['peak_mb']:.0f} | {name} | "
-            f"{phases[name]['start_mb']:.0f} | {phases[name]['peak_mb'] - phases[name]['start_mb']:.0f} | "
-            f"{owned * 3 * PARAM_BYTES / 2**20:.0f} | {owned * PARAM_BYTES / 2**20:.0f} | {received} | {each} |"
+            f"| {_config(r['layout'], r['gpus'], _offload(r))} | {r['gpus']} | {r['size']:,} | {fullest['peak_mb']:.0f} | "
+            f"{name} | {phases[name]['start_mb']:.0f} | {phases[name]['peak_mb'] - phases[name]['start_mb']:.0f} | "
+            f"{owned * 3 * param_bytes / 2**20:.0f} | {owned * param_bytes / 2**20:.0f} | {received} | {each} |"
         )
     return lines
 
@@ -273,9 +294,21 @@ def breakdown(records: List[Dict]) -> List[str]:
 def targets(records: List[Dict], summary: Dict[tuple, Dict]) -> List[str]:
     """The issue's two bars, wherever both sides were measured."""
     lines = []
-    for (layout, gpus, cap), entry in sorted(summary.items()):
-        replicated = [e["trained"] for (lay, _, c), e in summary.items() if lay == "replicated" and c == cap]
-        if layout != "sharded" or not replicated or not max(replicated):
+    for (layout, gpus, cap, offload), entry in sorted(summary.items()):
+        replicated = [
+            e["trained"] for (lay, _, c, off), e in summary.items() if lay == "replicated" and c == cap and not off
+        ]
+        if not replicated or not max(replicated):
+            continue
+        if offload:
+            ratio, bar = entry["trained"] / max(replicated), OFFLOAD_TARGET.get(gpus)
+            verdict = "" if bar is None else f"; {'meets' if ratio >= bar else 'misses'} >= {bar}x"
+            lines.append(
+                f"- Capacity, {_config(layout, gpus, offload)} on {gpus} GPU(s) at {cap:g} GiB: {ratio:.2f}x the largest "
+                f"replicated scene without offload (a lower bound at this grid of sizes{verdict})."
+            )
+            continue
+        if layout != "sharded":
             continue
         ratio = entry["trained"] / max(replicated)
         bar = CAPACITY_TARGET.get(gpus)
@@ -285,9 +318,9 @@ def targets(records: List[Dict], summary: Dict[tuple, Dict]) -> List[str]:
             f"(a lower bound on the true ratio at this grid of sizes{verdict})."
         )
     by_key = {_key(r): r for r in records if r["status"] == "trained" and r["rank_peak_gpu_mb"]}
-    for (layout, gpus, size, cap, images), r in sorted(by_key.items()):
-        base = by_key.get(("replicated", 1, size, cap, images))
-        if layout != "sharded" or base is None:
+    for (layout, gpus, size, cap, images, offload), r in sorted(by_key.items()):
+        base = by_key.get(("replicated", 1, size, cap, images, False))
+        if layout != "sharded" or base is None or offload:
             continue
         ratio = max(r["rank_peak_gpu_mb"]) / max(base["rank_peak_gpu_mb"])
         bar = MEMORY_TARGET.get(gpus)
@@ -342,6 +375,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    parser.add_argument("--offload", action="store_true", help="train with --pipeline.model.offload True")
     parser.add_argument("--keep-going", action="store_true", help="try larger sizes after a failure")
     parser.add_argument("--keep-checkpoints", action="store_true")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per training run")

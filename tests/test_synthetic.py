@@ -147,10 +147,13 @@ def test_capacity_report_finds_the_largest_size_and_judges_both_targets():
         {**run("sharded", 2, 4_000_000, "trained", [5600.0, 5000.0]), "most_rendered": 1_200_000},
         run("sharded", 2, 8_000_000, "trained", [11000.0, 10500.0]),
         run("sharded", 2, 16_000_000, "OOM", []),
+        {**run("replicated", 1, 16_000_000, "trained", [20000.0]), "offload": True},
+        {**run("replicated", 1, 32_000_000, "OOM", []), "offload": True},
     ]
     summary = capacity.largest_trained(records)
-    assert summary[("replicated", 1, 24.0)] == {"trained": 4_000_000, "failed": 8_000_000}
-    assert summary[("sharded", 2, 24.0)] == {"trained": 8_000_000, "failed": 16_000_000}
+    assert summary[("replicated", 1, 24.0, False)] == {"trained": 4_000_000, "failed": 8_000_000}
+    assert summary[("sharded", 2, 24.0, False)] == {"trained": 8_000_000, "failed": 16_000_000}
+    assert summary[("replicated", 1, 24.0, True)] == {"trained": 16_000_000, "failed": 32_000_000}
     table = capacity.markdown(records, {})
     assert (
         "2.00x the largest replicated scene (a lower bound on the true ratio at this grid of sizes; meets >= 1.9x)"
@@ -158,6 +161,8 @@ def test_capacity_report_finds_the_largest_size_and_judges_both_targets():
     )
     assert "4,000,000 Gaussians: fullest rank sharded on 2 GPUs / replicated on 1 GPU = 0.56 (misses <= 0.5)" in table
     assert "| sharded | 2 | 24 | 4,000,000 | 300 | trained | 5600 / 5000 | 30 | - | - | 1 |" in table
+    assert "replicated + offload on 1 GPU(s) at 24 GiB: 4.00x the largest replicated scene" in table
+    assert "misses >= 5.0x" in table  # offload's own bar, apart from sharding's
     assert "| replicated | 1 | 24 | 4,000,000 | 300 | trained | 10000 / 10000 | 100 | - | - | 1 |" in table
     assert "| sharded | 2 | 24 | 16,000,000 | 300 | OOM | - | - | - | - | 1 |" in table
 
