@@ -10,7 +10,7 @@ capacity=(python benchmarks/capacity.py --layout replicated --gpus 1 --cap-gib 4
   --cache /tmp/capacity_scenes --out "$out/capacity")
 off_sizes=(3e6 4e6) on_sizes=(12e6 20e6)
 "${capacity[@]}" --generate-only --sizes "${off_sizes[@]}" "${on_sizes[@]}" > "$out/scenes.log" 2>&1 &  # beside the tests
-python -m pytest -q -p no:cacheprovider tests/test_gpu_offload.py > "$out/gpu_tests.txt" 2>&1
+python -m pytest -q -p no:cacheprovider tests/test_gpu_offload.py ${GPU_TESTS:-} > "$out/gpu_tests.txt" 2>&1
 wait
 "${capacity[@]}" --sizes "${off_sizes[@]}" > "$out/capacity_off.log" 2>&1
 "${capacity[@]}" --offload --sizes "${on_sizes[@]}" > "$out/capacity_on.log" 2>&1

@@ -33,6 +33,7 @@ def test_an_offloaded_model_on_the_gpu_keeps_its_colours_and_their_gradients_in_
     model.config.offload = True
     model.layout.offload = True
     model.to("cuda")
+    model.step = model.config.sh_degree * model.config.sh_degree_interval  # every SH degree active
     devices = {name: p.device.type for name, p in model.gauss_params.items()}
     assert all(devices[name] == "cpu" for name in HOST_GROUPS) and devices["means"] == "cuda", devices
     rows, sh_degree = model._gaussian_rows()
