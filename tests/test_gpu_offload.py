@@ -31,7 +31,7 @@ def test_offload_on_the_gpu_takes_the_same_decisions_and_renders_alike(tmp_path,
 def test_an_offloaded_model_on_the_gpu_keeps_its_colours_and_their_gradients_in_host_memory():
     model = build_model(random_init=True)
     model.config.offload = True
-    model.layout.offload = True
+    model.layout.offload = "dense"
     model.to("cuda")
     model.step = model.config.sh_degree * model.config.sh_degree_interval  # every SH degree active
     devices = {name: p.device.type for name, p in model.gauss_params.items()}

@@ -39,11 +39,17 @@ def assert_bitwise_equal(a: dict, b: dict) -> None:
         assert torch.equal(value, b[name]), f"{name} differs"
 
 
+@pytest.fixture(scope="module")
+def one_rank_run(tmp_path_factory: pytest.TempPathFactory, scene: Path) -> Path:
+    """Steps 0-47 of SCHEDULE on one rank, without offload: what the one-rank comparisons compare to."""
+    return train(tmp_path_factory.mktemp("one_rank"), scene, 1, SCHEDULE)
+
+
 @pytest.mark.parametrize(
     "world, layout", [(1, []), (2, SHARDED), (3, SHARDED)], ids=["replicated-1", "sharded-2", "sharded-3"]
 )
-def test_offloaded_run_equals_the_run_on_the_device_bitwise(tmp_path, scene, world, layout):
-    on_device = train(tmp_path / "device", scene, world, SCHEDULE + layout)
+def test_offloaded_run_equals_the_run_on_the_device_bitwise(tmp_path, scene, one_rank_run, world, layout):
+    on_device = one_rank_run if world == 1 else train(tmp_path / "device", scene, world, SCHEDULE + layout)
     offloaded = train(tmp_path / "offload", scene, world, SCHEDULE + layout + OFFLOAD)
     log = (offloaded.parents[2] / "train.log").read_text()
     assert "Step 32:" in log and "GSs split" in log, log[-2000:]  # a refine (grow and prune) ran offloaded
@@ -90,15 +96,14 @@ def test_conversions_leave_the_offloaded_colours_in_host_memory():
     assert list(model.gauss_params) == order
 
 
-def test_offload_resumes_from_and_into_a_run_without_it_and_exports(tmp_path, scene):
+def test_offload_resumes_from_a_run_without_it_and_exports(tmp_path, scene, one_rank_run):
     import subprocess
 
     half = SCHEDULE[:]
     half[half.index("48")] = "24"  # steps 0-23 without offload, then 24-47 with it
     first = train(tmp_path / "first", scene, 1, half)
     resumed = train(tmp_path / "resumed", scene, 1, half + OFFLOAD + ["--load-dir", str(first / "nerfstudio_models")])
-    straight = train(tmp_path / "straight", scene, 1, SCHEDULE)
-    assert_bitwise_equal(checkpoint_state(straight), checkpoint_state(resumed))
+    assert_bitwise_equal(checkpoint_state(one_rank_run), checkpoint_state(resumed))
     out = tmp_path / "export"
     proc = subprocess.run(
         [*tool("ns-export"), "gaussian-splat", "--load-config", str(resumed / "config.yml"), "--output-dir", str(out)],
@@ -107,3 +112,50 @@ def test_offload_resumes_from_and_into_a_run_without_it_and_exports(tmp_path, sc
     assert proc.returncode == 0, proc.stderr[-3000:]
     header = (out / "splat.ply").read_bytes()[:400].decode(errors="ignore")
     assert f"element vertex {len(gaussians(resumed)['means'])}" in header
+
+
+def test_the_sparse_update_moves_only_the_colours_a_camera_saw():
+    model = build_model(random_init=True)
+    model.config.offload, model.layout.offload = True, "sparse"
+    rows, sh_degree = model._gaussian_rows()
+    viewmat = torch.eye(4)
+    viewmat[2, 3] = 3.0
+    K = torch.tensor([[40.0, 0, 16], [0, 40, 12], [0, 0, 1]])
+    render, _, info = model.layout.render(
+        rows, viewmats=viewmat[None], Ks=K[None], width=32, height=24, sh_degree=sh_degree
+    )
+    render.sum().backward()
+    colours = model.gauss_params["features_dc"]
+    assert colours.grad.is_sparse
+    before = colours.detach().clone()
+    optimizer = torch.optim.SparseAdam([colours], lr=0.01)
+    optimizer.step()
+    seen = torch.zeros(len(before), dtype=torch.bool)
+    seen[info["working_rows"]] = True
+    assert 0 < int(seen.sum()) < len(before)
+    assert torch.equal(colours.detach()[~seen], before[~seen])  # unseen rows: value and moments untouched
+    assert not torch.equal(colours.detach()[seen], before[seen])
+    assert torch.count_nonzero(optimizer.state[colours]["exp_avg"][~seen]) == 0
+
+
+def test_sparse_offload_trains_sharded_and_a_dense_run_resumes_from_it(tmp_path, scene):
+    half = SCHEDULE[:]
+    half[half.index("48")] = "24"  # steps 0-23 sharded with SparseAdam, then 24-47 replicated with dense Adam
+    sparse = ["--pipeline.model.offload-adam", "sparse"]
+    first = train(tmp_path / "first", scene, 2, half + SHARDED + OFFLOAD + sparse)
+    resumed = train(tmp_path / "resumed", scene, 1, half + OFFLOAD + ["--load-dir", str(first / "nerfstudio_models")])
+    log = (resumed.parents[2] / "train.log").read_text()
+    assert "continuing at step 24" in log and "GSs split" in log, log[-2000:]
+    state = checkpoint_state(resumed)
+    assert torch.isfinite(state["_model.gauss_params.features_dc"]).all()
+
+
+def test_the_sparse_update_without_offload_is_refused_in_one_line():
+    from splatfacto_dist.launching.options import refusal
+    from splatfacto_dist.method import splatfacto_dist_config
+
+    config = splatfacto_dist_config()
+    config.pipeline.model.offload_adam = "sparse"
+    assert "--pipeline.model.offload True" in refusal(config)
+    config.pipeline.model.offload = True
+    assert refusal(config) is None

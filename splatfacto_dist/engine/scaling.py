@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Literal
+from typing import Any, Literal, Tuple, Type
 
 import torch
-from nerfstudio.engine.optimizers import AdamOptimizerConfig
+from nerfstudio.engine.optimizers import AdamOptimizerConfig, OptimizerConfig
 from nerfstudio.engine.schedulers import (
     CosineDecaySchedulerConfig,
     ExponentialDecaySchedulerConfig,
@@ -62,6 +62,24 @@ class AdamConfig(AdamOptimizerConfig):
 
     betas: tuple = (0.9, 0.999)
     fused: bool = False
+
+
+@dataclasses.dataclass
+class SparseAdamConfig(OptimizerConfig):
+    """torch's SparseAdam (Adam on the rows a sparse gradient names): the offloaded colours'
+    visible-only update (`--pipeline.model.offload-adam sparse`)."""
+
+    _target: Type = torch.optim.SparseAdam
+    betas: tuple = (0.9, 0.999)
+
+
+def sparse_adam(config: TrainerConfig, names: Tuple[str, ...]) -> None:
+    """Replace the Adam of the groups `names` by SparseAdam with the same rate, eps and betas."""
+    for name in names:
+        adam = config.optimizers[name]["optimizer"]
+        config.optimizers[name]["optimizer"] = SparseAdamConfig(
+            lr=adam.lr, eps=adam.eps, max_norm=adam.max_norm, betas=getattr(adam, "betas", (0.9, 0.999))
+        )
 
 
 def is_adam(optimizer: Any) -> bool:

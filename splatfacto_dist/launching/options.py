@@ -293,6 +293,11 @@ MODEL: Table = {
     "fused_ssim": Honoured("ssim.LossSSIM (SplatfactoDistModel.get_loss_dict)"),
     "gaussian_layout": Honoured("where the Gaussians live (replicated or sharded)"),
     "offload": Honoured("SplatfactoDistModel._host_groups_apart, the layouts' render (offload/working_set.py)"),
+    "offload_adam": Refused(
+        when=lambda m: m.offload_adam == "sparse" and not m.offload,
+        message=f"{_M}offload-adam sparse updates the colours a render fetched from host memory; add "
+        f"{_M}offload True (without offload every colour is on the GPU and Adam steps them all)",
+    ),
     "pixel_ranges": Refused(
         when=lambda m: m.pixel_ranges is True and m.gaussian_layout != "sharded",
         message=f"{_M}pixel-ranges True: only the sharded layout renders images in pixel ranges (a replicated rank "

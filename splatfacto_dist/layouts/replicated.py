@@ -24,9 +24,9 @@ class ReplicatedLayout:
     sharded = False
     split_groups: Tuple[str, ...] = ()
 
-    def __init__(self, offload: bool = False) -> None:
+    def __init__(self, offload: Optional[str] = None) -> None:
         self.total = 0
-        self.offload = offload  # colours in host memory: render the cameras' working set (offload/)
+        self.offload = offload  # the host Adam ("dense", "sparse") of colours in host memory (offload/), or None
 
     def hold(self, n: int) -> slice:
         self.total = n
@@ -46,7 +46,7 @@ class ReplicatedLayout:
         if self.offload:
             width, height = cameras["width"], cameras["height"]
             views = [(v, K, width, height) for v, K in zip(cameras["viewmats"], cameras["Ks"])]
-            rows, working = working_set(rows, views)
+            rows, working = working_set(rows, views, sparse=self.offload == "sparse")
         if crop is not None:
             inside = crop.within(rows["means"]).reshape(-1)
             if not bool(inside.any()):

@@ -70,6 +70,11 @@ class SplatfactoDistModelConfig(SplatfactoModelConfig):
     visible Gaussians on the GPU and brings only their colours over, and their gradients back; the
     colours' Adam runs on the host over every Gaussian (the same training as without offload).
     Either layout; replicated only on one rank (sharded divides what each rank offloads)."""
+    offload_adam: Literal["dense", "sparse"] = "dense"
+    """With --pipeline.model.offload: 'dense' steps every Gaussian's colour every step (the training
+    of an on-GPU run, with a pass over every host row per step); 'sparse' only the colours a camera
+    of the step saw (torch's SparseAdam: unseen rows keep their moments), a different optimizer
+    that costs host work only for the visible rows."""
     fused_ssim: bool = True
     """The SSIM loss by a fused Triton kernel on CUDA (stock's pytorch_msssim value and gradient to
     float tolerance, several times faster); the CPU, or a machine where it does not compile, uses
@@ -127,9 +132,9 @@ class SplatfactoDistModel(SplatfactoModel):
     def populate_modules(self) -> None:
         self.layout: GaussianLayout
         if self.config.gaussian_layout == "sharded":
-            self.layout = ShardedLayout(pixel_ranges=self.config.pixel_ranges is not False, offload=self.config.offload)
+            self.layout = ShardedLayout(pixel_ranges=self.config.pixel_ranges is not False, offload=self._offload)
         else:
-            self.layout = ReplicatedLayout(offload=self.config.offload)
+            self.layout = ReplicatedLayout(offload=self._offload)
         self.viewer_renders = ViewerRenders()  # where the viewer's renders wait when every rank must serve them
         self._training_thread = threading.current_thread()  # the model is built on it
         gaussians, ids = self._initial_gaussians()
@@ -219,6 +224,11 @@ class SplatfactoDistModel(SplatfactoModel):
         self.strategy_state["ids"] = ids.to(self.device)
         for key, value in statistics.items():
             self.strategy_state[key] = value.to(self.device)
+
+    @property
+    def _offload(self) -> Optional[str]:
+        """The host Adam of the offloaded colours ("dense" or "sparse"), None without offload."""
+        return self.config.offload_adam if self.config.offload else None
 
     @property
     def seed(self) -> int:
@@ -329,9 +339,13 @@ class SplatfactoDistModel(SplatfactoModel):
             sh_degree = min(self.step // self.config.sh_degree_interval, self.config.sh_degree)
             rest = params["features_rest"]
             # The whole parameter once every degree is active: a slice's backward would allocate a
-            # zeroed copy of its gradient (45 floats per Gaussian) at every step.
+            # zeroed copy of its gradient (45 floats per Gaussian) at every step. Offloaded, always the
+            # whole parameter (its rows are fetched whole; a sparse gradient cannot reach it through a
+            # view): the rasterizer reads the first coefficients of `sh_degree` and leaves the others
+            # a zero gradient.
             active = (sh_degree + 1) ** 2 - 1
-            rows["features_rest"] = rest if active == rest.shape[1] else rest[:, :active]
+            whole = active == rest.shape[1] or self.config.offload
+            rows["features_rest"] = rest if whole else rest[:, :active]
         return rows, sh_degree
 
     def get_outputs(self, camera: Cameras) -> Dict[str, Union[torch.Tensor, List]]:

@@ -23,21 +23,26 @@ Camera = Tuple[torch.Tensor, torch.Tensor, int, int]
 
 class FetchRows(torch.autograd.Function):
     """Rows `index` of a host tensor, on `device`; in backward their gradient goes back to the host,
-    added into a gradient of the whole tensor that is zero elsewhere: a dense Adam steps every row,
-    seen or not."""
+    added into a gradient of the whole tensor that is zero elsewhere (a dense Adam steps every row,
+    seen or not), or as a sparse gradient of those rows alone (`sparse`: the visible-only Adam)."""
 
     @staticmethod
-    def forward(ctx, host: torch.Tensor, index: torch.Tensor, device: torch.device) -> torch.Tensor:  # type: ignore[override]
+    def forward(
+        ctx, host: torch.Tensor, index: torch.Tensor, device: torch.device, sparse: bool = False
+    ) -> torch.Tensor:  # type: ignore[override]
         where = index.to(host.device)
         ctx.save_for_backward(where)
-        ctx.whole = host.shape
+        ctx.whole, ctx.sparse = host.shape, sparse
         return host.detach()[where].to(device)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
         (where,) = ctx.saved_tensors
+        rows = grad.to(where.device)
+        if ctx.sparse:
+            return torch.sparse_coo_tensor(where[None], rows, ctx.whole), None, None, None
         whole = torch.zeros(ctx.whole, dtype=grad.dtype, device=where.device)
-        return whole.index_add_(0, where, grad.to(where.device)), None, None
+        return whole.index_add_(0, where, rows), None, None, None
 
 
 @torch.no_grad()
@@ -56,9 +61,12 @@ def visible_rows(rows: Dict[str, torch.Tensor], cameras: List[Camera]) -> torch.
     return torch.nonzero(seen, as_tuple=True)[0]
 
 
-def working_set(rows: Dict[str, torch.Tensor], cameras: List[Camera]) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
+def working_set(
+    rows: Dict[str, torch.Tensor], cameras: List[Camera], sparse: bool = False
+) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
     """(the rows some camera sees, on the device: `HOST_GROUPS` fetched from the host, the others
-    indexed where they are; their indices among `rows`)."""
+    indexed where they are; their indices among `rows`). `sparse`: the host groups' gradients come
+    back as sparse gradients of the fetched rows (`offload_adam sparse`)."""
     index = visible_rows(rows, cameras)
     device = rows["means"].device
     if len(index) == 0 and len(rows["means"]) > 0:
@@ -66,7 +74,7 @@ def working_set(rows: Dict[str, torch.Tensor], cameras: List[Camera]) -> Tuple[D
         # (zero) gradient and its dense Adam step, as when the whole model is rendered.
         index = torch.zeros(1, dtype=torch.long, device=device)
     subset = {
-        name: FetchRows.apply(value, index, device) if name in HOST_GROUPS else value[index]
+        name: FetchRows.apply(value, index, device, sparse) if name in HOST_GROUPS else value[index]
         for name, value in rows.items()
     }
     return subset, index

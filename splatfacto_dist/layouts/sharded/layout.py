@@ -33,9 +33,9 @@ class ShardedLayout:
     sharded = True
     split_groups = GAUSSIAN_NAMES
 
-    def __init__(self, pixel_ranges: bool = True, offload: bool = False) -> None:
+    def __init__(self, pixel_ranges: bool = True, offload: Optional[str] = None) -> None:
         self.total = 0
-        self.offload = offload  # colours in host memory: each owner renders its working set (offload/)
+        self.offload = offload  # the host Adam ("dense", "sparse") of colours in host memory (offload/), or None
         # On several ranks: render in pixel ranges (`ranges`), else each camera on its own rank.
         self.pixel_ranges = pixel_ranges
         self._most_received = (0, 1)  # (rows, model total then): the render buffers' largest share
@@ -74,7 +74,7 @@ class ShardedLayout:
         meta = torch.cat(comm.all_gather_rows(mine, counts))
         working = None
         if self.offload:
-            rows, working = working_set(rows, views_of(every.detach(), meta))
+            rows, working = working_set(rows, views_of(every.detach(), meta), sparse=self.offload == "sparse")
         if self.pixel_ranges and comm.world_size() > 1:
             return self._render_in_ranges(rows, every, meta, counts, n_views, cameras, statistics, working)
         packed, order, send_counts = project_pairs(rows, counts, every, meta, cameras.get("sh_degree"))
