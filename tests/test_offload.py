@@ -150,12 +150,15 @@ def test_sparse_offload_trains_sharded_and_a_dense_run_resumes_from_it(tmp_path,
     assert torch.isfinite(state["_model.gauss_params.features_dc"]).all()
 
 
-def test_the_sparse_update_without_offload_is_refused_in_one_line():
-    from splatfacto_dist.launching.options import refusal
-    from splatfacto_dist.method import splatfacto_dist_config
+def test_a_model_whose_state_cannot_fit_is_refused_with_what_fits_with_and_without_offload():
+    from splatfacto_dist.offload.budget import fit_refusal, state_bytes
 
-    config = splatfacto_dist_config()
-    config.pipeline.model.offload_adam = "sparse"
-    assert "--pipeline.model.offload True" in refusal(config)
-    config.pipeline.model.offload = True
-    assert refusal(config) is None
+    assert state_bytes(59, False) == 964 and state_bytes(59, True) == 196  # the ~950 B and ~200 B of the option's help
+    cap = 4 * 2**30
+    assert fit_refusal(3_000_000, cap, 59, False, "the cap") is None
+    assert fit_refusal(12_000_000, cap, 59, True, "the cap") is None
+    line = fit_refusal(12_000_000, cap, 59, False, "the 4 GiB cap")
+    assert line is not None and "\n" not in line
+    assert f"at most {cap // 964:,} per rank, {cap // 196:,} with --pipeline.model.offload True" in line
+    assert "add --pipeline.model.offload True" in line
+    assert "add --pipeline.model.offload" not in fit_refusal(30_000_000, cap, 59, True, "the 4 GiB cap")

@@ -93,6 +93,10 @@ REFUSED: Dict[Tuple[Tuple[str, ...], str], Tuple[Callable[[Any], None], str]] = 
     (("pipeline", "model"), "n_split_samples"): (_set("pipeline.model.n_split_samples", 3), "in two"),
     (("pipeline", "model"), "images_per_step"): (_set("pipeline.model.images_per_step", 4), "set by the trainer"),
     (("pipeline", "model"), "pixel_ranges"): (_set("pipeline.model.pixel_ranges", True), "only the sharded layout"),
+    (("pipeline", "model"), "offload_adam"): (
+        _set("pipeline.model.offload_adam", "sparse"),
+        "add --pipeline.model.offload True",
+    ),
     (("pipeline",), "datamanager"): (
         lambda c: (
             _set("pipeline.datamanager.balance_cameras", True)(c),

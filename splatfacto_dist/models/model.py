@@ -32,12 +32,14 @@ from pytorch_msssim import SSIM
 from torchmetrics.image import PeakSignalNoiseRatio
 
 from splatfacto_dist import comm
+from splatfacto_dist.data.datamanager import ConfigError
 from splatfacto_dist.densify.strategy import SynchronizedDefaultStrategy
 from splatfacto_dist.engine.viewer_renders import ViewerRenders
 from splatfacto_dist.layouts.contract import GAUSSIAN_NAMES, GaussianLayout
 from splatfacto_dist.layouts.replicated import ReplicatedLayout
 from splatfacto_dist.layouts.sharded import ShardedLayout
 from splatfacto_dist.models.metrics import LazyLPIPS
+from splatfacto_dist.offload.budget import fit_refusal, gpu_budget
 from splatfacto_dist.offload.working_set import HOST_GROUPS
 from splatfacto_dist.render.ssim import LossSSIM
 
@@ -138,6 +140,7 @@ class SplatfactoDistModel(SplatfactoModel):
         self.viewer_renders = ViewerRenders()  # where the viewer's renders wait when every rank must serve them
         self._training_thread = threading.current_thread()  # the model is built on it
         gaussians, ids = self._initial_gaussians()
+        self._refuse_unless_it_fits(gaussians)
         self.gauss_params = torch.nn.ParameterDict(
             {name: torch.nn.Parameter(value.contiguous()) for name, value in gaussians.items()}
         )
@@ -182,6 +185,17 @@ class SplatfactoDistModel(SplatfactoModel):
         )
         self.strategy_state = self.strategy.initialize_state(scene_scale=1.0)
         self.strategy_state["ids"] = ids
+
+    def _refuse_unless_it_fits(self, gaussians: Dict[str, torch.Tensor]) -> None:
+        """Stop in one line, before anything reaches the GPU, when this rank's Gaussians' training
+        state alone exceeds its GPU memory (offload/budget.py)."""
+        budget = gpu_budget(self.kwargs.get("device", "cpu"))
+        if budget is None:
+            return
+        floats = sum(value[0].numel() for value in gaussians.values()) if len(gaussians["means"]) else 0
+        error = fit_refusal(len(gaussians["means"]), budget[0], floats, self.config.offload, budget[1])
+        if error:
+            raise ConfigError(error)
 
     @contextlib.contextmanager
     def _host_groups_apart(self) -> Iterator[Dict[str, torch.nn.Parameter]]:
