@@ -133,13 +133,16 @@ def test_viewer_shows_the_training_scene_and_follows_a_camera_move(tmp_path, sce
         assert "Viewer Render Delay (ms)" in EventAccumulator(str(run)).Reload().Tags()["scalars"]
 
 
-@pytest.mark.parametrize("layout", ["replicated", "sharded"])
-def test_viewer_kept_open_after_training_renders_the_trained_model(tmp_path, scene, layout):
+@pytest.mark.parametrize(
+    "layout, offload", [("replicated", False), ("sharded", True)], ids=["replicated", "sharded-offload"]
+)
+def test_viewer_kept_open_after_training_renders_the_trained_model(tmp_path, scene, layout, offload):
     """--viewer.quit-on-train-completion False. Replicated, rank 0 holds every Gaussian and renders
     alone (rank 1 exits); sharded, no rank holds the whole model, so both stay up and serve the
-    viewer's renders until ctrl+c."""
+    viewer's renders until ctrl+c (here with their colours offloaded: each render fetches its own)."""
     port = free_port()
     args = ["--max-num-iterations", "200", "--viewer.quit-on-train-completion", "False"]
+    args += ["--pipeline.model.offload", "True"] if offload else []
     launcher, out, log = _start(tmp_path, scene, layout, port, args)
     browser = None
     try:
