@@ -162,3 +162,21 @@ def test_a_model_whose_state_cannot_fit_is_refused_with_what_fits_with_and_witho
     assert f"at most {cap // 964:,} per rank, {cap // 196:,} with --pipeline.model.offload True" in line
     assert "add --pipeline.model.offload True" in line
     assert "add --pipeline.model.offload" not in fit_refusal(30_000_000, cap, 59, True, "the 4 GiB cap")
+
+
+def test_a_render_that_sees_nothing_moves_no_colour_with_the_sparse_update():
+    model = build_model(random_init=True)
+    model.config.offload, model.layout.offload = True, "sparse"
+    rows, sh_degree = model._gaussian_rows()
+    behind = torch.eye(4)
+    behind[2, 3] = -10.0  # the whole model behind the camera
+    K = torch.tensor([[40.0, 0, 16], [0, 40, 12], [0, 0, 1]])
+    render, _, _ = model.layout.render(
+        rows, viewmats=behind[None], Ks=K[None], width=32, height=24, sh_degree=sh_degree
+    )
+    render.sum().backward()
+    colours = model.gauss_params["features_dc"]
+    assert colours.grad.is_sparse and colours.grad._nnz() == 0
+    before = colours.detach().clone()
+    torch.optim.SparseAdam([colours], lr=0.01).step()
+    assert torch.equal(colours.detach(), before)

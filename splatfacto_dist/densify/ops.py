@@ -55,7 +55,7 @@ def keyed_normal(ids: torch.Tensor, seed: int, step: int, shape_tail: int) -> to
 
 def _on(index: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
     """`index` where `tensor` is (the same tensor when it already is there)."""
-    return index.to(tensor.device, non_blocking=True)
+    return index.to(tensor.device)  # blocking: a non-blocking copy to the host may not have landed yet
 
 
 def _extend_state(state: Dict, keep: torch.Tensor, added: Dict[str, torch.Tensor]) -> None:

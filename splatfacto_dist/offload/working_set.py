@@ -40,7 +40,7 @@ class FetchRows(torch.autograd.Function):
         (where,) = ctx.saved_tensors
         rows = grad.to(where.device)
         if ctx.sparse:
-            return torch.sparse_coo_tensor(where[None], rows, ctx.whole), None, None, None
+            return torch.sparse_coo_tensor(where[None], rows, ctx.whole, is_coalesced=True), None, None, None
         whole = torch.zeros(ctx.whole, dtype=grad.dtype, device=where.device)
         return whole.index_add_(0, where, rows), None, None, None
 
@@ -69,12 +69,19 @@ def working_set(
     back as sparse gradients of the fetched rows (`offload_adam sparse`)."""
     index = visible_rows(rows, cameras)
     device = rows["means"].device
+    fetched = index
     if len(index) == 0 and len(rows["means"]) > 0:
-        # One row that draws nothing: the render stays a function of every group, so each gets its
-        # (zero) gradient and its dense Adam step, as when the whole model is rendered.
+        # One row that draws nothing keeps the render a function of every group, so each gets its
+        # (zero) gradient and, dense, its Adam step, as when the whole model is rendered. Its colour is
+        # a constant: no host row is fetched, and a sparse Adam moves none.
         index = torch.zeros(1, dtype=torch.long, device=device)
-    subset = {
-        name: FetchRows.apply(value, index, device, sparse) if name in HOST_GROUPS else value[index]
-        for name, value in rows.items()
-    }
+    subset = {}
+    for name, value in rows.items():
+        if name not in HOST_GROUPS:
+            subset[name] = value[index]
+            continue
+        colours = FetchRows.apply(value, fetched, device, sparse)
+        if len(fetched) < len(index):
+            colours = torch.cat([colours, colours.new_zeros((1, *value.shape[1:]))])
+        subset[name] = colours
     return subset, index
