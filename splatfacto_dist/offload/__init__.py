@@ -20,6 +20,10 @@ The update. The host colour groups are stepped by torch's Adam on the host, ever
 (dense: rows no camera saw decay their moments as on the GPU), so an offloaded run is the run it
 replaces: bitwise on the CPU, where both use the same kernels.
 
+`--pipeline.model.offload-adam sparse` is the other update: the gradients come back as sparse rows
+and torch's SparseAdam steps only the colours a camera of the step saw (unseen rows keep their
+moments), host work in proportion to what is visible; a different optimizer, so off by default.
+
 Not yet here: pinned staging buffers with the copies on a second CUDA stream (the copies are
-synchronous), ordering the step's cameras for reuse, and a visible-only (sparse) Adam.
+synchronous), and ordering the step's cameras for reuse.
 """
