@@ -43,6 +43,7 @@ from typing import Dict, List, Optional
 from splatfacto_dist.benchmarking.bench import rank_gpu_memory, read_events, summarize_ranks
 from splatfacto_dist.launching.command import CLI, METHOD, layout_args, train_argv
 from splatfacto_dist.launching.memcap import ALLOCATOR_ENV, ENV as CAP_ENV, EXPANDABLE
+from splatfacto_dist.offload.budget import SHAPE_FLOATS
 from splatfacto_dist.reporting.records import clear_rank_records, read_rank_records
 from splatfacto_dist.scenes.synthetic import SceneSpec, generate, is_complete, parse_count
 
@@ -53,9 +54,9 @@ CAPACITY_TARGET = {2: 1.9, 4: 3.7, 8: 7.0}
 MEMORY_TARGET = {2: 0.50, 4: 0.25, 8: 0.15}
 # One Gaussian's parameters at SH degree 3 (means 3, scales 3, quats 4, opacity 1, DC 3, rest 45
 # floats); its gradient is as large and Adam keeps two moments of it. Offloaded, the GPU keeps the
-# first 11 floats (offload/working_set.HOST_GROUPS are the colours).
+# shape's floats (offload/budget.SHAPE_FLOATS; offload/working_set.HOST_GROUPS are the colours).
 PARAM_BYTES = 4 * (3 + 3 + 4 + 1 + 3 + 45)
-GPU_PARAM_BYTES = {False: PARAM_BYTES, True: 4 * (3 + 3 + 4 + 1)}
+GPU_PARAM_BYTES = {False: PARAM_BYTES, True: 4 * SHAPE_FLOATS}
 # Offload's bars, at the same cap: Gaussians held against replicated without offload on 1 GPU.
 OFFLOAD_TARGET = {1: 5.0, 2: 10.0, 4: 20.0}
 
