@@ -79,6 +79,7 @@ class DistPipeline(VanillaPipeline):
             if isinstance(batch["image"], list):
                 return self._loss_by_image_size(cameras, batch)
             outputs = self.model(cameras)
+            batch = self.model.ground_truth_for(outputs, batch)
             metrics_dict = self.model.get_metrics_dict(outputs, batch)
             loss_dict = self.model.get_loss_dict(outputs, batch, metrics_dict)
         return outputs, loss_dict, metrics_dict

@@ -65,13 +65,17 @@ class GaussianLayout(Protocol):
         rows: Dict[str, torch.Tensor],
         crop: Optional[OrientedBox] = None,
         statistics: Optional[Dict[str, torch.Tensor]] = None,
+        loss_by_range: bool = False,
         **cameras: Any,
     ) -> Optional[Render]:
         """This rank's cameras (`rasterize`'s arguments) rendered from the whole model, whose rows
         here are `rows` (parameters, SH cut to the active degree); None on a rank without cameras
         that only took part. `statistics`: the densification buffers (grad2d, count, radii) that
         read this render, None when nothing does; a layout adds to them in backward or leaves the
-        render's per-pair statistics in its info for `stats_to_owners`."""
+        render's per-pair statistics in its info for `stats_to_owners`. `loss_by_range`: a training
+        render that a layout rendering in pixel ranges may leave in bands where it was rendered
+        (renders and alphas then flat rows of every camera, `info["ranges_job"].by_range`), for each
+        rank to take its share of the loss (`layouts.sharded.range_loss`); others ignore it."""
         ...
 
     def stats_to_owners(

@@ -37,6 +37,7 @@ class ReplicatedLayout:
         rows: Dict[str, torch.Tensor],
         crop: Optional[OrientedBox] = None,
         statistics: Optional[Dict[str, torch.Tensor]] = None,
+        loss_by_range: bool = False,
         **cameras: Any,
     ) -> Optional[Render]:
         """`rasterize(**activate(rows), **cameras)` of the rows inside `crop` (the viewer's crop

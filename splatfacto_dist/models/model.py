@@ -38,6 +38,8 @@ from splatfacto_dist.engine.viewer_renders import ViewerRenders
 from splatfacto_dist.layouts.contract import GAUSSIAN_NAMES, GaussianLayout
 from splatfacto_dist.layouts.replicated import ReplicatedLayout
 from splatfacto_dist.layouts.sharded import ShardedLayout
+from splatfacto_dist.layouts.sharded.ranges import held_rows
+from splatfacto_dist.models import loss_by_range
 from splatfacto_dist.models.metrics import LazyLPIPS
 from splatfacto_dist.offload.budget import fit_refusal, gpu_budget
 from splatfacto_dist.offload.working_set import HOST_GROUPS
@@ -295,25 +297,67 @@ class SplatfactoDistModel(SplatfactoModel):
         return torch.cat(poses)
 
     def _training_backgrounds(
-        self, n: int, positions: Optional[Sequence[int]] = None, batch_size: Optional[int] = None
+        self,
+        n: int,
+        positions: Optional[Sequence[int]] = None,
+        batch_size: Optional[int] = None,
+        every_rank: bool = False,
     ) -> torch.Tensor:
-        """[n, 3] backgrounds for this rank's images: their rows of one draw for the global batch.
+        """[n, 3] backgrounds for this rank's images: their rows of one draw for the global batch
+        (`every_rank`: [world size * n, 3], every rank's, in rank order; each rank renders n).
 
         A batch of mixed image sizes is rendered in groups; `positions` are the group's places in
         this rank's batch of `batch_size` images, so each image keeps its own row of the step's one
         draw instead of every group re-drawing the same first rows.
         """
         if self.config.background_color != "random":
-            return self._get_background_color().expand(n, 3)
+            return self._get_background_color().expand(n * (comm.world_size() if every_rank else 1), 3)
         batch_size = batch_size or n
         if self._background_generator is None or self._background_generator.device != self.device:
             self._background_generator = torch.Generator(device=self.device)
         self._background_generator.manual_seed(self.seed * 1_000_003 + self.step)
         rows = torch.rand((comm.world_size() * batch_size, 3), generator=self._background_generator, device=self.device)
+        if every_rank:
+            return rows
         mine = rows[comm.rank() * batch_size : (comm.rank() + 1) * batch_size]
         if positions is None:
             return mine
         return torch.cat([mine[p : p + 1] for p in positions])  # slices: an index list would be a host copy
+
+    @property
+    def _loss_by_range(self) -> bool:
+        """Whether a training render in pixel ranges keeps its pixels in bands where they were rendered
+        and each rank takes its bands' share of the loss (`loss_by_range`). Not with a bilateral grid
+        or colour-corrected metrics, which read a whole image: their loss is taken on the camera's
+        rank, as before loss by range."""
+        return not (self.config.use_bilateral_grid or self.config.color_corrected_metrics)
+
+    def _band_outputs(self, render: torch.Tensor, alpha: torch.Tensor, job, n_views: int) -> Dict[str, torch.Tensor]:
+        """Training outputs of a render whose pixels stay in bands (`loss_by_range`): this rank's rows
+        of every camera of the step, flat, composited over each one's background."""
+        backgrounds = self._training_backgrounds(n_views, every_rank=True)
+        background = loss_by_range.background_rows(job, backgrounds)
+        rgb = torch.clamp(render[..., :3] + (1 - alpha) * background, 0.0, 1.0)
+        return {"rgb": rgb, "accumulation": alpha, "background": background, "bands": job}  # type: ignore[dict-item]
+
+    def ground_truth_for(
+        self, outputs: Dict[str, torch.Tensor], batch: Dict[str, torch.Tensor]
+    ) -> Dict[str, torch.Tensor]:
+        """The batch the loss of `outputs` reads: for bands (`loss_by_range`), the rows of every camera's
+        image and mask this rank's bands hold, sent by the cameras' ranks (as images at the training
+        resolution); otherwise `batch` itself."""
+        if "bands" not in outputs:
+            return batch
+        job = outputs["bands"]
+        held = {
+            "image": torch.cat(
+                held_rows(job, self.get_gt_img(batch["image"]).reshape(-1, *self.last_size, batch["image"].shape[-1]))
+            )
+        }
+        if "mask" in batch:
+            mask = self._downscale_if_required(batch["mask"]).to(self.device).float()
+            held["mask"] = torch.cat(held_rows(job, mask.reshape(-1, *self.last_size, mask.shape[-1])))
+        return held
 
     @staticmethod
     def _render_size(camera: Cameras, scale: int) -> Tuple[int, int]:
@@ -416,6 +460,7 @@ class SplatfactoDistModel(SplatfactoModel):
             rasterize_mode=self.config.rasterize_mode,
             absgrad=self.strategy.absgrad,
             statistics=statistics,
+            loss_by_range=self.training and self._loss_by_range,
         )
         if self.training:
             self.strategy.step_pre_backward(
@@ -424,6 +469,9 @@ class SplatfactoDistModel(SplatfactoModel):
             if self._infos_step != self.step:
                 self._step_infos, self._infos_step = [], self.step
             self._step_infos.append(self.info)
+        job = self.info.get("ranges_job")
+        if job is not None and job.by_range:
+            return self._band_outputs(render, alpha, job, n_views)
 
         if self.training:
             meta = camera.metadata or {}
@@ -465,7 +513,17 @@ class SplatfactoDistModel(SplatfactoModel):
     def get_metrics_dict(self, outputs, batch) -> Dict[str, torch.Tensor]:
         """Stock's metrics, with PSNR as a plain tensor expression: stock's torchmetrics module,
         called at every step, copies its states and the pixel count to the GPU, each copy a wait
-        for the GPU. The Gaussian count is the whole model's, however it is sharded."""
+        for the GPU. The Gaussian count is the whole model's, however it is sharded. Of bands
+        (`loss_by_range`): the PSNR of the step's mean squared error, every rank's share summed."""
+        if "bands" in outputs:
+            gt = self.composite_with_background(batch["image"], outputs["background"])
+            _, _, squared = loss_by_range.shares_of_step(outputs["bands"], outputs["rgb"], gt, None)
+            metrics_dict = {
+                "psnr": -10 * torch.log10(loss_by_range.step_mean(squared)),
+                "gaussian_count": self.layout.total,
+            }
+            self.camera_optimizer.get_metrics_dict(metrics_dict)
+            return metrics_dict
         gt = self.composite_with_background(self.get_gt_img(batch["image"]), outputs["background"])
         pred = outputs["rgb"]
         metrics_dict = {"psnr": psnr(pred, gt)}
@@ -494,7 +552,11 @@ class SplatfactoDistModel(SplatfactoModel):
         return alpha * image[..., :3] + (1 - alpha) * background
 
     def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, torch.Tensor]:
-        """Splatfacto's loss, averaged over the rendered batch."""
+        """Splatfacto's loss, averaged over the rendered batch; of bands (`loss_by_range`), this rank's
+        share of the step's, whose value reads as the step's mean (the value the whole-image loss
+        of every rank, averaged, has)."""
+        if "bands" in outputs:
+            return self._band_loss_dict(outputs, batch)
         gt = self.composite_with_background(self.get_gt_img(batch["image"]), outputs["background"])
         pred = outputs["rgb"]
         if "mask" in batch:
@@ -507,6 +569,18 @@ class SplatfactoDistModel(SplatfactoModel):
         pred_nchw = pred.reshape(-1, *pred.shape[-3:]).permute(0, 3, 1, 2).contiguous()
         l1 = torch.abs(gt - pred).mean()
         ssim_loss = 1 - self.ssim_loss(gt_nchw, pred_nchw)
+        return self._with_regularisers((1 - self.config.ssim_lambda) * l1 + self.config.ssim_lambda * ssim_loss)
+
+    def _band_loss_dict(self, outputs, batch) -> Dict[str, torch.Tensor]:
+        gt, pred = self.composite_with_background(batch["image"], outputs["background"]), outputs["rgb"]
+        if "mask" in batch:
+            gt, pred = gt * batch["mask"], pred * batch["mask"]
+        l1, dssim, _ = loss_by_range.shares_of_step(outputs["bands"], pred, gt, self.ssim_loss)
+        share = (1 - self.config.ssim_lambda) * l1 + self.config.ssim_lambda * dssim
+        return self._with_regularisers(share + (loss_by_range.step_mean(share) - share).detach())
+
+    def _with_regularisers(self, main_loss: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """splatfacto's loss dict around its image loss `main_loss`."""
         if self.config.use_scale_regularization and self.step % 10 == 0:
             scale_exp = torch.exp(self.scales)
             ratio = scale_exp.amax(dim=-1) / scale_exp.amin(dim=-1)
@@ -515,7 +589,7 @@ class SplatfactoDistModel(SplatfactoModel):
         else:
             scale_reg = torch.zeros((), device=self.device)
         loss_dict = {
-            "main_loss": (1 - self.config.ssim_lambda) * l1 + self.config.ssim_lambda * ssim_loss,
+            "main_loss": main_loss,
             "scale_reg": scale_reg,
         }
         if self.training:

@@ -48,6 +48,7 @@ class ShardedLayout:
         rows: Dict[str, torch.Tensor],
         crop: Optional[OrientedBox] = None,
         statistics: Optional[Dict[str, torch.Tensor]] = None,
+        loss_by_range: bool = False,
         **cameras: Any,
     ) -> Optional[Render]:
         """Render this rank's cameras (possibly none: it then only serves the others) from every
@@ -76,6 +77,7 @@ class ShardedLayout:
         if self.offload:
             rows, working = working_set(rows, views_of(every.detach(), meta), sparse=self.offload == "sparse")
         if self.pixel_ranges and comm.world_size() > 1:
+            cameras["loss_by_range"] = loss_by_range
             return self._render_in_ranges(rows, every, meta, counts, n_views, cameras, statistics, working)
         packed, order, send_counts = project_pairs(rows, counts, every, meta, cameras.get("sh_degree"))
         if working is not None:
@@ -107,7 +109,7 @@ class ShardedLayout:
         render, alpha, job = render_in_ranges(rows, every, meta, counts, cameras, self._balance, statistics, working)
         PHASES.note("range wait", self._balance.last_wait_s)
         self._note_received(received_most(job))
-        if n_views == 0:
+        if render is None:
             return None
         info = {"ranges_job": job, "width": cameras["width"], "height": cameras["height"], "n_cameras": n_views}
         return render, alpha, info

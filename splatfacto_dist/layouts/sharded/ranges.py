@@ -21,7 +21,7 @@ camera once.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -41,6 +41,7 @@ from splatfacto_dist.layouts.sharded.exchange import (
     route_to_ranges,
 )
 from splatfacto_dist.layouts.sharded.range_balance import RangeBalance
+from splatfacto_dist.layouts.sharded.range_loss import Band, bands
 from splatfacto_dist.layouts.sharded.range_plan import cut, owned_pixels, rendered_rows, tile_costs
 
 
@@ -61,6 +62,8 @@ class RangesJob:
     ranges: List[List[Tuple[int, int]]] = field(default_factory=list)  # per camera, each rank's tiles
     sent: List[List[int]] = field(default_factory=list)  # per camera, pairs this rank sent each rank
     received: List[List[int]] = field(default_factory=list)  # per camera, pairs each rank sent here
+    by_range: bool = False  # each rank takes the loss of its bands of every camera (`range_loss`)
+    bands: List[List[Band]] = field(default_factory=list)  # per camera, each rank's (by_range)
 
     @property
     def cameras(self) -> int:
@@ -77,6 +80,23 @@ class RangesJob:
 
     def size(self, camera: int) -> Tuple[int, int]:
         return int(self.meta[camera, WIDTH]), int(self.meta[camera, HEIGHT])
+
+    def rendered(self, camera: int, rank: int) -> Tuple[int, int]:
+        """The pixel rows `rank` renders of `camera` (its range's tile rows)."""
+        return rendered_rows(self.ranges[camera][rank], *self.size(camera))
+
+    def held(self, camera: int, rank: int) -> Tuple[int, int]:
+        """The pixel rows of `camera` that `rank` holds after the render: its band's, by range;
+        else the whole image on the camera's rank."""
+        return self.bands[camera][rank].held if self.by_range else self.whole(camera, rank)
+
+    def mine(self) -> List[int]:
+        """This rank's cameras, in render order."""
+        return [c for c in range(self.cameras) if self.camera_rank(c) == comm.rank()]
+
+    def whole(self, camera: int, rank: int) -> Tuple[int, int]:
+        """Every row of `camera` on its own rank, none elsewhere."""
+        return (0, self.size(camera)[1]) if self.camera_rank(camera) == rank else (0, 0)
 
     def channels(self) -> int:
         """Channels of the rendered pixels, alpha included."""
@@ -139,6 +159,7 @@ def _range_pixels(
     if first:
         costs = comm.all_reduce_counts(tile_costs(block[:, MEANS2D].detach(), block[:, RADIUS].detach(), width, height))
         job.ranges.append(cut(job.balance.tile_costs(costs), comm.world_size()))
+        job.bands.append(bands(job.ranges[-1], width, height))
     ranges = job.ranges[camera]
     send, picked, send_counts = route_to_ranges(block, ranges, width, height)
     received_counts = comm.exchange_counts(send_counts, block.device)
@@ -159,48 +180,63 @@ def _range_pixels(
     return pixels.reshape(-1, pixels.shape[-1]), means2d, (block, index, picked)
 
 
-def _assemble(job: RangesJob, pieces: List[torch.Tensor], backward: bool, device: torch.device) -> List[torch.Tensor]:
-    """Forward: every rank's range pixels of each camera to the camera's rank, summed into
-    [H * W, D] images of this rank's cameras (each pixel is one range's; the others' are zero
-    there). Backward (`pieces` are then this rank's images' gradients): the rows each range's rank
-    rendered back to it, as [rendered rows * W, D] per camera."""
+Have = Callable[[int, int], Tuple[int, int]]
+"""(camera, rank) -> the [first, one-past-last) pixel rows of the camera that rank has or wants."""
+
+
+def _move(
+    job: RangesJob, pieces: List[Optional[torch.Tensor]], have: Have, want: Have, like: torch.Tensor
+) -> List[torch.Tensor]:
+    """Rows of every camera from the ranks that have them to the ranks that want them, in one
+    all-to-all: `pieces[c]` is this rank's rows `have(c, me)` of camera c, flat ([rows * W, k]);
+    returns, per camera, the rows `want(c, me)` (none where it wants none), each the sum of what
+    every rank that has it sent (a rendered range is zero off its own tiles, and every gradient
+    of a pixel adds). `like`: a tensor of the rows' type and row shape."""
     me, world = comm.rank(), comm.world_size()
-    mine = [c for c in range(job.cameras) if job.camera_rank(c) == me]
 
-    def span(camera: int, rank: int) -> Tuple[int, int]:  # the flat pixel rows rank renders of camera
-        width, height = job.size(camera)
-        top, bottom = rendered_rows(job.ranges[camera][rank], width, height)
-        return top * width, bottom * width
+    def overlap(camera: int, source: int, target: int) -> Tuple[int, int]:
+        (a, b), (lo, hi) = have(camera, source), want(camera, target)
+        top = max(a, lo)
+        return top, max(min(b, hi), top)
 
-    def rows_of(camera: int, rank: int) -> int:
-        start, stop = span(camera, rank)
-        return stop - start
-
-    theirs = [[c for c in range(job.cameras) if job.camera_rank(c) == r] for r in range(world)]
-    if not backward:  # send my ranges grouped by their camera's rank; receive every rank's ranges of mine
-        send = [pieces[c] for r in range(world) for c in theirs[r]]
-        send_counts = [sum(rows_of(c, me) for c in theirs[r]) for r in range(world)]
-        recv_counts = [sum(rows_of(c, r) for c in mine) for r in range(world)]
-    else:  # each rank's rendered rows of my images' gradients
-        send = [image[slice(*span(c, r))] for r in range(world) for c, image in zip(mine, pieces)]
-        send_counts = [sum(rows_of(c, r) for c in mine) for r in range(world)]
-        recv_counts = [sum(rows_of(c, me) for c in theirs[r]) for r in range(world)]
-    flat = torch.cat(send) if send else torch.zeros((0, job.channels()), device=device)
+    send, send_counts, recv_counts = [], [], []
+    for rank in range(world):
+        sent = 0
+        for camera, piece in enumerate(pieces):
+            top, bottom = overlap(camera, me, rank)
+            if bottom > top:
+                width, first = job.size(camera)[0], have(camera, me)[0]
+                send.append(piece[(top - first) * width : (bottom - first) * width])
+                sent += (bottom - top) * width
+        send_counts.append(sent)
+        recv_counts.append(sum(_count(overlap(c, rank, me)) * job.size(c)[0] for c in range(job.cameras)))
+    flat = torch.cat(send) if send else like.new_zeros((0, *like.shape[1:]))
     received = comm.all_to_all_rows(flat.contiguous(), send_counts, recv_counts)
+    out = [received.new_zeros((_count(want(c, me)) * job.size(c)[0], *like.shape[1:])) for c in range(job.cameras)]
     start = 0
-    if not backward:  # from each rank in turn, its ranges of my cameras in camera order
-        images = {c: received.new_zeros((job.size(c)[0] * job.size(c)[1], job.channels())) for c in mine}
-        for r in range(world):
-            for c in mine:
-                images[c][slice(*span(c, r))] += received[start : start + rows_of(c, r)]
-                start += rows_of(c, r)
-        return [images[c] for c in mine]
-    blocks = {}
-    for r in range(world):  # from each camera's rank, my rendered rows of each of its cameras
-        for c in theirs[r]:
-            blocks[c] = received[start : start + rows_of(c, me)]
-            start += rows_of(c, me)
-    return [blocks[c] for c in range(job.cameras)]
+    for rank in range(world):  # from each rank in turn, its rows of each camera in camera order
+        for camera in range(job.cameras):
+            top, bottom = overlap(camera, rank, me)
+            if bottom > top:
+                width, lo = job.size(camera)[0], want(camera, me)[0]
+                rows = (bottom - top) * width
+                out[camera][(top - lo) * width : (bottom - lo) * width] += received[start : start + rows]
+                start += rows
+    return out
+
+
+def _count(rows: Tuple[int, int]) -> int:
+    return rows[1] - rows[0]
+
+
+def held_rows(job: RangesJob, images: torch.Tensor) -> List[torch.Tensor]:
+    """Per camera of the render, the rows of its image (`images`: this rank's cameras' [n, H, W, k],
+    in any dtype: the ground truth as loaded) that this rank holds for its loss (`job.held`), flat
+    [rows * W, k]. Sent by the camera's rank, the only one that has them."""
+    mine = iter(images)
+    pieces = [next(mine).reshape(-1, images.shape[-1]) if job.camera_rank(c) == comm.rank() else None
+              for c in range(job.cameras)]  # fmt: skip
+    return _move(job, pieces, job.whole, job.held, images.new_zeros((0, images.shape[-1])))
 
 
 class RangesRender(torch.autograd.Function):
@@ -211,16 +247,18 @@ class RangesRender(torch.autograd.Function):
     def forward(ctx, job: RangesJob, cameras: torch.Tensor, *values: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         rows = [dict(zip(job.names, values))]
         pieces = [_range_pixels(job, c, rows, cameras, first=True)[0] for c in range(job.cameras)]
-        images = _assemble(job, pieces, backward=False, device=cameras.device)
+        held = _move(job, pieces, job.rendered, job.held, cameras.new_zeros((0, job.channels())))
         ctx.job = job
         device = cameras.device.type
         ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
         ctx.save_for_backward(cameras, *values)
+        if job.by_range:  # every camera's band, in camera order
+            return torch.cat(held)
         sizes = [job.size(c) for c in range(job.cameras) if job.camera_rank(c) == comm.rank()]
         if not sizes:
             return cameras.new_zeros((0, 0, 0, job.channels()))
         width, height = sizes[0]
-        return torch.stack([image.reshape(height, width, -1) for image in images])
+        return torch.stack([held[c].reshape(height, width, -1) for c in job.mine()])
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
@@ -229,9 +267,14 @@ class RangesRender(torch.autograd.Function):
         whole, chunks = _chunk_leaves(values)
         camera_leaf = cameras.detach().requires_grad_(cameras.requires_grad)
         rows = [dict(zip(job.names, leaves)) for leaves in chunks]
-        grads = _assemble(
-            job, [g.reshape(-1, g.shape[-1]) for g in grad.contiguous()], backward=True, device=grad.device
-        )
+        grad = grad.contiguous()
+        if job.by_range:
+            pieces = list(grad.split([_count(job.held(c, comm.rank())) * job.size(c)[0] for c in range(job.cameras)]))
+        else:
+            mine = iter(grad)
+            pieces = [next(mine).reshape(-1, grad.shape[-1]) if job.camera_rank(c) == comm.rank() else None
+                      for c in range(job.cameras)]  # fmt: skip
+        grads = _move(job, pieces, job.held, job.rendered, grad.new_zeros((0, job.channels())))
         stats = job.stats  # added to camera by camera
         for camera in range(job.cameras):
             device, autocast, dtype = ctx.autocast  # the replay computes what the forward did
@@ -291,10 +334,13 @@ def render_in_ranges(
     statistics_rows: Optional[torch.Tensor] = None,
 ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], RangesJob]:
     """(renders [n, H, W, D], alphas [n, H, W, 1], the job) of this rank's cameras, or (None, None,
-    job) when it has none (it only served the others). `balance` first learns from the last
-    render's range times, then prices this render's tiles; `statistics`: the owners' densification
-    buffers its backward adds to (None skips taking them: after stop-split-at nothing reads them), at
-    `statistics_rows[row]` for each of `rows` when given (an offloaded owner's working set)."""
+    job) when it has none (it only served the others). `options["loss_by_range"]`: each rank keeps
+    its bands of every camera instead (`range_loss`): renders [rows, D] and alphas [rows, 1], the
+    held rows of every camera, flat, in camera order (`RangesJob.held`). `balance` first learns from
+    the last render's range times, then prices this render's tiles; `statistics`: the owners'
+    densification buffers its backward adds to (None skips taking them: after stop-split-at nothing
+    reads them), at `statistics_rows[row]` for each of `rows` when given (an offloaded owner's
+    working set)."""
     balance.settle()
     job = RangesJob(
         names=list(rows),
@@ -306,9 +352,10 @@ def render_in_ranges(
         balance=balance,
         stats=statistics,
         stats_rows=statistics_rows,
+        by_range=bool(options.get("loss_by_range")),
     )
     images = RangesRender.apply(job, every, *rows.values())
-    if counts[comm.rank()] == 0:
+    if counts[comm.rank()] == 0 and not job.by_range:
         return None, None, job
     render = images[..., :-1]
     if render.shape[-1] == 4 and job.render_mode != "RGB+ED":  # another camera of the render asked for depth
