@@ -166,6 +166,8 @@ def run_one(layout: str, gpus: int, size: int, args: argparse.Namespace, extra: 
         "gpus": gpus,
         "offload": bool(args.offload),
         "size": size,
+        "width": args.width,
+        "height": args.height,
         "cap_gib": cap,
         "images": args.images,
         "status": status_of(returncode, ranks, capped),
@@ -199,7 +201,16 @@ def run_one(layout: str, gpus: int, size: int, args: argparse.Namespace, extra: 
 
 
 def _key(record: Dict) -> tuple:
-    return (record["layout"], record["gpus"], record["size"], record["cap_gib"], record["images"], _offload(record))
+    resolution = (record.get("width", 320), record.get("height", 240))  # runs recorded before the fields: the default
+    return (
+        record["layout"],
+        record["gpus"],
+        record["size"],
+        record["cap_gib"],
+        record["images"],
+        _offload(record),
+        resolution,
+    )
 
 
 def _offload(record: Dict) -> bool:
@@ -319,8 +330,8 @@ def targets(records: List[Dict], summary: Dict[tuple, Dict]) -> List[str]:
             f"(a lower bound on the true ratio at this grid of sizes{verdict})."
         )
     by_key = {_key(r): r for r in records if r["status"] == "trained" and r["rank_peak_gpu_mb"]}
-    for (layout, gpus, size, cap, images, offload), r in sorted(by_key.items()):
-        base = by_key.get(("replicated", 1, size, cap, images, False))
+    for (layout, gpus, size, cap, images, offload, resolution), r in sorted(by_key.items()):
+        base = by_key.get(("replicated", 1, size, cap, images, False, resolution))
         if layout != "sharded" or base is None or offload:
             continue
         ratio = max(r["rank_peak_gpu_mb"]) / max(base["rank_peak_gpu_mb"])
