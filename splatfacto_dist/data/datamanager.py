@@ -34,7 +34,9 @@ from PIL import Image
 from rich.progress import track
 
 from splatfacto_dist import comm
+from splatfacto_dist.data import image_cache
 from splatfacto_dist.data.camera_costs import CameraCosts, cost_ranked, deal_by_cost, dealt_by, step_order
+from splatfacto_dist.launching.memcap import gpu_budget
 from splatfacto_dist.reporting.profiling import DeviceTimer
 from splatfacto_dist.scenes.colmap_points import BulkPointsColmapDataParser
 
@@ -258,10 +260,36 @@ class ShardedFullImageDatamanager(FullImageDatamanager):
             f"rank {comm.rank()}: shards dealt by measured cost, trains on {len(owned)} cameras ({len(gained)} new)"
         )
 
+    def _refuse_unless_the_images_fit(self, indices: List[int]) -> None:
+        """Stop in one line before loading, when this rank's images cannot fit where they are
+        cached (`image_cache`); say where they go and what they take."""
+        cameras = self.train_dataset.cameras
+        sizes = [(int(cameras.width[i]), int(cameras.height[i])) for i in indices]
+        need = image_cache.cache_bytes(sizes, self.config.cache_images_type)
+        on_gpu = self.config.cache_images == "gpu" and torch.device(self.device).type == "cuda"
+        if on_gpu:
+            budget = gpu_budget(self.device)
+        else:
+            available = image_cache.host_available()
+            ranks = image_cache.local_ranks()
+            budget = (
+                None
+                if available is None
+                else (available // ranks, f"this machine's available memory / {ranks} rank(s)")
+            )
+        error = image_cache.cache_refusal(len(indices), need, self.config.cache_images_type, on_gpu, budget)
+        if error:
+            raise ConfigError(error)
+        CONSOLE.log(
+            f"rank {comm.rank()}: caches {len(indices)} training images {'on the GPU' if on_gpu else 'in host memory'}, "
+            f"{self.config.cache_images_type}: {need / 2**20:,.0f} MiB"
+        )
+
     @cached_property
     def cached_train(self) -> Dict[int, Dict[str, torch.Tensor]]:  # type: ignore[override]
         """This rank's training images (and only those), loaded on first use."""
         owned = self.schedule.owned_cameras()
+        self._refuse_unless_the_images_fit(owned)
         cache = self._load_subset("train", owned)
         self.train_cameras = self.train_dataset.cameras.to(self.device if self.config.cache_images == "gpu" else "cpu")
         # Each owned camera alone, on the device: a step copies its camera (fields shared) instead of

@@ -54,3 +54,18 @@ def apply_memory_cap() -> Optional[float]:
     torch.cuda.set_per_process_memory_fraction(fraction, device)
     print(f"GPU {device}: memory capped at {cap:g} GiB ({fraction:.3f} of {total / 2**30:.1f} GiB, {ENV})", flush=True)
     return fraction
+
+
+def gpu_budget(device: object) -> Optional[tuple]:
+    """(bytes, what they are) a rank on `device` may use: the memory cap when set, else the GPU's
+    memory; None off CUDA."""
+    import torch
+
+    if torch.device(device).type != "cuda" or not torch.cuda.is_available():  # type: ignore[arg-type]
+        return None
+    cap = os.environ.get(ENV, "").strip()
+    if cap:
+        return int(float(cap) * 2**30), f"the {cap} GiB cap ({ENV})"
+    index = torch.device(device).index  # type: ignore[arg-type]
+    total = torch.cuda.get_device_properties(torch.cuda.current_device() if index is None else index).total_memory
+    return total, "this GPU's memory"

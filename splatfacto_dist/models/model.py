@@ -35,13 +35,14 @@ from splatfacto_dist import comm
 from splatfacto_dist.data.datamanager import ConfigError
 from splatfacto_dist.densify.strategy import SynchronizedDefaultStrategy
 from splatfacto_dist.engine.viewer_renders import ViewerRenders
+from splatfacto_dist.launching.memcap import gpu_budget
 from splatfacto_dist.layouts.contract import GAUSSIAN_NAMES, GaussianLayout
 from splatfacto_dist.layouts.replicated import ReplicatedLayout
 from splatfacto_dist.layouts.sharded import ShardedLayout
 from splatfacto_dist.layouts.sharded.ranges import held_rows
 from splatfacto_dist.models import loss_by_range
 from splatfacto_dist.models.metrics import LazyLPIPS
-from splatfacto_dist.offload.budget import fit_refusal, gpu_budget
+from splatfacto_dist.offload.budget import fit_refusal
 from splatfacto_dist.offload.working_set import HOST_GROUPS
 from splatfacto_dist.render.ssim import LossSSIM
 

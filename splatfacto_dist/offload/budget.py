@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from typing import Optional
 
-from splatfacto_dist.launching.memcap import ENV as MEMORY_CAP_ENV
-
 SHAPE_FLOATS = 3 + 3 + 4 + 1
 """A Gaussian's floats that stay on the GPU when offloaded: position, log-scale, rotation, opacity."""
 BYTES_PER_FLOAT = 4 * 4  # the value, its gradient and two Adam moments
@@ -38,20 +36,3 @@ def fit_refusal(owned: int, gpu_bytes: int, floats: int, offload: bool, where: s
         f"alone, more than {where} ({gpu_bytes / 2**30:.1f} GiB): it holds at most {fits[False]:,} per rank, "
         f"{fits[True]:,} with --pipeline.model.offload True{hint}, or use more ranks of the sharded layout"
     )
-
-
-def gpu_budget(device: object) -> Optional[tuple]:
-    """(bytes, what they are) a rank on `device` may use: the memory cap when set, else the GPU's
-    memory; None off CUDA."""
-    import os
-
-    import torch
-
-    if torch.device(device).type != "cuda" or not torch.cuda.is_available():  # type: ignore[arg-type]
-        return None
-    cap = os.environ.get(MEMORY_CAP_ENV, "").strip()
-    if cap:
-        return int(float(cap) * 2**30), f"the {cap} GiB cap ({MEMORY_CAP_ENV})"
-    index = torch.device(device).index  # type: ignore[arg-type]
-    total = torch.cuda.get_device_properties(torch.cuda.current_device() if index is None else index).total_memory
-    return total, "this GPU's memory"
