@@ -16,11 +16,13 @@ open, every rank keeps serving its renders (the model never has to fit on one GP
 
 With pixel ranges (the default on several ranks) the camera's rank does not render its image
 alone: every image of the render is rendered by all ranks in turn, each rank the tiles it was
-cut, and the pixels are assembled on the camera's rank (`ranges`).
+cut; a training render leaves each rank a band of rows of every image for its share of the loss
+(`range_loss`), other renders assemble the pixels on the camera's rank (`ranges`).
 
 Modules, one concern each: `exchange` (a render's cameras and projected pairs between ranks, with
-their gradients), `ranges` (a render in pixel ranges) with `range_plan` (where each range is cut)
-and `range_balance` (the tile price learnt from the ranges' times), `rows` (a whole Gaussian as
+their gradients), `ranges` (a render in pixel ranges) with `range_plan` (where each range is cut),
+`range_balance` (the tile price learnt from the ranges' times) and `range_loss` (each rank's band
+of an image and its share of the loss), `rows` (a whole Gaussian as
 one row), `rebalance` (evening out shards after a refine), `saving` (the whole model gathered in
 chunks), `layout` (`ShardedLayout`, the `GaussianLayout` contract's calls, which use them).
 """

@@ -1,5 +1,7 @@
 """A render by pixel ranges: every camera of the render in turn, each rendered by all ranks, each
-rank the range of tiles `pixels.plan.cut` gives it; the ranges' pixels go to the camera's rank.
+rank the range of tiles `range_plan.cut` gives it; the ranges' pixels go to the ranks that hold
+them after the render (`RangesJob.held`): in training each rank's band of rows of every image, for
+its share of the loss (`range_loss`); otherwise the whole image on the camera's rank.
 
 Why: rendered by its own rank alone, an image needs every Gaussian it sees on that one rank (with
 the rasterizer's buffers and their gradients, ~200 B each), and an image may see most of the
@@ -7,17 +9,16 @@ model: those bytes do not divide with the rank count. Rendered in ranges, one ca
 another, a rank holds the Gaussians touching its tiles of one image at a time, ~1/N of one image's.
 
 How the step stays that of a replicated run: the forward runs every camera without keeping its
-graph and sends the ranges' pixels to the camera's rank, which computes splatfacto's loss on the
-whole image as it always does (L1 and SSIM across range borders are the whole image's). The
-backward returns each range its pixels' gradient and replays the cameras one at a time with
-their graph: project, route, exchange, rasterize, and backward at once, so only one camera's
-buffers are alive. The replay reuses the forward's cut and exchanges its own counts (the pairs are
-the forward's but for a radius rounded the other way). Densification statistics are taken in the replay: each range's
+graph and sends the ranges' pixels to the ranks that hold them (one mover, `_move`, for pixels,
+their gradients and the ground truth). The backward returns each range its pixels' gradient
+(the sum of every holder's) and replays the cameras one at a time with their graph: project,
+route, exchange, rasterize, and backward at once, so only one camera's buffers are alive. The
+replay reuses the forward's cut and exchanges its own counts (the pairs are the forward's but for
+a radius rounded the other way). Densification statistics are taken in the replay: each range's
 received pairs send their 2D gradient back to the owner, which sums them per (Gaussian, camera)
 before the norm (the image-level gradient gsplat's statistic is defined on) and counts the
 camera once.
 """
-
 from __future__ import annotations
 
 from dataclasses import dataclass, field
