@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 39's GPU measurements in one job on the 1-GPU machine, each stage's results written as it ends:
-#   1. the offload GPU tests (GPU_TESTS: extra pytest arguments);
+#   1. the offload and sharded GPU tests (GPU_TESTS_K: a pytest -k expression to run some);
 #   2. capacity under a 4 GiB cap on the `above` scene (`capacity.py`): replicated without offload
 #      (OFF_SIZES), with it (ON_SIZES), and sharded with it on 2 ranks sharing the GPU (SHARDED_SIZES);
 #   3. the per-image time on beer_can: offload on with dense and sparse Adam, and off (this tree
@@ -18,7 +18,9 @@ stage() { echo "$(date +%T) $*" >> "$out/stages.txt"; }
 stage scenes
 "${capacity[@]}" --generate-only --sizes "${off_sizes[@]}" "${on_sizes[@]}" "${sharded_sizes[@]}" > "$out/scenes.log" 2>&1 &
 stage gpu tests
-python -m pytest -q -p no:cacheprovider tests/test_gpu_offload.py ${GPU_TESTS:-} > "$out/gpu_tests.txt" 2>&1
+tests=(tests/test_gpu_offload.py tests/test_gpu_sharded.py)  # the sharded one: loss by range on CUDA
+[ -n "${GPU_TESTS_K:-}" ] && tests+=(-k "$GPU_TESTS_K")
+python -m pytest -q -p no:cacheprovider "${tests[@]}" > "$out/gpu_tests.txt" 2>&1
 wait
 stage capacity replicated
 "${capacity[@]}" --layout replicated --gpus 1 --sizes "${off_sizes[@]}" > "$out/capacity_off.log" 2>&1
