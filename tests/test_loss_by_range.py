@@ -120,8 +120,7 @@ def test_a_loss_taken_in_bands_trains_as_the_whole_image_loss(world):
     """Every rank takes its bands' share of every camera's loss (the ground truth's rows sent by the
     camera's rank) and the Gaussians' and cameras' gradients equal those of each camera's rank
     taking its whole image's loss; the value each rank reports is the step's mean. (2 ranks: whole
-    training runs, test_sharded; 5 ranks and other cuts: the bands alone, above; a 5-rank run passed
-    too, but costs the CPU suite a minute.)"""
+    training runs, test_sharded; 5 ranks and other cuts: the bands alone, above.)"""
     results = mp.Manager().dict()
     mp.spawn(_worker, args=(free_port(), world, results), nprocs=world)
     for rank, (whole, banded) in sorted(results.items()):
