@@ -58,18 +58,19 @@ def test_a_cache_that_cannot_fit_is_refused_in_one_line_before_any_image_loads(s
     there, the same images load."""
     from splatfacto_dist.data import image_cache
     from splatfacto_dist.data.datamanager import ConfigError
+    from splatfacto_dist.launching import memcap
 
     dm, loaded = datamanager_as(0, 2, scene, monkeypatch, cache_images="cpu")
     owned = dm.schedule.owned_cameras()
     need = image_cache.cache_bytes([(64, 48)] * len(owned), dm.config.cache_images_type)
-    monkeypatch.setattr(image_cache, "host_available", lambda: need - 1)
+    monkeypatch.setattr(memcap, "host_budget", lambda: (need - 1, "the planted host memory"))
     with pytest.raises(ConfigError) as refused:
         dm.cached_train
     message = str(refused.value)
     assert "\n" not in message and f"the {len(owned)} training images this rank caches in host memory" in message
     assert "more ranks" in message and "cache-images cpu" not in message  # already in host memory
     assert loaded["train"] == []
-    monkeypatch.setattr(image_cache, "host_available", lambda: need)
+    monkeypatch.setattr(memcap, "host_budget", lambda: (need, "the planted host memory"))
     assert sorted(dm.cached_train) == owned
 
 

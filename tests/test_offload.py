@@ -164,6 +164,30 @@ def test_a_model_whose_state_cannot_fit_is_refused_with_what_fits_with_and_witho
     assert "add --pipeline.model.offload" not in fit_refusal(30_000_000, cap, 59, True, "the 4 GiB cap")
 
 
+def test_offloaded_colours_that_cannot_fit_in_host_memory_are_refused_before_training(monkeypatch):
+    """The host half of the fit: an offloaded model (or the rows of a checkpoint it would resume)
+    whose colours' training state exceeds this rank's share of host memory stops in one line with
+    how many fit; the same rows without offload, or with the memory there, do not."""
+    from splatfacto_dist.data.datamanager import ConfigError
+    from splatfacto_dist.launching import memcap
+    from splatfacto_dist.offload.budget import host_state_bytes
+
+    model = build_model(random_init=True)
+    rows = {name: value.detach() for name, value in model.gauss_params.items()}
+    need = len(rows["means"]) * host_state_bytes(59)
+    assert host_state_bytes(59) == 768
+    monkeypatch.setattr(memcap, "host_budget", lambda: (need - 1, "the planted memory"))
+    model.refuse_unless_it_fits(rows)  # not offloaded: its colours are on the device
+    model.config.offload = True
+    with pytest.raises(ConfigError) as refused:
+        model.refuse_unless_it_fits(rows)
+    line = str(refused.value)
+    assert "\n" not in line and f"{len(rows['means']):,} offloaded Gaussians" in line
+    assert f"at most {len(rows['means']) - 1:,} per rank" in line
+    monkeypatch.setattr(memcap, "host_budget", lambda: (need, "the planted memory"))
+    model.refuse_unless_it_fits(rows)
+
+
 def test_a_render_that_sees_nothing_moves_no_colour_with_the_sparse_update():
     model = build_model(random_init=True)
     model.config.offload, model.layout.offload = True, "sparse"

@@ -36,7 +36,7 @@ from rich.progress import track
 from splatfacto_dist import comm
 from splatfacto_dist.data import image_cache
 from splatfacto_dist.data.camera_costs import CameraCosts, cost_ranked, deal_by_cost, dealt_by, step_order
-from splatfacto_dist.launching.memcap import gpu_budget
+from splatfacto_dist.launching import memcap
 from splatfacto_dist.reporting.profiling import DeviceTimer
 from splatfacto_dist.scenes.colmap_points import BulkPointsColmapDataParser
 
@@ -267,16 +267,7 @@ class ShardedFullImageDatamanager(FullImageDatamanager):
         sizes = [(int(cameras.width[i]), int(cameras.height[i])) for i in indices]
         need = image_cache.cache_bytes(sizes, self.config.cache_images_type)
         on_gpu = self.config.cache_images == "gpu" and torch.device(self.device).type == "cuda"
-        if on_gpu:
-            budget = gpu_budget(self.device)
-        else:
-            available = image_cache.host_available()
-            ranks = image_cache.local_ranks()
-            budget = (
-                None
-                if available is None
-                else (available // ranks, f"this machine's available memory / {ranks} rank(s)")
-            )
+        budget = memcap.gpu_budget(self.device) if on_gpu else memcap.host_budget()
         error = image_cache.cache_refusal(len(indices), need, self.config.cache_images_type, on_gpu, budget)
         if error:
             raise ConfigError(error)

@@ -11,7 +11,6 @@ channels; an alpha channel or a mask adds more), so a refusal is never wrong.
 
 from __future__ import annotations
 
-import os
 from typing import Optional, Sequence, Tuple
 
 CHANNELS = 3
@@ -21,25 +20,6 @@ BYTES = {"uint8": 1, "float32": 4}
 def cache_bytes(sizes: Sequence[Tuple[int, int]], image_type: str) -> int:
     """Bytes of the images of (width, height) `sizes` cached as `image_type`, RGB."""
     return sum(w * h for w, h in sizes) * CHANNELS * BYTES[image_type]
-
-
-def host_available() -> Optional[int]:
-    """The host memory available to new allocations (Linux's MemAvailable), shared by the machine's
-    ranks; None where the system does not say."""
-    try:
-        with open("/proc/meminfo") as info:
-            for line in info:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
-def local_ranks() -> int:
-    """Ranks sharing this machine's host memory, where the launcher says (torchrun's
-    LOCAL_WORLD_SIZE); else 1, so that a refusal is never wrong."""
-    return max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1)
 
 
 def cache_refusal(

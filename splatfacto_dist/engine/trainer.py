@@ -422,6 +422,7 @@ class DistTrainer(Trainer):
         self._start_step = checkpoint.start_step(loaded, self.images_per_step, config.schedule_unit == "images")
         model = self.pipeline.model
         pipeline_state, own = checkpoint.own_rows(loaded, model.layout)
+        model.refuse_unless_it_fits(own.params)  # a checkpoint of another size, or another GPU count
         self.pipeline.load_pipeline(pipeline_state, loaded["step"])
         model.load_strategy_state(own.ids, own.statistics)
         self.optimizers = self.setup_optimizers()  # around the loaded Parameters

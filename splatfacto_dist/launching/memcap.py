@@ -69,3 +69,19 @@ def gpu_budget(device: object) -> Optional[tuple]:
     index = torch.device(device).index  # type: ignore[arg-type]
     total = torch.cuda.get_device_properties(torch.cuda.current_device() if index is None else index).total_memory
     return total, "this GPU's memory"
+
+
+def host_budget() -> Optional[tuple]:
+    """(bytes, what they are) of host memory one rank may count on: the memory available to new
+    allocations (Linux's MemAvailable) over the ranks sharing the machine where the launcher says
+    (torchrun's LOCAL_WORLD_SIZE; else 1, so that a refusal is never wrong); None where the system
+    does not say."""
+    try:
+        with open("/proc/meminfo") as info:
+            available = next((int(line.split()[1]) * 1024 for line in info if line.startswith("MemAvailable:")), None)
+    except OSError:
+        return None
+    if available is None:
+        return None
+    ranks = max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1)
+    return available // ranks, f"this machine's available memory / {ranks} rank(s)"

@@ -28,8 +28,8 @@ def background_rows(job: RangesJob, backgrounds: torch.Tensor) -> torch.Tensor:
     """[rows, 3]: each flat row's camera's background, from every camera's `backgrounds` [C, 3]."""
     me = comm.rank()
     pixels = [(job.held(c, me)[1] - job.held(c, me)[0]) * job.size(c)[0] for c in range(job.cameras)]
-    repeats = torch.tensor(pixels, device=backgrounds.device)
-    return torch.repeat_interleave(backgrounds, repeats, dim=0, output_size=sum(pixels))
+    # Expanded slices: repeat counts as a tensor would be a host-to-device copy, a wait every step.
+    return torch.cat([backgrounds[c : c + 1].expand(n, 3) for c, n in enumerate(pixels)])
 
 
 def _weight(job: RangesJob, camera: int) -> float:

@@ -35,14 +35,14 @@ from splatfacto_dist import comm
 from splatfacto_dist.data.datamanager import ConfigError
 from splatfacto_dist.densify.strategy import SynchronizedDefaultStrategy
 from splatfacto_dist.engine.viewer_renders import ViewerRenders
-from splatfacto_dist.launching.memcap import gpu_budget
+from splatfacto_dist.launching import memcap
 from splatfacto_dist.layouts.contract import GAUSSIAN_NAMES, GaussianLayout
 from splatfacto_dist.layouts.replicated import ReplicatedLayout
 from splatfacto_dist.layouts.sharded import ShardedLayout
 from splatfacto_dist.layouts.sharded.ranges import held_rows
 from splatfacto_dist.models import loss_by_range
 from splatfacto_dist.models.metrics import LazyLPIPS
-from splatfacto_dist.offload.budget import fit_refusal
+from splatfacto_dist.offload.budget import fit_refusal, host_refusal
 from splatfacto_dist.offload.working_set import HOST_GROUPS
 from splatfacto_dist.render.ssim import LossSSIM
 
@@ -143,7 +143,7 @@ class SplatfactoDistModel(SplatfactoModel):
         self.viewer_renders = ViewerRenders()  # where the viewer's renders wait when every rank must serve them
         self._training_thread = threading.current_thread()  # the model is built on it
         gaussians, ids = self._initial_gaussians()
-        self._refuse_unless_it_fits(gaussians)
+        self.refuse_unless_it_fits(gaussians)
         self.gauss_params = torch.nn.ParameterDict(
             {name: torch.nn.Parameter(value.contiguous()) for name, value in gaussians.items()}
         )
@@ -189,14 +189,17 @@ class SplatfactoDistModel(SplatfactoModel):
         self.strategy_state = self.strategy.initialize_state(scene_scale=1.0)
         self.strategy_state["ids"] = ids
 
-    def _refuse_unless_it_fits(self, gaussians: Dict[str, torch.Tensor]) -> None:
-        """Stop in one line, before anything reaches the GPU, when this rank's Gaussians' training
-        state alone exceeds its GPU memory (offload/budget.py)."""
-        budget = gpu_budget(self.kwargs.get("device", "cpu"))
-        if budget is None:
-            return
-        floats = sum(value[0].numel() for value in gaussians.values()) if len(gaussians["means"]) else 0
-        error = fit_refusal(len(gaussians["means"]), budget[0], floats, self.config.offload, budget[1])
+    def refuse_unless_it_fits(self, gaussians: Dict[str, torch.Tensor]) -> None:
+        """Stop in one line, before any of them reaches the GPU, when the training state of this
+        rank's `gaussians` (name -> rows: the initial draw, or a checkpoint's rows it resumes from)
+        alone exceeds its GPU memory, or, offloaded, its colours' exceeds its share of host memory
+        (offload/budget.py)."""
+        owned = len(gaussians["means"])
+        floats = sum(value[0].numel() for value in gaussians.values()) if owned else 0
+        budget = memcap.gpu_budget(self.kwargs.get("device", "cpu"))
+        error = None if budget is None else fit_refusal(owned, budget[0], floats, self.config.offload, budget[1])
+        host = memcap.host_budget() if self.config.offload and error is None else None
+        error = error or (None if host is None else host_refusal(owned, host[0], floats, host[1]))
         if error:
             raise ConfigError(error)
 
@@ -298,32 +301,36 @@ class SplatfactoDistModel(SplatfactoModel):
         return torch.cat(poses)
 
     def _training_backgrounds(
-        self,
-        n: int,
-        positions: Optional[Sequence[int]] = None,
-        batch_size: Optional[int] = None,
-        every_rank: bool = False,
+        self, n: int, positions: Optional[Sequence[int]] = None, batch_size: Optional[int] = None
     ) -> torch.Tensor:
-        """[n, 3] backgrounds for this rank's images: their rows of one draw for the global batch
-        (`every_rank`: [world size * n, 3], every rank's, in rank order; each rank renders n).
+        """[n, 3] backgrounds for this rank's images: their rows of one draw for the global batch.
 
         A batch of mixed image sizes is rendered in groups; `positions` are the group's places in
         this rank's batch of `batch_size` images, so each image keeps its own row of the step's one
         draw instead of every group re-drawing the same first rows.
         """
         if self.config.background_color != "random":
-            return self._get_background_color().expand(n * (comm.world_size() if every_rank else 1), 3)
+            return self._get_background_color().expand(n, 3)
         batch_size = batch_size or n
-        if self._background_generator is None or self._background_generator.device != self.device:
-            self._background_generator = torch.Generator(device=self.device)
-        self._background_generator.manual_seed(self.seed * 1_000_003 + self.step)
-        rows = torch.rand((comm.world_size() * batch_size, 3), generator=self._background_generator, device=self.device)
-        if every_rank:
-            return rows
-        mine = rows[comm.rank() * batch_size : (comm.rank() + 1) * batch_size]
+        mine = self._background_draw(batch_size)[comm.rank() * batch_size : (comm.rank() + 1) * batch_size]
         if positions is None:
             return mine
         return torch.cat([mine[p : p + 1] for p in positions])  # slices: an index list would be a host copy
+
+    def _every_background(self, counts: List[int]) -> torch.Tensor:
+        """[sum(counts), 3]: the training backgrounds of every rank's images in rank order, each rank's
+        as it draws them (`_training_backgrounds` of its `counts[r]` images)."""
+        if self.config.background_color != "random":
+            return self._get_background_color().expand(sum(counts), 3)
+        draws = {n: self._background_draw(n) for n in set(counts)}
+        return torch.cat([draws[n][r * n : (r + 1) * n] for r, n in enumerate(counts)])
+
+    def _background_draw(self, batch_size: int) -> torch.Tensor:
+        """[world size * batch_size, 3]: the step's one draw of backgrounds, the same on every rank."""
+        if self._background_generator is None or self._background_generator.device != self.device:
+            self._background_generator = torch.Generator(device=self.device)
+        self._background_generator.manual_seed(self.seed * 1_000_003 + self.step)
+        return torch.rand((comm.world_size() * batch_size, 3), generator=self._background_generator, device=self.device)
 
     @property
     def _loss_by_range(self) -> bool:
@@ -333,11 +340,10 @@ class SplatfactoDistModel(SplatfactoModel):
         rank, as before loss by range."""
         return not (self.config.use_bilateral_grid or self.config.color_corrected_metrics)
 
-    def _band_outputs(self, render: torch.Tensor, alpha: torch.Tensor, job, n_views: int) -> Dict[str, torch.Tensor]:
+    def _band_outputs(self, render: torch.Tensor, alpha: torch.Tensor, job) -> Dict[str, torch.Tensor]:
         """Training outputs of a render whose pixels stay in bands (`loss_by_range`): this rank's rows
         of every camera of the step, flat, composited over each one's background."""
-        backgrounds = self._training_backgrounds(n_views, every_rank=True)
-        background = loss_by_range.background_rows(job, backgrounds)
+        background = loss_by_range.background_rows(job, self._every_background(job.counts))
         rgb = torch.clamp(render[..., :3] + (1 - alpha) * background, 0.0, 1.0)
         return {"rgb": rgb, "accumulation": alpha, "background": background, "bands": job}  # type: ignore[dict-item]
 
@@ -472,7 +478,7 @@ class SplatfactoDistModel(SplatfactoModel):
             self._step_infos.append(self.info)
         job = self.info.get("ranges_job")
         if job is not None and job.by_range:
-            return self._band_outputs(render, alpha, job, n_views)
+            return self._band_outputs(render, alpha, job)
 
         if self.training:
             meta = camera.metadata or {}
@@ -518,7 +524,8 @@ class SplatfactoDistModel(SplatfactoModel):
         (`loss_by_range`): the PSNR of the step's mean squared error, every rank's share summed."""
         if "bands" in outputs:
             gt = self.composite_with_background(batch["image"], outputs["background"])
-            _, _, squared = loss_by_range.shares_of_step(outputs["bands"], outputs["rgb"], gt, None)
+            with torch.no_grad():
+                _, _, squared = loss_by_range.shares_of_step(outputs["bands"], outputs["rgb"], gt, None)
             metrics_dict = {
                 "psnr": -10 * torch.log10(loss_by_range.step_mean(squared)),
                 "gaussian_count": self.layout.total,

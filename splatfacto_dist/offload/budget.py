@@ -36,3 +36,22 @@ def fit_refusal(owned: int, gpu_bytes: int, floats: int, offload: bool, where: s
         f"alone, more than {where} ({gpu_bytes / 2**30:.1f} GiB): it holds at most {fits[False]:,} per rank, "
         f"{fits[True]:,} with --pipeline.model.offload True{hint}, or use more ranks of the sharded layout"
     )
+
+
+def host_state_bytes(floats: int) -> int:
+    """Host bytes of the offloaded training state of one owned Gaussian of `floats` parameter floats:
+    its colours with their gradient and two Adam moments (768 B at SH degree 3)."""
+    return (floats - SHAPE_FLOATS) * BYTES_PER_FLOAT
+
+
+def host_refusal(owned: int, host_bytes: int, floats: int, where: str) -> Optional[str]:
+    """The one-line refusal of offloading `owned` Gaussians whose colours' state exceeds `host_bytes`
+    of host memory, or None."""
+    need = owned * host_state_bytes(floats)
+    if need <= host_bytes:
+        return None
+    return (
+        f"{owned:,} offloaded Gaussians on this rank need {need / 2**30:.1f} GiB of host memory for their colours' "
+        f"training state, more than {where} ({host_bytes / 2**30:.1f} GiB): it holds at most "
+        f"{host_bytes // host_state_bytes(floats):,} per rank; use more ranks of the sharded layout or machines"
+    )

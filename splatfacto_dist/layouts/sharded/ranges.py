@@ -19,6 +19,7 @@ received pairs send their 2D gradient back to the owner, which sums them per (Ga
 before the norm (the image-level gradient gsplat's statistic is defined on) and counts the
 camera once.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
