@@ -116,7 +116,8 @@ def train_command(
         *(["--pipeline.model.offload", "True"] if getattr(args, "offload", False) else []),
         *extra,
     ]
-    return train_argv(CLI, METHOD, options, ["colmap"], scene)
+    # At its own size: nerfstudio's COLMAP parser would otherwise scale images over 1600 px down.
+    return train_argv(CLI, METHOD, options, ["colmap", "--downscale-factor", "1"], scene)
 
 
 def status_of(returncode: Optional[int], ranks: List[Dict], capped: bool) -> str:
