@@ -351,16 +351,17 @@ class SplatfactoDistModel(SplatfactoModel):
         self, outputs: Dict[str, torch.Tensor], batch: Dict[str, torch.Tensor]
     ) -> Dict[str, torch.Tensor]:
         """The batch the loss of `outputs` reads: for bands (`loss_by_range`), the rows of every camera's
-        image and mask this rank's bands hold, sent by the cameras' ranks (as images at the training
-        resolution); otherwise `batch` itself."""
+        image and mask this rank's bands hold, sent by the cameras' ranks at the training resolution
+        (as cached, uint8 or float, when no downscale applies: a quarter of the bytes), then made
+        float here; otherwise `batch` itself."""
         if "bands" not in outputs:
             return batch
         job = outputs["bands"]
-        held = {
-            "image": torch.cat(
-                held_rows(job, self.get_gt_img(batch["image"]).reshape(-1, *self.last_size, batch["image"].shape[-1]))
-            )
-        }
+        image = batch["image"].to(self.device)
+        if self._get_downscale_factor() > 1:
+            image = self.get_gt_img(image)
+        rows = torch.cat(held_rows(job, image.reshape(-1, *self.last_size, image.shape[-1])))
+        held = {"image": rows.float() / 255.0 if rows.dtype == torch.uint8 else rows}
         if "mask" in batch:
             mask = self._downscale_if_required(batch["mask"]).to(self.device).float()
             held["mask"] = torch.cat(held_rows(job, mask.reshape(-1, *self.last_size, mask.shape[-1])))
