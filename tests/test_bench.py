@@ -314,7 +314,7 @@ def test_every_caller_builds_todays_training_command_line_with_one_builder():
         "--steps-per-save", "1000000", "--logging.steps-per-log", "10", "--profile-phases-every", "5",
         "--pipeline.model.stop-split-at", "0", "--pipeline.model.num-downscales", "0",
         "--pipeline.model.sh-degree-interval", "37", "--machine.num-devices", "2", "--machine.device-type", "cuda",
-        "--pipeline.model.gaussian-layout", "sharded", "--e", "colmap", "--data", "s",
+        "--pipeline.model.gaussian-layout", "sharded", "--e", "colmap", "--downscale-factor", "1", "--data", "s",
     ]  # fmt: skip
 
     from conftest import TINY
